@@ -1,0 +1,35 @@
+"""Shared fixtures. Ray is started once per test session, and only by tests that ask for it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for every test that needs it (starting Ray costs seconds)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=4,  # logical CPUs: lets small tunes run a trial and the evaluator side by side
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+        )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Keep each test's torch on few threads: the CI machine has 2 cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
+    torch.set_num_threads(before)
