@@ -1,0 +1,247 @@
+"""Algorithm 1 of Goodfellow et al. (2014): minibatch stochastic gradient training of a GAN.
+
+    for number of training iterations:
+        for k steps:
+            sample m noise samples z ~ p_z and m examples x ~ p_data
+            update D by ascending  1/m sum [log D(x) + log(1 - D(G(z)))]
+        sample m noise samples z ~ p_z
+        update G by descending 1/m sum log(1 - D(G(z)))        (minimax, Eq. 1)
+                 or ascending  1/m sum log D(G(z))              (non-saturating, Section 3)
+
+Both updates are SGD with momentum, with the schedules of the paper's released configs
+(momentum ramped linearly, learning rates decayed exponentially). The losses are computed on
+D's logits, using log sigmoid(l) = -softplus(-l) and log(1 - sigmoid(l)) = -softplus(l), so
+they stay finite when D saturates.
+
+All randomness (minibatch indices, noise, dropout masks) comes from one random stream owned by
+the :class:`GANTrainer`, saved in its state dict, so a resumed run continues identically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from raygan.config import ModelConfig, TrainConfig
+from raygan.models import Discriminator, Generator
+from raygan.priors import sample_noise
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """-(mean log D(x) + mean log(1 - D(G(z)))): D descends this, i.e. ascends Eq. 1's value."""
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """The quantity G descends.
+
+    Args:
+        fake_logits: D's logits on G(z).
+        kind: "minimax" descends mean log(1 - D(G(z))) (Eq. 1); "non-saturating" descends
+            -mean log D(G(z)) (Section 3: the same fixed point, strong gradients early on).
+    """
+    if kind == "minimax":
+        return -F.softplus(fake_logits).mean()  # log(1 - D) = -softplus(l)
+    if kind == "non-saturating":
+        return F.softplus(-fake_logits).mean()  # -log D = softplus(-l)
+    raise ValueError(f"unknown generator loss {kind!r}")
+
+
+@dataclass(frozen=True)
+class IterationMetrics:
+    """Means over the iterations of one :meth:`GANTrainer.run` call.
+
+    d_loss: -(log D(x) + log(1 - D(G(z)))), averaged over the k D-steps (2 log 2 at the fixed point).
+    g_loss: the generator loss of the G-step.
+    d_real: mean D(x); d_fake: mean D(G(z)) (both 1/2 at the fixed point, Proposition 1 with p_g = p_data).
+    """
+
+    d_loss: float
+    g_loss: float
+    d_real: float
+    d_fake: float
+    iterations: int
+
+    @property
+    def finite(self) -> bool:
+        """False when training diverged (a NaN or infinite loss)."""
+        return all(math.isfinite(v) for v in (self.d_loss, self.g_loss, self.d_real, self.d_fake))
+
+
+class GANTrainer:
+    """One G/D pair trained by Algorithm 1 on a data tensor that already lives on the device.
+
+    Args:
+        model: sizes, architecture and the noise prior.
+        train: k, minibatch size, learning rates, momentum and schedules, G loss, seed.
+        data: the training set, float32 (N, C, H, W), on the device to train on.
+        bounded: whether data points lie in [0, 1] (sigmoid output for G).
+    """
+
+    def __init__(self, model: ModelConfig, train: TrainConfig, data: torch.Tensor, bounded: bool = True) -> None:
+        self.data = data
+        self.device = data.device
+        self.train = train
+        shape = tuple(data.shape[1:])
+        with self._forked_rng():
+            torch.manual_seed(train.seed)  # the same seed gives the same networks and stream
+            self.generator = Generator(model, shape, bounded).to(self.device)
+            self.discriminator = Discriminator(model, shape).to(self.device)
+            self.discriminator.apply_max_norm()
+            self._rng_state = self._capture_rng()
+        self.opt_d = torch.optim.SGD(self.discriminator.parameters(), lr=train.lr_d, momentum=train.momentum)
+        self.opt_g = torch.optim.SGD(self.generator.parameters(), lr=train.lr_g, momentum=train.momentum)
+        self.iteration = 0
+
+    # ---- hyperparameters -----------------------------------------------------------------
+
+    @property
+    def model(self) -> ModelConfig:
+        return self.generator.config
+
+    def set_hyperparameters(self, train: TrainConfig, prior: str | None = None) -> None:
+        """Apply new settings in place (a PBT mutation): networks and optimiser states are kept."""
+        self.train = train
+        if prior is not None and prior != self.model.prior:
+            from raygan.config import replace  # local: only PBT's prior resampling needs it
+
+            new_model = replace(self.model, prior=prior)
+            self.generator.config = new_model
+            self.discriminator.config = new_model
+
+    def _schedule(self) -> tuple[float, float, float]:
+        """(lr_d, lr_g, momentum) at the current iteration, per the paper's configs."""
+        t, c = self.iteration, self.train
+        decay = c.lr_decay ** (-t)
+        ramp = min(1.0, t / c.momentum_ramp_iters) if c.momentum_ramp_iters else 1.0
+        momentum = c.momentum + ramp * (c.final_momentum - c.momentum)
+        return max(c.lr_d * decay, c.min_lr), max(c.lr_g * decay, c.min_lr), momentum
+
+    def _apply_schedule(self) -> None:
+        lr_d, lr_g, momentum = self._schedule()
+        for opt, lr in ((self.opt_d, lr_d), (self.opt_g, lr_g)):
+            for group in opt.param_groups:
+                group["lr"], group["momentum"] = lr, momentum
+
+    def current_hyperparameters(self) -> dict[str, float]:
+        """The values in force now (after schedules): for logging, so PBT's mutations show as steps."""
+        lr_d, lr_g, momentum = self._schedule()
+        return {"k": self.train.k, "lr_d": lr_d, "lr_g": lr_g, "momentum": momentum}
+
+    # ---- the random stream ---------------------------------------------------------------
+
+    def _capture_rng(self) -> dict[str, torch.Tensor]:
+        state = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _forked_rng(self) -> contextlib.AbstractContextManager:
+        # Dropout draws from torch's global generator; forking it keeps trainers (and whatever
+        # else runs in the process) from disturbing each other's streams.
+        devices = [self.device] if self.device.type == "cuda" else []
+        return torch.random.fork_rng(devices=devices)
+
+    @contextlib.contextmanager
+    def _rng(self) -> Iterator[None]:
+        """Run with this trainer's own random stream, leaving the process's global RNG untouched."""
+        with self._forked_rng():
+            torch.set_rng_state(self._rng_state["cpu"])
+            if self.device.type == "cuda":
+                torch.cuda.set_rng_state(self._rng_state["cuda"], self.device)
+            yield
+
+    def _stream(self) -> torch.Generator:
+        """The generator that noise and minibatch indices are drawn from (the device's default one)."""
+        if self.device.type == "cuda":
+            return torch.cuda.default_generators[self.device.index or 0]
+        return torch.default_generator
+
+    # ---- Algorithm 1 -----------------------------------------------------------------------
+
+    def _minibatch(self, gen: torch.Generator) -> torch.Tensor:
+        index = torch.randint(0, self.data.shape[0], (self.train.batch_size,), generator=gen, device=self.device)
+        return self.data[index]  # (m, C, H, W), drawn by index from the on-device tensor
+
+    def _noise(self, gen: torch.Generator) -> torch.Tensor:
+        return sample_noise(self.model.prior, self.train.batch_size, self.model.noise_dim, gen)
+
+    def _iteration(self, gen: torch.Generator, sums: torch.Tensor) -> None:
+        """One iteration of Algorithm 1; adds (d_loss, g_loss, d_real, d_fake) to ``sums``."""
+        G, D, m, k = self.generator, self.discriminator, self.train.batch_size, self.train.k
+        self._apply_schedule()
+
+        for _ in range(k):  # k steps on D, each with a fresh data and a fresh noise minibatch
+            x = self._minibatch(gen)
+            with torch.no_grad():
+                fake = G(self._noise(gen))
+            logits = D(torch.cat([x, fake]))  # one pass over real and fake: (2m,)
+            real_logits, fake_logits = logits[:m], logits[m:]
+            d_loss = discriminator_loss(real_logits, fake_logits)
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+            D.apply_max_norm()
+            with torch.no_grad():
+                sums[0] += d_loss.detach() / k
+                sums[2] += torch.sigmoid(real_logits).mean() / k
+                sums[3] += torch.sigmoid(fake_logits).mean() / k
+
+        # one step on G, with a fresh noise minibatch
+        g_loss = generator_loss(D(G(self._noise(gen))), self.train.g_loss)
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward(inputs=list(G.parameters()))  # D's gradients are not needed here
+        self.opt_g.step()
+        sums[1] += g_loss.detach()
+        self.iteration += 1
+
+    def run(self, iterations: int) -> IterationMetrics:
+        """Run ``iterations`` iterations of Algorithm 1 and return their mean metrics.
+
+        Metrics accumulate on the device and are read back once, so a GPU is not synchronised
+        every iteration.
+        """
+        sums = torch.zeros(4, device=self.device)
+        self.generator.train()
+        self.discriminator.train()
+        with self._rng():
+            gen = self._stream()
+            for _ in range(iterations):
+                self._iteration(gen, sums)
+            self._rng_state = self._capture_rng()
+        d_loss, g_loss, d_real, d_fake = (sums / max(iterations, 1)).tolist()
+        return IterationMetrics(d_loss, g_loss, d_real, d_fake, iterations)
+
+    # ---- state -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Both nets, both optimisers, the iteration counter and the random stream.
+
+        Holds tensors and plain values only, so it loads with ``torch.load(weights_only=True)``.
+        The hyperparameters are not in it: they belong to the trial's config (PBT changes them).
+        """
+        return {
+            "generator": self.generator.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "iteration": self.iteration,
+            "rng": {k: v.clone() for k, v in self._rng_state.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (possibly another trial's: PBT's exploit)."""
+        self.generator.load_state_dict(state["generator"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.iteration = int(state["iteration"])
+        rng = dict(state["rng"])
+        if self.device.type == "cuda" and "cuda" not in rng:
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        self._rng_state = {k: v for k, v in rng.items() if k == "cpu" or self.device.type == "cuda"}

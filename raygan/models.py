@@ -1,0 +1,227 @@
+"""The paper's generator and discriminator (Goodfellow et al., 2014, Section 5).
+
+MNIST pair ("mlp"): G is an MLP with ReLU hidden units and a sigmoid output, the noise fed
+into the bottom layer only; D is a maxout MLP with dropout and one output logit (D(x) is the
+sigmoid of that logit; the losses in :mod:`raygan.algorithm` work on logits for stability).
+CIFAR-10 pair ("conv", Figure 2d): a transposed-convolution ("deconvolutional") G and a
+convolutional D. Sizes come from :class:`raygan.config.ModelConfig`.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from raygan.config import ConfigError, ModelConfig, build, to_dict
+from raygan.errors import CheckpointError
+from raygan.files import atomic_torch_save
+from raygan.priors import sample_noise
+
+Shape = tuple[int, int, int]  # (C, H, W) of one data point
+
+
+class Maxout(nn.Module):
+    """A maxout layer (Goodfellow et al., 2013): the max over ``pieces`` linear functions per unit."""
+
+    def __init__(self, in_features: int, out_features: int, pieces: int) -> None:
+        super().__init__()
+        self.out_features, self.pieces = out_features, pieces
+        self.linear = nn.Linear(in_features, out_features * pieces)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (N, out * pieces) -> (N, out, pieces) -> max over pieces -> (N, out)
+        return self.linear(x).view(-1, self.out_features, self.pieces).amax(dim=2)
+
+
+class Generator(nn.Module):
+    """G(z; theta_g): maps noise z ~ p_z to a data point of shape ``data_shape``.
+
+    Args:
+        config: model sizes, architecture and the noise prior (kept with G so samples need nothing else).
+        data_shape: (C, H, W) of a data point.
+        bounded: True for images in [0, 1] (sigmoid output, as in the paper), False for unbounded
+            point sets such as the 1-D Gaussian of Figure 1 (linear output).
+    """
+
+    def __init__(self, config: ModelConfig, data_shape: Shape, bounded: bool = True) -> None:
+        super().__init__()
+        self.config, self.data_shape, self.bounded = config, tuple(data_shape), bounded
+        self.net = _mlp_generator(config, data_shape) if config.arch == "mlp" else _conv_generator(config, data_shape)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.net(z)
+        x = torch.sigmoid(x) if self.bounded else x
+        return x.view(-1, *self.data_shape)  # (N, noise_dim) -> (N, C, H, W)
+
+
+class Discriminator(nn.Module):
+    """D(x; theta_d): one logit per data point; D(x) = sigmoid(logit) is the probability x is real."""
+
+    def __init__(self, config: ModelConfig, data_shape: Shape) -> None:
+        super().__init__()
+        self.config, self.data_shape = config, tuple(data_shape)
+        self.net = _maxout_discriminator(config, data_shape) if config.arch == "mlp" else _conv_discriminator(config, data_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).view(-1)  # (N, C, H, W) -> (N,) logits
+
+    @torch.no_grad()
+    def apply_max_norm(self) -> None:
+        """Clip each unit's incoming weight vector to L2 norm ``d_max_norm`` (pylearn2's max_col_norm)."""
+        limit = self.config.d_max_norm
+        if limit is None:
+            return
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.renorm_(2, 0, limit)  # rows of (out, in) are the units' weight vectors
+
+
+def _mlp_generator(c: ModelConfig, shape: Shape) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    width = c.noise_dim  # noise enters the bottom layer only
+    for hidden in c.g_hidden:
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    layers += [nn.Linear(width, math.prod(shape))]
+    net = nn.Sequential(*layers)
+    for m in net:
+        if isinstance(m, nn.Linear):  # pylearn2 config: irange 0.05, zero biases
+            nn.init.uniform_(m.weight, -0.05, 0.05)
+            nn.init.zeros_(m.bias)
+    return net
+
+
+def _maxout_discriminator(c: ModelConfig, shape: Shape) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Flatten(), nn.Dropout(c.d_input_dropout)]
+    width = math.prod(shape)
+    for hidden in c.d_hidden:
+        layers += [Maxout(width, hidden, c.d_pieces), nn.Dropout(c.d_hidden_dropout)]
+        width = hidden
+    layers += [nn.Linear(width, 1)]
+    net = nn.Sequential(*layers)
+    for m in net.modules():
+        if isinstance(m, nn.Linear):  # pylearn2 config: irange 0.005
+            nn.init.uniform_(m.weight, -0.005, 0.005)
+            nn.init.zeros_(m.bias)
+    return net
+
+
+def _conv_base(shape: Shape) -> int:
+    channels, height, width = shape
+    if height != width or height % 8:
+        raise ConfigError(f"the conv architecture needs square images with a side divisible by 8, got {height}x{width}")
+    return height // 8
+
+
+def _conv_generator(c: ModelConfig, shape: Shape) -> nn.Sequential:
+    base, w = _conv_base(shape), c.conv_width
+
+    def up(cin: int, cout: int) -> list[nn.Module]:  # doubles height and width
+        return [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    return nn.Sequential(
+        nn.Linear(c.noise_dim, 4 * w * base * base),
+        nn.Unflatten(1, (4 * w, base, base)),  # (N, noise) -> (N, 4w, H/8, W/8)
+        nn.BatchNorm2d(4 * w),
+        nn.ReLU(),
+        *up(4 * w, 2 * w),  # -> (N, 2w, H/4, W/4)
+        *up(2 * w, w),  # -> (N, w, H/2, W/2)
+        nn.ConvTranspose2d(w, shape[0], 4, 2, 1),  # -> (N, C, H, W)
+        nn.Flatten(),
+    )
+
+
+def _conv_discriminator(c: ModelConfig, shape: Shape) -> nn.Sequential:
+    base, w = _conv_base(shape), c.conv_width
+    return nn.Sequential(
+        nn.Dropout(c.d_input_dropout),
+        nn.Conv2d(shape[0], w, 4, 2, 1),  # -> (N, w, H/2, W/2)
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(w, 2 * w, 4, 2, 1),  # -> (N, 2w, H/4, W/4)
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(2 * w, 4 * w, 4, 2, 1),  # -> (N, 4w, H/8, W/8)
+        nn.LeakyReLU(0.2),
+        nn.Flatten(),
+        nn.Dropout(c.d_hidden_dropout),
+        nn.Linear(4 * w * base * base, 1),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling and the generator file (what `raygan.sample` and `raygan.evaluate` read).
+
+GENERATOR_FORMAT = "raygan-generator/1"
+
+
+@torch.no_grad()
+def generate(generator: Generator, n: int, seed: int = 0, batch_size: int = 1000) -> torch.Tensor:
+    """Draw ``n`` samples G(z), z ~ p_z, on the generator's device, in eval mode.
+
+    Args:
+        generator: the network; its config names the prior.
+        n: number of samples.
+        seed: seeds the noise, so the same seed gives the same samples.
+        batch_size: samples per forward pass (bounds memory).
+
+    Returns:
+        A float32 tensor (n, C, H, W).
+    """
+    device = next(generator.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    was_training = generator.training
+    generator.eval()
+    try:
+        out = [
+            generator(sample_noise(generator.config.prior, min(batch_size, n - i), generator.config.noise_dim, gen))
+            for i in range(0, n, batch_size)
+        ]
+    finally:
+        generator.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, *generator.data_shape, device=device)
+
+
+def generator_state(generator: Generator) -> dict[str, Any]:
+    """Everything needed to rebuild ``generator`` elsewhere: weights, sizes, data shape, output kind."""
+    return {
+        "format": GENERATOR_FORMAT,
+        "model": to_dict(generator.config),
+        "data_shape": list(generator.data_shape),
+        "bounded": generator.bounded,
+        "state_dict": {k: v.detach().cpu() for k, v in generator.state_dict().items()},
+    }
+
+
+def save_generator(path: str | Path, generator: Generator) -> None:
+    """Write ``generator`` to ``path`` atomically, as tensors and plain values only."""
+    atomic_torch_save(generator_state(generator), path)
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
+    """Rebuild a generator saved by :func:`save_generator`.
+
+    The file is read with ``weights_only=True``: nothing in it can run code.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, or not a raygan generator.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{str(path)!r} is not a raygan generator checkpoint ({e.__class__.__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != GENERATOR_FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a raygan generator checkpoint (expected format {GENERATOR_FORMAT})")
+    try:
+        generator = Generator(build(ModelConfig, state["model"], "model"), tuple(state["data_shape"]), state["bounded"])
+        generator.load_state_dict(state["state_dict"])
+    except (KeyError, TypeError, RuntimeError, ConfigError) as e:
+        raise CheckpointError(f"{str(path)!r} holds a damaged generator ({e.__class__.__name__})") from None
+    return generator.to(device).eval()
