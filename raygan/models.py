@@ -10,8 +10,6 @@ convolutional D. Sizes come from :class:`raygan.config.ModelConfig`.
 from __future__ import annotations
 
 import math
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +213,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Gene
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, UnicodeDecodeError) as e:
+    except Exception as e:  # on arbitrary bytes the unpickler also raises KeyError, IndexError, struct.error...
         raise CheckpointError(f"{str(path)!r} is not a raygan generator checkpoint ({e.__class__.__name__})") from None
     if not isinstance(state, dict) or state.get("format") != GENERATOR_FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a raygan generator checkpoint (expected format {GENERATOR_FORMAT})")
