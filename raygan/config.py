@@ -308,7 +308,15 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where} must be an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            # YAML's .inf/.nan and ints beyond float range are never a usable setting: reject
+            # them here rather than deep inside a trial (float() of such an int raises OverflowError).
+            try:
+                number = float(value)
+            except OverflowError:
+                raise ConfigError(f"{where} must be a finite number, got an integer too large for a float") from None
+            if not math.isfinite(number):
+                raise ConfigError(f"{where} must be a finite number, got {number!r}")
+            return number
         raise ConfigError(f"{where} must be a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -370,7 +378,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {str(path)!r}: {e.__class__.__name__}") from None
     try:
         values = yaml.safe_load(text)
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: e.g. a date like 2001-02-30 in a value
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"config file {str(path)!r} is not valid YAML{at}") from None
