@@ -89,7 +89,12 @@ class GANTrainer:
         self.train = train
         shape = tuple(data.shape[1:])
         with self._forked_rng():
-            torch.manual_seed(train.seed)  # the same seed gives the same networks and stream
+            # The same seed gives the same networks and stream. Seed only the generators forked
+            # here: torch.manual_seed would also reseed every CUDA device's global generator
+            # (lazily when CUDA is not initialised yet), which the fork cannot undo.
+            torch.default_generator.manual_seed(train.seed)
+            if self.device.type == "cuda":
+                self._stream().manual_seed(train.seed)
             self.generator = Generator(model, shape, bounded).to(self.device)
             self.discriminator = Discriminator(model, shape).to(self.device)
             self.discriminator.apply_max_norm()
