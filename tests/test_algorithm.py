@@ -514,3 +514,39 @@ def test_algorithm1_learns_the_1d_gaussian():
     assert last.d_real == pytest.approx(0.5, abs=0.05)
     assert last.d_fake == pytest.approx(0.5, abs=0.05)
     assert np.isfinite(samples).all()
+
+
+# ---- CUDA (skipped without a GPU) -------------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+def test_trainers_leave_the_global_cuda_rng_untouched():
+    """Neither a CPU trainer nor a CUDA trainer moves the process's CUDA (or CPU) generators."""
+    torch.cuda.init()
+    cpu_before, cuda_before = torch.get_rng_state(), torch.cuda.get_rng_state()
+    _trainer().run(2)
+    on_gpu = GANTrainer(SMALL, SMALL_TRAIN, _data().cuda())
+    on_gpu.run(2)
+    assert torch.equal(torch.get_rng_state(), cpu_before)
+    assert torch.equal(torch.cuda.get_rng_state(), cuda_before)
+
+
+@cuda
+def test_save_restore_continue_on_cuda(tmp_path):
+    """As on the CPU; compared to 1e-6 because cuBLAS may pick different kernels across processes."""
+    from raygan.config import replace
+
+    train = replace(SMALL_TRAIN, k=2)
+    a = GANTrainer(SMALL, train, _data().cuda())
+    a.run(5)
+    a.run(4)
+    b = GANTrainer(SMALL, train, _data().cuda())
+    b.run(5)
+    torch.save(b.state_dict(), tmp_path / "s.pt")
+    c = GANTrainer(SMALL, replace(train, seed=99), _data().cuda())
+    c.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    c.run(4)
+    for key, value in _params(a).items():
+        torch.testing.assert_close(value, _params(c)[key], rtol=0, atol=1e-6)
