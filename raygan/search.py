@@ -1,0 +1,87 @@
+"""The search space, the scheduler (PBT by default, ASHA, random search) and the Tuner.
+
+A trial's Tune config is ``{"experiment": <the whole ExperimentConfig as a dict>, "k": ...,
+"lr_d": ..., "lr_g": ..., "momentum": ..., "prior": ..., "g_loss": ...}``: the searched
+hyperparameters at the top (where schedulers can see and mutate them), the rest unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import tune
+from ray.tune.search import BasicVariantGenerator
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
+
+from raygan.config import ConfigError, ExperimentConfig, SearchConfig, to_dict
+
+METRIC = "eval/parzen_valid_ll"  # trials are ranked on validation data only, never the test set
+MODE = "max"
+
+
+def _domains(search: SearchConfig) -> dict[str, Any]:
+    return {
+        "k": tune.choice(list(search.k)),
+        "momentum": tune.uniform(*search.momentum),
+        "lr_d": tune.loguniform(*search.lr_d),
+        "lr_g": tune.loguniform(*search.lr_g),
+        "prior": tune.choice(list(search.prior)),
+        "g_loss": tune.choice(list(search.g_loss)),
+    }
+
+
+def param_space(config: ExperimentConfig) -> dict[str, Any]:
+    """Tune's param_space: the search domains plus the fixed experiment.
+
+    A domain whose search range is a single value is fixed to that value (so a YAML file can pin
+    any hyperparameter by giving ``[x, x]`` or a one-element list).
+    """
+    # Each trial draws its own initialisation seed; the draw itself is seeded (tune_config).
+    space: dict[str, Any] = {"experiment": to_dict(config), "seed": tune.randint(0, 2**31 - 1)}
+    for name, domain in _domains(config.search).items():
+        values = getattr(config.search, name)
+        space[name] = values[0] if len(set(values)) == 1 else domain
+    return space
+
+
+def make_scheduler(config: ExperimentConfig) -> TrialScheduler:
+    """The trial scheduler named by ``config.tune.scheduler``.
+
+    PBT perturbs every ``search.perturbation_interval`` training iterations: the bottom quantile
+    copies a top trial's checkpoint (weights, optimiser state, RNG), then k, momentum and the
+    learning rates are mutated and the noise prior and G loss are resampled.
+    """
+    search, name = config.search, config.tune.scheduler
+    if name == "pbt":
+        mutations = {k: v for k, v in _domains(search).items() if len(set(getattr(search, k))) > 1}
+        if not mutations:
+            raise ConfigError("the PBT scheduler needs at least one searched hyperparameter; widen a search range or use --scheduler random")
+        return PopulationBasedTraining(
+            time_attr="training_iteration",
+            perturbation_interval=search.perturbation_interval,
+            hyperparam_mutations=mutations,
+            quantile_fraction=search.quantile_fraction,
+            resample_probability=0.25,
+            log_config=True,
+        )
+    if name == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=config.tune.max_iterations,
+            grace_period=min(search.grace_period, config.tune.max_iterations),
+            reduction_factor=search.reduction_factor,
+        )
+    return FIFOScheduler()
+
+
+def tune_config(config: ExperimentConfig) -> tune.TuneConfig:
+    """Tune's TuneConfig: metric, scheduler, population size, time budget, actor reuse."""
+    return tune.TuneConfig(
+        metric=METRIC,
+        mode=MODE,
+        scheduler=make_scheduler(config),
+        num_samples=config.tune.num_trials,
+        search_alg=BasicVariantGenerator(random_state=config.tune.seed),  # reproducible draws
+        time_budget_s=config.tune.time_budget_s,
+        reuse_actors=True,  # PBT's exploit resets an actor in place instead of starting a new one
+    )

@@ -1,0 +1,148 @@
+"""GANTrainable: one G/D pair per Tune trial (one Ray actor), calling into the pure core.
+
+Each method is a few lines: ``setup`` builds the core's :class:`~raygan.algorithm.GANTrainer`
+on the trial's device from the training set in Ray's object store; ``step`` runs Algorithm 1
+iterations and, every ``eval.every`` steps, has the Parzen evaluator actor score a batch of
+samples; ``save_checkpoint``/``load_checkpoint`` carry the trainer's full state so PBT's
+exploit copies a donor exactly; ``reset_config`` applies a PBT mutation in place.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray import tune
+
+from raygan.algorithm import GANTrainer
+from raygan.config import ExperimentConfig, TrainConfig, build, replace
+from raygan.evaluator import evaluator_name, find_evaluator
+from raygan.files import atomic_torch_save
+from raygan.models import generate, save_generator
+
+# The hyperparameters a trial's Tune config carries (searched, mutated by PBT); everything
+# else of the experiment travels unchanged under the "experiment" key.
+HYPERPARAMETERS = ("k", "lr_d", "lr_g", "momentum", "prior", "g_loss", "seed")
+TRAINER_FILE = "trainer.pt"
+GENERATOR_FILE = "generator.pt"
+EVAL_SEED = 1234  # fixed noise for Parzen samples: trials and steps are compared on the same z
+
+
+def experiment_from_trial_config(config: dict[str, Any]) -> ExperimentConfig:
+    """The trial's ExperimentConfig: the base experiment with the trial's hyperparameters in it."""
+    base = build(ExperimentConfig, config["experiment"])
+    train = replace(base.train, **{k: config[k] for k in HYPERPARAMETERS if k in config and k != "prior"})
+    model = replace(base.model, prior=config.get("prior", base.model.prior))
+    return replace(base, train=train, model=model)
+
+
+def trial_device() -> torch.device:
+    """The GPU Ray assigned to this actor, or the CPU."""
+    if ray.get_gpu_ids() and torch.cuda.is_available():
+        return torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU
+    return torch.device("cpu")
+
+
+def steps_per_epoch(num_train: int, batch_size: int) -> int:
+    """Algorithm 1 iterations in one pass over the training set."""
+    return max(1, math.ceil(num_train / batch_size))
+
+
+class GANTrainable(tune.Trainable):
+    """A Tune trial holding one G/D pair; see the module docstring."""
+
+    def setup(self, config: dict[str, Any], data: dict[str, Any]) -> None:
+        self.experiment = experiment_from_trial_config(config)
+        cpus = self.experiment.tune.cpus_per_trial
+        torch.set_num_threads(max(1, int(cpus)))
+        self.device = trial_device()
+        with warnings.catch_warnings():  # the object store's arrays are read-only; we never write them
+            warnings.simplefilter("ignore", UserWarning)
+            train = torch.from_numpy(data["train"]).to(self.device)  # zero-copy on the CPU
+        self.trainer = GANTrainer(self.experiment.model, self.experiment.train, train, bool(data["bounded"]))
+        self.iterations_per_step = self.experiment.tune.iterations_per_step or steps_per_epoch(
+            len(train), self.experiment.train.batch_size
+        )
+        self.parzen_valid_ll = -math.inf
+        self.sigma = math.nan
+        self.diverged = False
+
+    def step(self) -> dict[str, Any]:
+        if self.diverged:  # nothing to learn from NaN weights: wait for PBT to replace us
+            return self._result(None, 0.0, eval_s=0.0)
+        start = time.perf_counter()
+        metrics = self.trainer.run(self.iterations_per_step)
+        train_s = time.perf_counter() - start
+        eval_s = 0.0
+        if not metrics.finite:
+            self.diverged = True
+            self.parzen_valid_ll = -math.inf
+        elif (self.iteration + 1) % self.experiment.eval.every == 0:
+            eval_start = time.perf_counter()
+            self._evaluate()
+            eval_s = time.perf_counter() - eval_start
+        return self._result(metrics, self.iterations_per_step / train_s, eval_s)
+
+    def _evaluate(self) -> None:
+        samples = generate(self.trainer.generator, self.experiment.eval.num_samples, seed=EVAL_SEED)
+        scores = ray.get(find_evaluator(evaluator_name(self.experiment.tune.name)).score_valid.remote(ray.put(samples.cpu().numpy())))
+        self.parzen_valid_ll, self.sigma = scores["parzen_valid_ll"], scores["sigma"]
+
+    def _result(self, metrics: Any, iterations_per_s: float, eval_s: float) -> dict[str, Any]:
+        hp = self.trainer.current_hyperparameters()
+        result = {
+            "eval/parzen_valid_ll": self.parzen_valid_ll,
+            "eval/sigma": self.sigma,
+            "eval/seconds": eval_s,
+            "perf/iterations_per_s": iterations_per_s,
+            "algorithm/iteration": self.trainer.iteration,
+            "hparams/k": hp["k"],
+            "hparams/lr_d": hp["lr_d"],
+            "hparams/lr_g": hp["lr_g"],
+            "hparams/momentum": hp["momentum"],
+            "diverged": self.diverged,
+        }
+        if metrics is not None:
+            result.update({"loss/d": metrics.d_loss, "loss/g": metrics.g_loss, "d/real": metrics.d_real, "d/fake": metrics.d_fake})
+        if self.diverged and self.experiment.tune.scheduler != "pbt":
+            result["done"] = True  # no scheduler here will replace it: stop it
+        return result
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        state = self.trainer.state_dict()
+        state["parzen_valid_ll"], state["sigma"], state["diverged"] = self.parzen_valid_ll, self.sigma, self.diverged
+        atomic_torch_save(state, Path(checkpoint_dir) / TRAINER_FILE)
+        save_generator(Path(checkpoint_dir) / GENERATOR_FILE, self.trainer.generator)
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        state = torch.load(Path(checkpoint_dir) / TRAINER_FILE, map_location=self.device, weights_only=True)
+        self.trainer.load_state_dict(state)
+        self.parzen_valid_ll, self.sigma, self.diverged = state["parzen_valid_ll"], state["sigma"], state["diverged"]
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        experiment = experiment_from_trial_config(new_config)
+        if replace(experiment, train=self.experiment.train, model=self.experiment.model) != self.experiment:
+            return False  # a different experiment, not a mutation: let Tune start a fresh actor
+        self.trainer.set_hyperparameters(experiment.train, prior=experiment.model.prior)
+        self.experiment = experiment
+        self.config = new_config
+        return True
+
+
+def with_data(data: dict[str, np.ndarray | bool], cpus: float, gpus: float) -> Any:
+    """GANTrainable with the training set put into the object store once, and its resources.
+
+    Args:
+        data: ``{"train": float32 array (N, C, H, W), "bounded": bool}``.
+        cpus: CPUs per trial (torch threads follow it).
+        gpus: GPU fraction per trial (0.25 puts four trials on one GPU).
+    """
+    trainable = tune.with_parameters(GANTrainable, data=data)
+    return tune.with_resources(trainable, {"cpu": cpus, "gpu": gpus})
+

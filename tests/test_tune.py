@@ -1,0 +1,222 @@
+"""The population trainer with a real local Ray: end to end, PBT's exploit, resume, resources."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from raygan.config import EvalConfig, ExperimentConfig, ModelConfig, SearchConfig, TrainConfig, TuneConfig, load_config, to_dict
+from raygan.data import Dataset
+
+pytestmark = pytest.mark.ray
+
+
+def tiny_dataset(seed: int = 0) -> Dataset:
+    """Blobby 1x4x4 'images' in [0, 1]: enough structure for G to learn something quickly."""
+    rng = np.random.default_rng(seed)
+
+    def draw(n: int) -> np.ndarray:
+        base = rng.choice([0.2, 0.8], size=(n, 1, 1, 1))
+        return np.clip(base + 0.05 * rng.standard_normal((n, 1, 4, 4)), 0, 1).astype(np.float32)
+
+    return Dataset("tiny", draw(400), draw(100), draw(100), True)
+
+
+def tiny_experiment(tmp_path: Path, **tune_changes) -> ExperimentConfig:
+    tune = dict(
+        num_trials=2,
+        scheduler="pbt",
+        cpus_per_trial=1.0,
+        gpus_per_trial=0.0,
+        time_budget_s=None,
+        max_iterations=4,
+        iterations_per_step=20,
+        storage_path=str(tmp_path),
+        name="tiny",
+        seed=3,
+    )
+    tune.update(tune_changes)
+    return ExperimentConfig(
+        model=ModelConfig(noise_dim=4, g_hidden=(16,), d_hidden=(16,), d_pieces=2, d_input_dropout=0.0),
+        train=TrainConfig(batch_size=20),
+        eval=EvalConfig(num_samples=200, sigmas=(0.05, 0.1, 0.2, 0.5), every=1, cpus=1.0),
+        search=SearchConfig(perturbation_interval=2),
+        tune=TuneConfig(**tune),
+    )
+
+
+def test_end_to_end_tune_of_two_trials(ray_local, tmp_path):
+    from raygan.tune import format_report, run_experiment
+
+    config = tiny_experiment(tmp_path)
+    report = run_experiment(config, dataset=tiny_dataset(), verbose=0)
+
+    assert len(report.leaderboard) == 2
+    assert all(row.iterations == 4 and row.status == "OK" for row in report.leaderboard)
+    scores = [row.parzen_valid_ll for row in report.leaderboard]
+    assert scores == sorted(scores, reverse=True) and all(math.isfinite(s) for s in scores)
+
+    best = Path(report.best_dir)
+    summary = json.loads((best / "summary.json").read_text())
+    for key in ("parzen_valid_ll", "parzen_test_ll", "parzen_test_se", "sigma", "trial_id", "config"):
+        assert key in summary
+    assert summary["parzen_test_se"] > 0 and summary["sigma"] in config.eval.sigmas
+    assert set(summary["config"]) >= {"k", "lr_d", "lr_g", "momentum", "prior", "g_loss"}
+    assert math.isfinite(report.reference["parzen_test_ll"])
+
+    state = torch.load(best / "generator.pt", weights_only=True)  # loads without unpickling code
+    assert state["format"].startswith("raygan-generator")
+    saved = load_config(best / "config.yaml")
+    assert saved.train.k == summary["config"]["k"] and saved.model.prior == summary["config"]["prior"]
+    assert (best / "samples.png").stat().st_size > 0
+    text = format_report(report)
+    assert "Leaderboard" in text and "Held-out-data reference" in text
+
+
+def test_existing_experiment_is_not_overwritten(ray_local, tmp_path):
+    from raygan.errors import UserError
+    from raygan.tune import run_experiment
+
+    config = tiny_experiment(tmp_path, name="taken")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("results")
+    with pytest.raises(UserError, match="already exists"):
+        run_experiment(config, dataset=tiny_dataset(), verbose=0)
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "results"
+
+
+def _trainable(tmp_path: Path, **hyper):
+    """A GANTrainable built directly (no Tuner), as a Tune actor would build it."""
+    from raygan.trainable import with_data
+
+    config = tiny_experiment(tmp_path)
+    trial_config = {"experiment": to_dict(config), "k": 1, "lr_d": 0.05, "lr_g": 0.05, "momentum": 0.5,
+                    "prior": "uniform", "g_loss": "non-saturating", "seed": 0, **hyper}
+    data = tiny_dataset()
+    return with_data({"train": data.train, "bounded": True}, cpus=1, gpus=0)(config=trial_config)
+
+
+@pytest.fixture
+def evaluator(ray_local):
+    """The named evaluator that trials look up; alive while the test holds its handle."""
+    from raygan.evaluator import evaluator_name, get_or_create_evaluator
+
+    data, config = tiny_dataset(), tiny_experiment(Path("/unused"))
+    handle = get_or_create_evaluator(data.valid, data.test, data.train, config.eval, name=evaluator_name(config.tune.name))
+    yield handle
+    ray_local.kill(handle)
+
+
+def test_pbt_exploit_copies_the_donors_weights_and_optimiser_state(evaluator, tmp_path):
+    donor = _trainable(tmp_path / "a", seed=1, lr_d=0.1)
+    taker = _trainable(tmp_path / "b", seed=2, k=3, prior="gaussian")
+    donor.train()
+    donor.train()
+    taker.train()
+    checkpoint = donor.save(str(tmp_path / "ckpt"))
+
+    # PBT's exploit with reuse_actors: reset_config to the explored config, then restore.
+    explored = dict(taker.config, k=2, lr_g=0.02, prior="hypersphere")
+    assert taker.reset_config(explored)
+    taker.restore(checkpoint)
+
+    for net in ("generator", "discriminator"):
+        a = getattr(donor.trainer, net).state_dict()
+        b = getattr(taker.trainer, net).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    for opt in ("opt_d", "opt_g"):
+        a = getattr(donor.trainer, opt).state_dict()["state"]
+        b = getattr(taker.trainer, opt).state_dict()["state"]
+        assert all(torch.equal(a[i]["momentum_buffer"], b[i]["momentum_buffer"]) for i in a)
+    assert taker.trainer.iteration == donor.trainer.iteration
+    # ... and keeps the explored hyperparameters, not the donor's.
+    assert taker.trainer.train.k == 2 and taker.trainer.train.lr_g == 0.02
+    assert taker.trainer.model.prior == "hypersphere"
+    donor.stop()
+    taker.stop()
+
+
+def test_save_load_continue_equals_uninterrupted(evaluator, tmp_path):
+    straight = _trainable(tmp_path / "s")
+    for _ in range(3):
+        straight.train()
+
+    first = _trainable(tmp_path / "f")
+    first.train()
+    checkpoint = first.save(str(tmp_path / "ckpt"))
+    first.stop()
+    resumed = _trainable(tmp_path / "r", seed=99)  # a fresh actor, even with another init
+    resumed.restore(checkpoint)
+    resumed.train()
+    resumed.train()
+
+    a, b = straight.trainer.generator.state_dict(), resumed.trainer.generator.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = straight.trainer.discriminator.state_dict(), resumed.trainer.discriminator.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    straight.stop()
+    resumed.stop()
+
+
+def test_a_diverged_trial_reports_it_and_stops_training(evaluator, tmp_path):
+    trial = _trainable(tmp_path)
+    with torch.no_grad():
+        for p in trial.trainer.discriminator.parameters():
+            p.fill_(float("nan"))
+    result = trial.train()
+    assert result["diverged"] is True and result["eval/parzen_valid_ll"] == -math.inf
+    before = trial.trainer.iteration
+    trial.train()
+    assert trial.trainer.iteration == before  # no compute spent on NaN weights
+    trial.stop()
+
+
+def test_resources_ask_for_a_gpu_fraction_when_the_cluster_has_gpus(monkeypatch):
+    import ray
+
+    from raygan import tune as raygan_tune
+    from raygan.trainable import with_data
+
+    config = ExperimentConfig()
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 2.0})
+    assert raygan_tune._gpus_per_trial(config) == 0.25
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0})
+    assert raygan_tune._gpus_per_trial(config) == 0.0
+
+    trainable = with_data({"train": np.zeros((4, 1, 2, 2), np.float32), "bounded": True}, cpus=2, gpus=0.25)
+    request = trainable.default_resource_request({})
+    assert request.required_resources == {"CPU": 2.0, "GPU": 0.25}
+
+
+def test_cli_refuses_bad_input_with_one_sentence(tmp_path, capsys):
+    from raygan.tune import main
+
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("train:\n  k: 0\n")
+    cases = [
+        ["--num-trials", "0"],
+        ["--dataset", "imagenet"],
+        ["--config", str(tmp_path / "missing.yaml")],
+        ["--config", str(bad_yaml)],
+        ["--scheduler", "hyperband"],
+    ]
+    for argv in cases:
+        assert main(argv + ["--storage-path", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+
+
+def test_yaml_configs_in_experiments_load():
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    files = sorted(root.glob("*.yaml"))
+    assert files
+    for path in files:
+        load_config(path)
+    assert load_config(root / "mnist5k.yaml") == ExperimentConfig()  # the default run is the defaults
+    assert yaml.safe_load((root / "mnist5k.yaml").read_text())["data"]["name"] == "mnist5k"
