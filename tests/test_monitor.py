@@ -127,6 +127,9 @@ def test_hparams_summary_sits_in_the_scalars_run_with_names_values_and_metrics(t
 
 def test_histograms_only_when_asked(tmp_path):
     g, d = torch.nn.Linear(2, 3), torch.nn.Sequential(torch.nn.Linear(3, 1))
+    with torch.no_grad():
+        g.weight.copy_(torch.arange(6.0).view(3, 2))
+        g.bias.zero_()
     quiet = TrialMonitor(tmp_path / "quiet", HPARAMS)
     quiet.log_histograms(1, g, d)
     quiet.close()
@@ -137,7 +140,12 @@ def test_histograms_only_when_asked(tmp_path):
     assert load(tmp_path / "quiet").Tags()["histograms"] == []
     histograms = load(tmp_path / "loud")
     assert set(histograms.Tags()["histograms"]) == {"weights/g/weight", "weights/g/bias", "weights/d/0.weight", "weights/d/0.bias"}
-    assert histograms.Histograms("weights/g/weight")[0].histogram_value.num == 6
+    weight = histograms.Histograms("weights/g/weight")[0].histogram_value
+    assert (weight.min, weight.max, weight.num, weight.sum, weight.sum_squares) == (0, 5, 6, 15, 55)
+    assert sum(weight.bucket) == 6 and weight.bucket[0] == 1 and weight.bucket[-1] == 1
+    assert weight.bucket_limit[-1] == pytest.approx(5)
+    bias = histograms.Histograms("weights/g/bias")[0].histogram_value  # constant: bins around it
+    assert (bias.num, sum(bias.bucket), bias.min, bias.max) == (3, 3, 0, 0)
 
 
 def test_close_twice_is_harmless(tmp_path):
