@@ -72,6 +72,9 @@ class GANTrainable(tune.Trainable):
         self.parzen_valid_ll = -math.inf
         self.sigma = math.nan
         self.diverged = False
+        # Which Ray node ran each result: node_ip cannot tell apart nodes that share an address
+        # (containers on one host, test clusters), and it shows where a trial went after a node loss.
+        self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
     def step(self) -> dict[str, Any]:
         if self.diverged:  # nothing to learn from NaN weights: wait for PBT to replace us
@@ -83,14 +86,20 @@ class GANTrainable(tune.Trainable):
         if not metrics.finite:
             self.diverged = True
             self.parzen_valid_ll = -math.inf
-        elif (self.iteration + 1) % self.experiment.eval.every == 0:
+        elif self.iteration == 0 or (self.iteration + 1) % self.experiment.eval.every == 0 or self._last_step():
+            # The first step is always scored (schedulers need the metric in every result), and
+            # the last, so the final ranking is of the final generators.
             eval_start = time.perf_counter()
             self._evaluate()
             eval_s = time.perf_counter() - eval_start
         return self._result(metrics, self.iterations_per_step / train_s, eval_s)
 
+    def _last_step(self) -> bool:
+        return self.iteration + 1 >= self.experiment.tune.max_iterations
+
     def _evaluate(self) -> None:
-        samples = generate(self.trainer.generator, self.experiment.eval.num_samples, seed=EVAL_SEED)
+        num = min(self.experiment.eval.ranking_samples, self.experiment.eval.num_samples)
+        samples = generate(self.trainer.generator, num, seed=EVAL_SEED)
         scores = ray.get(find_evaluator(evaluator_name(self.experiment.tune.name)).score_valid.remote(ray.put(samples.cpu().numpy())))
         self.parzen_valid_ll, self.sigma = scores["parzen_valid_ll"], scores["sigma"]
 
@@ -107,6 +116,7 @@ class GANTrainable(tune.Trainable):
             "hparams/lr_g": hp["lr_g"],
             "hparams/momentum": hp["momentum"],
             "diverged": self.diverged,
+            "node_id": self.node_id,
         }
         if metrics is not None:
             result.update({"loss/d": metrics.d_loss, "loss/g": metrics.g_loss, "d/real": metrics.d_real, "d/fake": metrics.d_fake})

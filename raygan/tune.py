@@ -118,6 +118,28 @@ def _write_best(best_dir: Path, checkpoint_dir: Path, trial_config: dict[str, An
         os.replace(Path(tmp) / "samples.png", best_dir / "samples.png")
 
 
+def _progress_reporter() -> Any:
+    """The live table: each trial's hyperparameters, D(x), D(G(z)) and Parzen validation LL."""
+    from ray.tune import CLIReporter
+
+    from raygan.search import METRIC
+
+    return CLIReporter(
+        parameter_columns={"k": "k", "lr_d": "lr_d", "lr_g": "lr_g", "momentum": "momentum", "prior": "prior", "g_loss": "g_loss"},
+        metric_columns={
+            "training_iteration": "steps",
+            "algorithm/iteration": "iters",
+            "d/real": "D(x)",
+            "d/fake": "D(G(z))",
+            METRIC: "parzen_valid_ll",
+            "perf/iterations_per_s": "iter/s",
+        },
+        sort_by_metric=True,  # metric and mode come from the TuneConfig
+        max_report_frequency=20,
+        max_progress_rows=32,
+    )
+
+
 def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int = 1) -> Report:
     """Train and rank a population, then report the best trial's test log-likelihood once.
 
@@ -151,6 +173,8 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
         dataset = load_dataset(config.data.name, config.data.root, download=config.data.download, seed=config.tune.seed)
     tune_config(config)  # validates the scheduler settings before Ray starts
 
+    # Tune's newer console output ignores progress reporters; ours shows the GAN's numbers.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     _init_ray(config)
     evaluator = get_or_create_evaluator(
         dataset.valid, dataset.test, dataset.train, config.eval, name=evaluator_name(config.tune.name)
@@ -169,6 +193,7 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
             checkpoint_at_end=True,
         ),
         verbose=verbose,
+        progress_reporter=_progress_reporter(),
     )
     if config.tune.resume:
         if not tune.Tuner.can_restore(path):
@@ -179,8 +204,10 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
     results = tuner.fit()
 
     leaderboard = _leaderboard(results)
-    best = results.get_best_result(metric=METRIC, mode=MODE, scope="all", filter_nan_and_inf=True)
-    checkpoint = best.get_best_checkpoint(METRIC, MODE) or best.checkpoint
+    # The leaderboard's first trial, in its final state (checkpoint_at_end): what the user sees
+    # ranked first is what gets reported and saved.
+    best = results.get_best_result(metric=METRIC, mode=MODE, scope="last", filter_nan_and_inf=True)
+    checkpoint = best.checkpoint
     if checkpoint is None:
         raise UserError("no trial produced a checkpoint; give the experiment more time (--time-budget-s, --max-iterations)")
     with checkpoint.as_directory() as checkpoint_dir:
@@ -195,6 +222,8 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
             "config": {k: v for k, v in best.config.items() if k != "experiment"},
             "reference": {k: reference[k] for k in ("parzen_valid_ll", "parzen_test_ll", "parzen_test_se", "sigma")},
             "dataset": config.data.name,
+            "num_samples": config.eval.num_samples,
+            "ranking_samples": min(config.eval.ranking_samples, config.eval.num_samples),
         }
         with tempfile.TemporaryDirectory() as staging:
             local_best = Path(path) / "best" if not _is_uri(path) else Path(staging) / "best"
@@ -269,16 +298,16 @@ def format_report(report: Report) -> str:
     """The leaderboard and the best trial's numbers, as the user sees them at the end."""
     from raygan.trainable import HYPERPARAMETERS
 
-    lines = ["", "Leaderboard (ranked on Parzen validation log-likelihood, nats):"]
+    s, r = report.summary, report.reference
+    lines = ["", f"Leaderboard (Parzen validation log-likelihood in nats, {s['ranking_samples']:,} samples per trial):"]
     header = f"  {'#':>2}  {'trial':<24} {'valid LL':>9}  {'steps':>5}  " + "  ".join(f"{h:>9}" for h in HYPERPARAMETERS if h != "seed")
     lines.append(header)
     for i, row in enumerate(report.leaderboard, 1):
         values = "  ".join(f"{_fmt(row.config.get(h)):>9}" for h in HYPERPARAMETERS if h != "seed")
         lines.append(f"  {i:>2}  {row.trial_id:<24} {row.parzen_valid_ll:>9.1f}  {row.iterations:>5}  {values}")
-    s, r = report.summary, report.reference
     lines += [
         "",
-        f"Best trial {s['trial_id']}: Parzen test log-likelihood {s['parzen_test_ll']:.1f} ± {s['parzen_test_se']:.1f} nats"
+        f"Best trial {s['trial_id']} ({s['num_samples']:,} samples): Parzen test log-likelihood {s['parzen_test_ll']:.1f} ± {s['parzen_test_se']:.1f} nats"
         f" (sigma {s['sigma']:.3f} chosen on validation; validation LL {s['parzen_valid_ll']:.1f})",
         f"Held-out-data reference (real training images as Parzen centres): {r['parzen_test_ll']:.1f} ± {r['parzen_test_se']:.1f} nats"
         f" (sigma {r['sigma']:.3f})",
