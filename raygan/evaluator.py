@@ -2,9 +2,9 @@
 
 One named, restartable actor serves the whole population: trials find it by name and pass
 their samples by object reference. All the maths is in :mod:`raygan.parzen`; this module only
-keeps the data on the actor's device and serialises access to it.
+keeps the data on the actor's device, serialises access to it, and counts its busy time.
 
-Ranking never sees the test set: :meth:`ParzenEvaluator.score_valid` uses the validation split
+Ranking never sees the test set: :meth:`ParzenEvaluator.score_valid` reads the validation split
 only; :meth:`ParzenEvaluator.score_test` is for the final report.
 """
 
@@ -14,7 +14,7 @@ import math
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import ray
@@ -24,10 +24,13 @@ from raygan import parzen
 from raygan.config import EvalConfig
 
 EVALUATOR_NAME = "raygan-parzen-evaluator"
-DEFAULT_GPU_FRACTION = 0.25
+DEFAULT_GPU_FRACTION = 0.25  # where the cluster has GPUs and eval.gpus is unset
+MAX_CONCURRENCY = 16  # calls that may wait on the actor at once; the lock scores them one by one
+
+T = TypeVar("T")
 
 
-def _result(result: parzen.ParzenResult) -> dict[str, float]:
+def _report(result: parzen.ParzenResult) -> dict[str, float]:
     return {
         "parzen_valid_ll": result.valid_ll,
         "parzen_test_ll": result.test_ll,
@@ -39,29 +42,34 @@ def _result(result: parzen.ParzenResult) -> dict[str, float]:
 class ParzenEvaluator:
     """Scores generated samples with the Parzen-window protocol (paper Section 5).
 
+    A plain class: :func:`get_or_create_evaluator` makes it a Ray actor; tests may use it directly.
+
     Args:
-        valid: validation split, float32 (M, C, H, W) or (M, D).
-        test: test split, float32 (T, C, H, W) or (T, D).
+        valid: validation split, (M, C, H, W) or (M, D).
+        test: test split, (T, C, H, W) or (T, D).
         train_reference: training images for the held-out-data reference, or None.
         eval_config: sigma grid, chunk size, number of reference centres, CPU request.
     """
 
-    def __init__(self, valid: np.ndarray, test: np.ndarray, train_reference: np.ndarray | None, eval_config: EvalConfig) -> None:
+    def __init__(
+        self, valid: np.ndarray, test: np.ndarray, train_reference: np.ndarray | None, eval_config: EvalConfig
+    ) -> None:
         self.config = eval_config
+        # As many torch threads as CPUs requested: more would steal cores from the trials.
         torch.set_num_threads(max(1, math.floor(eval_config.cpus)))
         gpu = bool(ray.get_gpu_ids()) if ray.is_initialized() else False
         self.device = torch.device("cuda", 0) if gpu and torch.cuda.is_available() else torch.device("cpu")
-        self.valid = torch.as_tensor(np.asarray(valid), dtype=torch.float32).to(self.device)
-        self.test = torch.as_tensor(np.asarray(test), dtype=torch.float32).to(self.device)
+        self.valid = self._tensor(valid)
+        self.test = self._tensor(test)
         self.train_reference = None if train_reference is None else np.asarray(train_reference)
         self._reference: dict[str, float] | None = None
         self._lock = threading.Lock()  # one scoring at a time: they share the device and the threads
         self._calls, self._busy_s = 0, 0.0
 
-    def _samples(self, samples: Any) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(samples), dtype=torch.float32).to(self.device)
+    def _tensor(self, x: Any) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(x), dtype=torch.float32).to(self.device)
 
-    def _timed(self, fn: Any) -> Any:
+    def _timed(self, fn: Callable[[], T]) -> T:
         with self._lock:
             start = time.perf_counter()
             try:
@@ -70,41 +78,62 @@ class ParzenEvaluator:
                 self._calls += 1
                 self._busy_s += time.perf_counter() - start
 
-    def score_valid(self, samples: Any) -> dict[str, float]:
+    def score_valid(self, samples: np.ndarray) -> dict[str, float]:
         """Validation LL at the sigma chosen on validation: what trials are ranked on.
 
+        Args:
+            samples: generated samples, (N, C, H, W) or (N, D), e.g. passed by object reference.
+
         Returns:
-            ``{"parzen_valid_ll": ..., "sigma": ...}``.
+            ``{"parzen_valid_ll": ..., "sigma": ...}``; -inf and NaN for samples that are not
+            all finite (a diverged generator ranks last, and NaN never reaches the scheduler).
         """
 
         def run() -> dict[str, float]:
-            sigmas = self.config.sigmas
-            grid = parzen.log_likelihood_grid(self._samples(samples), self.valid, sigmas, chunk_size=self.config.chunk_size)
-            mean_ll = grid.mean(0)  # one distance pass scores every sigma of the grid
-            best = int(torch.argmax(mean_ll))
-            return {"parzen_valid_ll": float(mean_ll[best]), "sigma": sigmas[best]}
+            centres = self._tensor(samples)
+            if not bool(torch.isfinite(centres).all()):
+                return {"parzen_valid_ll": -math.inf, "sigma": math.nan}
+            sigma, valid_ll = parzen.validation_score(
+                centres, self.valid, self.config.sigmas, chunk_size=self.config.chunk_size
+            )
+            return {"parzen_valid_ll": valid_ll, "sigma": sigma}
 
         return self._timed(run)
 
-    def score_test(self, samples: Any) -> dict[str, float]:
+    def score_test(self, samples: np.ndarray) -> dict[str, float]:
         """The full protocol, test split included: for the final report only, never for ranking.
 
+        Args:
+            samples: generated samples, (N, C, H, W) or (N, D).
+
         Returns:
-            ``parzen_valid_ll``, ``parzen_test_ll``, ``parzen_test_se``, ``sigma``.
+            ``parzen_valid_ll``, ``parzen_test_ll``, ``parzen_test_se`` and ``sigma``.
         """
         return self._timed(
-            lambda: _result(parzen.evaluate(self._samples(samples), self.valid, self.test, self.config.sigmas, chunk_size=self.config.chunk_size))
+            lambda: _report(
+                parzen.evaluate(
+                    self._tensor(samples), self.valid, self.test, self.config.sigmas, chunk_size=self.config.chunk_size
+                )
+            )
         )
 
     def reference(self) -> dict[str, float]:
-        """The held-out-data reference (real training images as centres), computed once."""
+        """The held-out-data reference (real training images as centres), computed once.
+
+        Returns:
+            The same keys as :meth:`score_test`.
+
+        Raises:
+            ValueError: the evaluator was built without training images.
+        """
         if self.train_reference is None:
             raise ValueError("this evaluator was built without training images for the reference")
-        if self._reference is None:
-            self._reference = self._timed(
-                lambda: _result(
+
+        def run() -> dict[str, float]:
+            if self._reference is None:  # checked under the lock: concurrent callers compute it once
+                self._reference = _report(
                     parzen.reference(
-                        torch.as_tensor(self.train_reference).to(self.device),
+                        self._tensor(self.train_reference),
                         self.valid,
                         self.test,
                         self.config.num_samples,
@@ -112,11 +141,16 @@ class ParzenEvaluator:
                         chunk_size=self.config.chunk_size,
                     )
                 )
-            )
-        return self._reference
+            return self._reference
+
+        return self._timed(run)
 
     def stats(self) -> dict[str, float]:
-        """Calls served and seconds spent scoring: evaluation must not dominate the trials' time."""
+        """Calls served and seconds spent scoring, to show evaluation does not dominate the trials' time.
+
+        Returns:
+            ``{"calls": ..., "busy_s": ...}`` since this process started.
+        """
         return {"calls": self._calls, "busy_s": self._busy_s}
 
     def pid(self) -> int:
@@ -145,9 +179,19 @@ def get_or_create_evaluator(
 ) -> Any:
     """The named evaluator actor, started if it is not running yet.
 
-    It restarts without limit if its process dies (its constructor runs again with the same
-    arguments, reloading the data), and calls made through the handle are retried after a
-    restart. Up to 16 calls may wait on it at once; they are scored one after another.
+    It restarts without limit if its process dies (Ray runs its constructor again with the same
+    arguments, so the data reload), and calls made through the handle are retried after a
+    restart. Up to ``MAX_CONCURRENCY`` calls may wait on it at once; they are scored one after
+    another. Its resources are explicit: ``eval_config.cpus`` CPUs, and ``eval_config.gpus``
+    GPUs (unset: a quarter of a GPU where the cluster has GPUs, else none).
+
+    Args:
+        valid: validation split.
+        test: test split (only :meth:`ParzenEvaluator.score_test` reads it).
+        train_reference: training images for the held-out-data reference, or None.
+        eval_config: the protocol's settings and the actor's resources.
+        name: the actor's name, which trials look up.
+        namespace: the Ray namespace (None: the job's).
 
     Returns:
         The actor handle.
@@ -158,7 +202,7 @@ def get_or_create_evaluator(
         get_if_exists=True,
         max_restarts=-1,
         max_task_retries=-1,
-        max_concurrency=16,
+        max_concurrency=MAX_CONCURRENCY,
         num_cpus=eval_config.cpus,
         num_gpus=_gpus(eval_config),
     )
@@ -166,5 +210,16 @@ def get_or_create_evaluator(
 
 
 def find_evaluator(name: str = EVALUATOR_NAME, namespace: str | None = None) -> Any:
-    """The running evaluator actor, looked up by name (trials call this)."""
+    """The running evaluator actor, looked up by name (trials call this).
+
+    Args:
+        name: the actor's name.
+        namespace: the Ray namespace (None: the job's).
+
+    Returns:
+        The actor handle.
+
+    Raises:
+        ValueError: no actor of that name is alive (Ray's error).
+    """
     return ray.get_actor(name, namespace=namespace)

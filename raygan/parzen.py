@@ -340,6 +340,31 @@ def _select(
     return sigmas[best], float(mean_ll[best])
 
 
+@torch.no_grad()
+def validation_score(
+    samples: ArrayLike,
+    valid: ArrayLike,
+    sigmas: Sequence[float] | None = None,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[float, float]:
+    """The ranking score: the best mean validation LL over the sigma grid, and that sigma.
+
+    Args:
+        samples: the window's centres, (N, ...).
+        valid: validation points, (M, ...). Never the test set (the paper cross-validates sigma).
+        sigmas: the grid (default :data:`DEFAULT_SIGMAS`).
+        chunk_size: points per distance block.
+        dtype: the distance block's dtype.
+
+    Returns:
+        ``(sigma, mean validation LL at sigma)``.
+    """
+    return _select(_Centres(samples, dtype), valid, _sigma_grid(sigmas), chunk_size)
+
+
+@torch.no_grad()
 def select_sigma(
     samples: ArrayLike,
     valid: ArrayLike,
@@ -360,7 +385,7 @@ def select_sigma(
     Returns:
         The chosen sigma.
     """
-    return _select(_Centres(samples, dtype), valid, _sigma_grid(sigmas), chunk_size)[0]
+    return validation_score(samples, valid, sigmas, chunk_size=chunk_size, dtype=dtype)[0]
 
 
 @torch.no_grad()
