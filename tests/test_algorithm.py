@@ -13,7 +13,7 @@ import torch
 from scipy import stats
 
 from raygan.algorithm import GANTrainer, IterationMetrics, discriminator_loss, generator_loss
-from raygan.config import ModelConfig, TrainConfig
+from raygan.config import ModelConfig, TrainConfig, replace
 from raygan.data import TOY_1D_MEAN, TOY_1D_STD, load_dataset
 from raygan.models import generate
 
@@ -49,8 +49,6 @@ def _data(n: int = 128, seed: int = 0) -> torch.Tensor:
 
 
 def _trainer(model: ModelConfig = SMALL, train: TrainConfig = SMALL_TRAIN, **changes) -> GANTrainer:
-    from raygan.config import replace
-
     return GANTrainer(model, replace(train, **changes) if changes else train, _data())
 
 
@@ -315,8 +313,6 @@ def test_no_decay_and_no_ramp_keep_the_settings():
 
 
 def test_set_hyperparameters_changes_k_lr_and_prior_in_place_without_touching_weights():
-    from raygan.config import replace
-
     trainer = _trainer()
     trainer.run(3)
     weights, buffers_d, buffers_g = _params(trainer), _momentum_buffers(trainer.opt_d), _momentum_buffers(trainer.opt_g)
@@ -353,8 +349,6 @@ def test_max_norm_bounds_every_linear_row_of_d():
     """With d_max_norm = 0.015 and lr 2 the constraint binds; after every D-step each unit's
     incoming weight vector (a row of every nn.Linear in D, maxout pieces and output alike) has
     L2 norm <= 0.015 + 1e-6. Without the constraint the same run exceeds it (the check is not vacuous)."""
-    from raygan.config import replace
-
     def max_row_norm(trainer: GANTrainer) -> float:
         return max(
             m.weight.norm(dim=1).max().item()
@@ -536,8 +530,6 @@ def test_trainers_leave_the_global_cuda_rng_untouched():
 @cuda
 def test_save_restore_continue_on_cuda(tmp_path):
     """As on the CPU; compared to 1e-6 because cuBLAS may pick different kernels across processes."""
-    from raygan.config import replace
-
     train = replace(SMALL_TRAIN, k=2)
     a = GANTrainer(SMALL, train, _data().cuda())
     a.run(5)
