@@ -149,6 +149,7 @@ class EvalConfig:
     chunk_size: int = 2048  # points scored per distance block: bounds memory
     cpus: float = 1.0  # the evaluator actor's CPU request
     gpus: float | None = None  # its GPU request (None: 0.25 where the cluster has GPUs, else 0)
+    histograms: bool = False  # G and D weight histograms in TensorBoard at each evaluation (~0.1 s each)
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:

@@ -32,6 +32,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.plugins.hparams import summary_v2 as hp
 from torch.utils.tensorboard import SummaryWriter
 
+from raygan.config import SearchConfig
 from raygan.files import atomic_write_text
 
 # Result-dict keys with these prefixes are logged; the rest (Tune's bookkeeping, flags) is not.
@@ -200,6 +201,24 @@ class TrialMonitor:
         if step != self._last_step:
             self._last_step, self._logged_at_last_step = step, set()
         self._logged_at_last_step.update(tags)
+
+
+def search_domains(search: SearchConfig) -> dict[str, Domain]:
+    """The HParams dashboard's domain of each searched hyperparameter: the search space's."""
+    return {
+        "k": hp.Discrete(list(search.k)),
+        "momentum": hp.RealInterval(*map(float, search.momentum)),
+        "lr_d": hp.RealInterval(*map(float, search.lr_d)),
+        "lr_g": hp.RealInterval(*map(float, search.lr_g)),
+        "prior": hp.Discrete(list(search.prior)),
+        "g_loss": hp.Discrete(list(search.g_loss)),
+    }
+
+
+def shows_as_image(shape: Sequence[int]) -> bool:
+    """Whether data points of shape (C, H, W) make a sample grid (not the 1-D/2-D point sets)."""
+    channels, height, width = shape
+    return channels in (1, 3) and height > 1 and width > 1
 
 
 def write_experiment_summary(

@@ -4,7 +4,9 @@ Each method is a few lines: ``setup`` builds the core's :class:`~raygan.algorith
 on the trial's device from the training set in Ray's object store; ``step`` runs Algorithm 1
 iterations and, every ``eval.every`` steps, has the Parzen evaluator actor score a batch of
 samples; ``save_checkpoint``/``load_checkpoint`` carry the trainer's full state so PBT's
-exploit copies a donor exactly; ``reset_config`` applies a PBT mutation in place.
+exploit copies a donor exactly; ``reset_config`` applies a PBT mutation in place. A
+:class:`~raygan.monitor.TrialMonitor` writes each result, and a grid of the evaluation's
+fixed-noise samples, as TensorBoard events into the trial's directory.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs
 import ray
 import torch
 from ray import tune
@@ -25,6 +28,7 @@ from raygan.config import ExperimentConfig, TrainConfig, build, replace
 from raygan.evaluator import evaluator_name, find_evaluator
 from raygan.files import atomic_torch_save
 from raygan.models import generate, save_generator
+from raygan.monitor import TrialMonitor, search_domains, shows_as_image
 
 # The hyperparameters a trial's Tune config carries (searched, mutated by PBT); everything
 # else of the experiment travels unchanged under the "experiment" key.
@@ -32,6 +36,7 @@ HYPERPARAMETERS = ("k", "lr_d", "lr_g", "momentum", "prior", "g_loss", "seed")
 TRAINER_FILE = "trainer.pt"
 GENERATOR_FILE = "generator.pt"
 EVAL_SEED = 1234  # fixed noise for Parzen samples: trials and steps are compared on the same z
+SAMPLE_GRID = 64  # the first of each evaluation's fixed-noise samples, shown in TensorBoard
 
 
 def experiment_from_trial_config(config: dict[str, Any]) -> ExperimentConfig:
@@ -47,6 +52,21 @@ def trial_device() -> torch.device:
     if ray.get_gpu_ids() and torch.cuda.is_available():
         return torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU
     return torch.device("cpu")
+
+
+def trial_log_dir(trainable: tune.Trainable) -> str:
+    """Where a trial's TensorBoard events go: its directory under the experiment's storage path.
+
+    Ray's public ``Trainable.logdir`` is the actor's scratch working directory (under
+    /tmp/ray/session_*), which Tune copies to storage only with ``SyncConfig(sync_artifacts=True)``.
+    On local (or mounted) storage the events go straight into the trial directory, so a running
+    ``tensorboard --logdir <storage>`` sees them live; on remote storage (s3://) they go into the
+    working directory, which run_experiment has Tune sync.
+    """
+    storage = getattr(trainable, "_storage", None)  # Ray 2.60's StorageContext; None outside Tune
+    if storage is not None and isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+        return storage.trial_fs_path
+    return trainable.logdir
 
 
 def steps_per_epoch(num_train: int, batch_size: int) -> int:
@@ -75,8 +95,19 @@ class GANTrainable(tune.Trainable):
         # Which Ray node ran each result: node_ip cannot tell apart nodes that share an address
         # (containers on one host, test clusters), and it shows where a trial went after a node loss.
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        self.monitor = self._open_monitor(config)
+
+    def _open_monitor(self, config: dict[str, Any]) -> TrialMonitor:
+        hparams = {k: config[k] for k in HYPERPARAMETERS if k in config}
+        return TrialMonitor(trial_log_dir(self), hparams, domains=search_domains(self.experiment.search),
+                            histograms=self.experiment.eval.histograms)
 
     def step(self) -> dict[str, Any]:
+        result = self._train_and_evaluate()
+        self.monitor.log_step(self.iteration + 1, result)  # the result's training_iteration
+        return result
+
+    def _train_and_evaluate(self) -> dict[str, Any]:
         if self.diverged:  # nothing to learn from NaN weights: wait for PBT to replace us
             return self._result(None, 0.0, eval_s=0.0)
         start = time.perf_counter()
@@ -100,6 +131,9 @@ class GANTrainable(tune.Trainable):
     def _evaluate(self) -> None:
         num = min(self.experiment.eval.ranking_samples, self.experiment.eval.num_samples)
         samples = generate(self.trainer.generator, num, seed=EVAL_SEED)
+        if shows_as_image(self.trainer.generator.data_shape):  # the same z at every evaluation
+            self.monitor.log_samples(self.iteration + 1, samples[:SAMPLE_GRID])
+        self.monitor.log_histograms(self.iteration + 1, self.trainer.generator, self.trainer.discriminator)
         scores = ray.get(find_evaluator(evaluator_name(self.experiment.tune.name)).score_valid.remote(ray.put(samples.cpu().numpy())))
         self.parzen_valid_ll, self.sigma = scores["parzen_valid_ll"], scores["sigma"]
 
@@ -142,7 +176,13 @@ class GANTrainable(tune.Trainable):
         self.trainer.set_hyperparameters(experiment.train, prior=experiment.model.prior)
         self.experiment = experiment
         self.config = new_config
+        if trial_log_dir(self) != self.monitor.logdir:  # Tune reused this actor for another trial
+            self.monitor.close()
+            self.monitor = self._open_monitor(new_config)
         return True
+
+    def cleanup(self) -> None:
+        self.monitor.close()
 
 
 def with_data(data: dict[str, np.ndarray | bool], cpus: float, gpus: float) -> Any:
