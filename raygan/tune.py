@@ -140,7 +140,7 @@ def _progress_reporter() -> Any:
     )
 
 
-def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int = 1) -> Report:
+def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int = 1, callbacks: Sequence[Any] = ()) -> Report:
     """Train and rank a population, then report the best trial's test log-likelihood once.
 
     Args:
@@ -148,6 +148,7 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
         dataset: a loaded data set (``.train/.valid/.test`` arrays, ``.bounded``) to use instead
             of loading ``config.data`` (tests pass small ones).
         verbose: Tune's verbosity (0 silent, 1 a progress table).
+        callbacks: extra ``ray.tune.Callback`` objects (loggers, trackers, benchmarks' clocks).
 
     Returns:
         The leaderboard, the best trial's summary (also in ``<experiment>/best/summary.json``),
@@ -194,6 +195,7 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
         ),
         verbose=verbose,
         progress_reporter=_progress_reporter(),
+        callbacks=list(callbacks) or None,
     )
     if config.tune.resume:
         if not tune.Tuner.can_restore(path):
