@@ -173,7 +173,11 @@ class GANTrainable(tune.Trainable):
         experiment = experiment_from_trial_config(new_config)
         if replace(experiment, train=self.experiment.train, model=self.experiment.model) != self.experiment:
             return False  # a different experiment, not a mutation: let Tune start a fresh actor
-        self.trainer.set_hyperparameters(experiment.train, prior=experiment.model.prior)
+        # Tune calls this for PBT's exploit (a restore follows) and, with reuse_actors, to hand this
+        # actor to a fresh trial (no restore follows): either way start from the new config's own
+        # initialisation, never from the previous trial's weights, counters or diverged flag.
+        self.trainer = GANTrainer(experiment.model, experiment.train, self.trainer.data, self.trainer.generator.bounded)
+        self.parzen_valid_ll, self.sigma, self.diverged = -math.inf, math.nan, False
         self.experiment = experiment
         self.config = new_config
         if trial_log_dir(self) != self.monitor.logdir:  # Tune reused this actor for another trial
