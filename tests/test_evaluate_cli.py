@@ -1,0 +1,140 @@
+"""python -m raygan.evaluate: the Parzen protocol on a samples file or a generator, one-sentence errors."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from raygan import parzen
+from raygan.config import ModelConfig
+from raygan.data import load_dataset
+from raygan.evaluate import evaluate_samples, main
+from raygan.models import Generator, generate, save_generator
+
+NUMBER = r"-?\d+\.\d+"
+
+
+@pytest.fixture(scope="module")
+def mnist5k():
+    return load_dataset("mnist5k")
+
+
+@pytest.fixture(scope="module")
+def samples_file(mnist5k, tmp_path_factory):
+    path = tmp_path_factory.mktemp("samples") / "train500.npy"
+    np.save(path, mnist5k.train[:500])
+    return path
+
+
+def errors_of(capsys) -> list[str]:
+    return capsys.readouterr().err.strip().splitlines()
+
+
+def test_cli_prints_sigma_valid_test_and_reference(samples_file, mnist5k, capsys):
+    assert main(["--dataset", "mnist5k", "--samples", str(samples_file), "--num-samples", "300"]) == 0
+    out = capsys.readouterr().out
+    want = parzen.evaluate(mnist5k.train[:300], mnist5k.valid, mnist5k.test)
+    row = re.search(rf"train500\.npy\s+300\s+({NUMBER})\s+({NUMBER})\s+({NUMBER}) ± ({NUMBER})", out)
+    assert row, out
+    got = [float(x) for x in row.groups()]
+    assert got == pytest.approx([want.sigma, want.valid_ll, want.test_ll, want.test_se], abs=0.01)
+    ref = re.search(rf"held-out data \(train\)\s+300\s+({NUMBER})\s+({NUMBER})\s+({NUMBER}) ± ({NUMBER})", out)
+    assert ref, out
+
+
+def test_evaluate_samples_matches_parzen(samples_file, mnist5k):
+    report = evaluate_samples("mnist5k", samples=samples_file, num_samples=200, seed=1)
+    assert report.model == parzen.evaluate(mnist5k.train[:200], mnist5k.valid, mnist5k.test)
+    assert report.reference == parzen.reference(mnist5k.train, mnist5k.valid, mnist5k.test, 200, seed=1)
+    assert (report.num_samples, report.num_reference) == (200, 200)
+
+
+def test_flat_samples_score_like_images(samples_file, mnist5k, tmp_path):
+    flat = tmp_path / "flat.npy"
+    np.save(flat, mnist5k.train[:200].reshape(200, 784).astype(np.float64))
+    a = evaluate_samples("mnist5k", samples=flat, num_samples=200)
+    b = evaluate_samples("mnist5k", samples=samples_file, num_samples=200)
+    assert a.model == b.model
+
+
+def test_checkpoint_is_sampled_and_scored(mnist5k, tmp_path, capsys):
+    torch.manual_seed(0)
+    g = Generator(ModelConfig(noise_dim=8, g_hidden=(16,)), (1, 28, 28))
+    path = tmp_path / "generator.pt"
+    save_generator(path, g)
+    report = evaluate_samples("mnist5k", checkpoint=path, num_samples=100, seed=4)
+    centres = generate(g.eval(), 100, seed=4).numpy()
+    assert report.model == parzen.evaluate(centres, mnist5k.valid, mnist5k.test)
+    assert main(["--checkpoint", str(path), "--num-samples", "100"]) == 0
+    assert "generator.pt" in capsys.readouterr().out
+
+    other = tmp_path / "points.pt"
+    save_generator(other, Generator(ModelConfig(noise_dim=8, g_hidden=(16,)), (1, 8, 8)))
+    assert main(["--checkpoint", str(other)]) == 2
+    assert "generates (1, 8, 8) samples" in errors_of(capsys)[0]
+
+
+def bad_files(tmp_path):
+    files = {
+        "missing": tmp_path / "nope.npy",
+        "random bytes": tmp_path / "random.npy",
+        "text": tmp_path / "text.npy",
+        "wrong shape": tmp_path / "shape.npy",
+        "out of range": tmp_path / "range.npy",
+        "nan": tmp_path / "nan.npy",
+        "npz": tmp_path / "two.npz",
+        "empty": tmp_path / "empty.npy",
+        "strings": tmp_path / "strings.npy",
+    }
+    files["random bytes"].write_bytes(np.random.default_rng(0).bytes(4000))
+    files["text"].write_text("0.1, 0.2, 0.3\n")
+    np.save(files["wrong shape"], np.zeros((5, 10), np.float32))
+    np.save(files["out of range"], np.full((5, 784), 255.0, np.float32))
+    nan = np.zeros((5, 784), np.float32)
+    nan[2, 3] = np.nan
+    np.save(files["nan"], nan)
+    np.savez(files["npz"], a=np.zeros((5, 784)), b=np.zeros((5, 784)))
+    np.save(files["empty"], np.zeros((0, 784), np.float32))
+    np.save(files["strings"], np.array([["a"] * 784] * 3))
+    return files
+
+
+def test_bad_samples_are_one_sentence_and_exit_2(tmp_path, capsys):
+    for what, path in bad_files(tmp_path).items():
+        assert main(["--samples", str(path)]) == 2, what
+        err = errors_of(capsys)
+        assert len(err) == 1 and err[0].startswith("error: "), (what, err)
+        assert "Traceback" not in err[0]
+
+
+def test_bad_arguments_exit_2(samples_file, tmp_path, capsys):
+    assert main(["--samples", str(samples_file), "--num-samples", "0"]) == 2
+    assert main(["--samples", str(samples_file), "--chunk-size", "0"]) == 2
+    garbage = tmp_path / "generator.pt"
+    garbage.write_bytes(b"\x00\x01 not a checkpoint" * 20)
+    assert main(["--checkpoint", str(garbage)]) == 2
+    assert main(["--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    errors = errors_of(capsys)
+    assert len(errors) == 4 and all(e.startswith("error: ") for e in errors)
+    with pytest.raises(SystemExit) as exit_:  # argparse: neither --samples nor --checkpoint
+        main(["--dataset", "mnist5k"])
+    assert exit_.value.code == 2
+
+
+def test_subprocess_bad_file_has_no_traceback(tmp_path):
+    bad = tmp_path / "random.npy"
+    bad.write_bytes(np.random.default_rng(1).bytes(1000))
+    proc = subprocess.run(
+        [sys.executable, "-m", "raygan.evaluate", "--dataset", "mnist5k", "--samples", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
