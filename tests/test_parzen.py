@@ -49,10 +49,10 @@ def test_float32_within_1e3_nats_on_image_like_data(rng, data):
     # 784 dims in [0, 1]: where float32's ||x||^2 + ||s||^2 - 2 x.s cancels worst. "uniform" sums
     # every term (dense); "clustered" has few terms within reach and takes the sparse path.
     if data == "uniform":
-        samples, points = rng.random((2000, 784), dtype=np.float32), rng.random((300, 784), dtype=np.float32)
+        samples, points = rng.random((1000, 784), dtype=np.float32), rng.random((200, 784), dtype=np.float32)
     else:
         centres = rng.random((20, 784)) < 0.2
-        samples, points = clustered(rng, 2000, 784, centres, 0.15), clustered(rng, 300, 784, centres, 0.15)
+        samples, points = clustered(rng, 1000, 784, centres, 0.15), clustered(rng, 200, 784, centres, 0.15)
     got = parzen.log_likelihood_grid(samples, points).numpy()
     for k, sigma in enumerate(parzen.DEFAULT_SIGMAS):
         np.testing.assert_allclose(got[:, k], direct(samples, points, sigma), rtol=0, atol=1e-3)
