@@ -85,11 +85,28 @@ def test_sample_grids_hold_the_given_images(tmp_path):
     assert [g.step for g in grids] == [2, 4, 6]
     side = 8 * (28 + 1) + 1  # 8 x 8 samples, 1-pixel borders
     assert all((g.width, g.height) == (side, side) for g in grids)
-    last = np.asarray(Image.open(io.BytesIO(grids[-1].encoded_image_string)).convert("L"))
+    png = Image.open(io.BytesIO(grids[-1].encoded_image_string))
+    assert png.mode == "L"  # grey data, a grey grid
+    last = np.asarray(png)
     assert last.shape == (side, side)
     assert last[1:29, 1:29].min() == 255 and last[1:29, 30:58].max() == 0  # sample 0, then sample 1
     first = np.asarray(Image.open(io.BytesIO(grids[0].encoded_image_string)).convert("L"))
     assert first[1:29, 1:29].mean() == pytest.approx(255 / 3, abs=1)  # intensity 2/6
+
+
+def test_colour_samples_make_a_colour_grid(tmp_path):
+    monitor = TrialMonitor(tmp_path / "trial", HPARAMS)
+    images = torch.zeros(4, 3, 8, 8)
+    images[0, 0] = 1.0  # a red first sample (CIFAR-10's conv pair), the rest black
+    monitor.log_samples(1, images)
+    monitor.close()
+
+    (grid,) = load(tmp_path / "trial").Images(SAMPLES_TAG)
+    assert (grid.width, grid.height) == (2 * 9 + 1, 2 * 9 + 1)
+    png = Image.open(io.BytesIO(grid.encoded_image_string))
+    assert png.mode == "RGB"
+    pixels = np.asarray(png)
+    assert (pixels[1:9, 1:9] == [255, 0, 0]).all() and (pixels[1:9, 10:18] == 0).all()
 
 
 def test_hparams_summary_sits_in_the_scalars_run_with_names_values_and_metrics(tmp_path):
