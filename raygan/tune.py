@@ -8,6 +8,7 @@ leaderboard and the best trial's numbers. User errors become one sentence and ex
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -160,10 +161,12 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
     import ray
     import torch
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from raygan.data import load_dataset
     from raygan.evaluator import evaluator_name, get_or_create_evaluator
     from raygan.models import generate, load_generator
+    from raygan.monitor import write_experiment_summary
     from raygan.search import METRIC, MODE, param_space, tune_config
     from raygan.trainable import EVAL_SEED, with_data
 
@@ -176,6 +179,11 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
 
     # Tune's newer console output ignores progress reporters; ours shows the GAN's numbers.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Trials write their own TensorBoard events (raygan.monitor); Tune's automatic TBX logger would
+    # add a copy of every result under ray/tune/* tags and a second HParams session to each run.
+    # Its CSV and JSON loggers (progress.csv, result.json: what Tune's analysis reads) are passed
+    # explicitly below.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     _init_ray(config)
     evaluator = get_or_create_evaluator(
         dataset.valid, dataset.test, dataset.train, config.eval, name=evaluator_name(config.tune.name)
@@ -195,7 +203,10 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
         ),
         verbose=verbose,
         progress_reporter=_progress_reporter(),
-        callbacks=list(callbacks) or None,
+        callbacks=[*callbacks, CSVLoggerCallback(), JsonLoggerCallback()],
+        # On remote storage the trials' TensorBoard events are written to their working directories
+        # (raygan.trainable.trial_log_dir): Tune uploads those with each checkpoint.
+        sync_config=tune.SyncConfig(sync_artifacts=_is_uri(path)),
     )
     if config.tune.resume:
         if not tune.Tuner.can_restore(path):
@@ -230,10 +241,13 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
         with tempfile.TemporaryDirectory() as staging:
             local_best = Path(path) / "best" if not _is_uri(path) else Path(staging) / "best"
             _write_best(local_best, Path(checkpoint_dir), best.config, summary, torch.as_tensor(samples))
+            # The leaderboard and the best trial's numbers as one more TensorBoard run, <experiment>/summary.
+            write_experiment_summary(local_best.parent / "summary", [dataclasses.asdict(row) for row in leaderboard], summary)
             if _is_uri(path):
                 import pyarrow.fs
 
                 pyarrow.fs.copy_files(str(local_best), f"{path}/best")
+                pyarrow.fs.copy_files(str(local_best.parent / "summary"), f"{path}/summary")
     return Report(leaderboard, summary, reference, path, f"{path}/best")
 
 

@@ -1,0 +1,64 @@
+"""A tiny population run end to end: every trial directory holds the TensorBoard events users watch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing import event_accumulator as ea
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from test_tune import tiny_dataset, tiny_experiment
+
+from raygan.monitor import SAMPLES_TAG, SUMMARY_FILE
+
+pytestmark = pytest.mark.ray
+
+COMPARED_TAGS = ("loss/d", "loss/g", "d/real", "d/fake", "eval/parzen_valid_ll", "hparams/k", "hparams/lr_d", "hparams/momentum")
+
+
+def load(logdir: Path) -> ea.EventAccumulator:
+    acc = ea.EventAccumulator(str(logdir), size_guidance={ea.SCALARS: 0, ea.IMAGES: 0, ea.TENSORS: 0})
+    return acc.Reload()
+
+
+def test_each_trial_logs_scalars_samples_and_hparams_matching_tunes_results(ray_local, tmp_path):
+    from raygan.trainable import HYPERPARAMETERS
+    from raygan.tune import run_experiment
+
+    config = tiny_experiment(tmp_path, name="watched")
+    report = run_experiment(config, dataset=tiny_dataset(), verbose=0)
+
+    experiment = Path(report.experiment_path)
+    trial_dirs = sorted(p.parent for p in experiment.glob("*/result.json"))
+    assert len(trial_dirs) == config.tune.num_trials
+    for trial_dir in trial_dirs:
+        assert (trial_dir / "progress.csv").stat().st_size > 0  # Tune's own result files are kept
+        events = load(trial_dir)
+        scalars = set(events.Tags()["scalars"])
+        assert set(COMPARED_TAGS) <= scalars
+        assert not any(tag.startswith("ray/") for tag in scalars)  # Tune's duplicate TBX events are off
+
+        # The same names and numbers as Tune's results, step for step (through PBT's exploits too).
+        results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+        for tag in COMPARED_TAGS:
+            logged = [(e.step, e.value) for e in events.Scalars(tag)]
+            reported = [(r["training_iteration"], r[tag]) for r in results if r.get(tag, float("-inf")) > float("-inf")]
+            assert [s for s, _ in logged] == [s for s, _ in reported], tag
+            assert [v for _, v in logged] == pytest.approx([v for _, v in reported], rel=1e-6), tag
+
+        grids = events.Images(SAMPLES_TAG)  # every step is evaluated in the tiny config
+        assert [g.step for g in grids] == [r["training_iteration"] for r in results]
+        assert grids[0].width == grids[0].height == 8 * (4 + 1) + 1  # 64 fixed-z samples of 4x4
+
+        content = events.PluginTagToContent("hparams")
+        start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
+        assert set(start.hparams) == set(HYPERPARAMETERS)
+        assert start.hparams["prior"].string_value == results[0]["config"]["prior"]
+        assert start.hparams["k"].number_value == results[0]["config"]["k"]
+
+    summary = experiment / "summary"
+    assert report.leaderboard[0].trial_id in (summary / SUMMARY_FILE).read_text()
+    best = {tag: events.Scalars(tag)[-1].value for events in [load(summary)] for tag in events.Tags()["scalars"]}
+    assert best["best/parzen_test_ll"] == pytest.approx(report.summary["parzen_test_ll"], rel=1e-6)
+    assert best["reference/parzen_test_ll"] == pytest.approx(report.reference["parzen_test_ll"], rel=1e-6)
