@@ -92,6 +92,8 @@ VALID: dict[str, dict[str, st.SearchStrategy]] = {
     },
     "eval": {
         "num_samples": st.integers(1, 10**6),
+        "ranking_samples": st.integers(1, 10**6),
+        "histograms": st.booleans(),
         "sigmas": st.lists(positive, min_size=1, max_size=12).map(tuple),
         "every": st.integers(1, 100),
         "chunk_size": st.integers(1, 10**5),
