@@ -155,6 +155,9 @@ def profile_trainer(model: ModelConfig, train: TrainConfig, threads: int, iterat
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench_step.py: --device cuda, but torch.cuda.is_available() is False", file=sys.stderr)
+        raise SystemExit(2)
     print("$ python " + " ".join(shlex.quote(a) for a in sys.argv))
     model = ModelConfig()  # the paper's MNIST pair, with the project's default max-norm
     train = TrainConfig(k=args.k, batch_size=args.batch_size, g_loss="non-saturating", seed=0)
@@ -170,8 +173,6 @@ def main(argv: list[str] | None = None) -> None:
         runs += [(f"cpu, {t} thread{'s' if t > 1 else ''}", torch.device("cpu"), t)
                  for t in (int(x) for x in args.threads.split(","))]
     if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            sys.exit("--device cuda: torch.cuda.is_available() is False")
         runs.append((f"cuda ({torch.cuda.get_device_name(0)})", torch.device("cuda", 0), None))
 
     header = f"{'device':<36} {'iters':>5} {'GANTrainer it/s':>16} {'plain loop it/s':>16} {'overhead':>9} {'paired':>8} {'spread T/P':>12}"
