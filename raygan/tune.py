@@ -195,9 +195,10 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
         stop={"training_iteration": config.tune.max_iterations},
         failure_config=tune.FailureConfig(max_failures=config.tune.max_failures),
         checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=4,  # PBT copies from checkpoints that must outlive a perturbation interval
-            checkpoint_score_attribute=METRIC,
-            checkpoint_score_order=MODE,
+            # The most recent four, not the best four by score: PBT's exploit restores the donor's
+            # latest checkpoint, which a score-ranked policy may already have deleted (the trial
+            # then fails to restore and errors out).
+            num_to_keep=4,
             checkpoint_frequency=config.tune.checkpoint_every,
             checkpoint_at_end=True,
         ),
