@@ -92,6 +92,7 @@ class GANTrainable(tune.Trainable):
         self.parzen_valid_ll = -math.inf
         self.sigma = math.nan
         self.diverged = False
+        self.step_s = 0.0  # the last trained step's seconds: a diverged trial waits as long per step
         # Which Ray node ran each result: node_ip cannot tell apart nodes that share an address
         # (containers on one host, test clusters), and it shows where a trial went after a node loss.
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
@@ -108,7 +109,10 @@ class GANTrainable(tune.Trainable):
         return result
 
     def _train_and_evaluate(self) -> dict[str, Any]:
-        if self.diverged:  # nothing to learn from NaN weights: wait for PBT to replace us
+        if self.diverged:  # nothing to learn from NaN weights: wait for PBT to replace us,
+            # at the pace of a trained step: racing through the remaining steps would end the trial
+            # before its peers reach a perturbation and hold checkpoints for PBT to copy.
+            time.sleep(self.step_s)
             return self._result(None, 0.0, eval_s=0.0)
         start = time.perf_counter()
         metrics = self.trainer.run(self.iterations_per_step)
@@ -123,6 +127,7 @@ class GANTrainable(tune.Trainable):
             eval_start = time.perf_counter()
             self._evaluate()
             eval_s = time.perf_counter() - eval_start
+        self.step_s = train_s + eval_s
         return self._result(metrics, self.iterations_per_step / train_s, eval_s)
 
     def _last_step(self) -> bool:
