@@ -1,0 +1,127 @@
+"""Beyond the paper: a PBT population's Parzen validation LL over training, against one default run.
+
+Reads what ``experiments/table1.py`` saved (no training here). Left: each trial's validation
+LL against its own Algorithm 1 iteration counter, PBT's exploit events marked (an arrow from
+the donor to the trial that copied its weights, read from Tune's ``pbt_global.txt``), and the
+paper's default run (black). Right: the same runs against the compute spent so far, in
+Algorithm 1 iterations summed over the whole population: the best validation LL found so far
+by the population and by the single run, budget for budget.
+
+    python experiments/figure_pbt.py                       # mnist5k -> docs/figure_pbt.png
+    python experiments/figure_pbt.py --dataset fashion-mnist --out docs/figure_pbt_fashion.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+import common
+
+TABLE_DIR = common.RESULTS_DIR / "table1"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Population LL over time with PBT's exploits, against a default run.")
+    p.add_argument("--dataset", default="mnist5k")
+    p.add_argument("--results", type=Path, help="a table1 JSON (default experiments/results/table1/<dataset>.json)")
+    p.add_argument("--out", type=Path, default=common.DOCS_DIR / "figure_pbt.png")
+    return p.parse_args(argv)
+
+
+def _trial_index(trial_id: str) -> int:
+    return int(trial_id.rsplit("_", 1)[-1])  # "45a3b_00003" -> 3, the index in the tag "3_g_loss=..."
+
+
+def _finite(values: list[Any]) -> np.ndarray:
+    return np.array([v if v is not None and math.isfinite(v) else np.nan for v in values], dtype=float)
+
+
+def exploit_arrows(pop: dict[str, Any]) -> list[dict[str, float]]:
+    """(x, y) of the donor before and of the copying trial after each exploit, from the saved curves."""
+    by_index = {_trial_index(t): rows for t, rows in pop["curves"].items()}
+    arrows = []
+    for e in pop["exploits"]:
+        target, donor = by_index.get(int(e["target_tag"].split("_")[0])), by_index.get(int(e["donor_tag"].split("_")[0]))
+        if target is None or donor is None:
+            continue
+        d = next((r for r in donor if r["step"] == e["donor_step"]), None)
+        t = next((r for r in target if r["step"] > e["target_step"]), None)  # its first result after the copy
+        if d is None or t is None:
+            continue
+        arrows.append({"x0": d["iteration"], "y0": d["parzen_valid_ll"], "x1": t["iteration"], "y1": t["parzen_valid_ll"],
+                       "target": int(e["target_tag"].split("_")[0]), "donor": int(e["donor_tag"].split("_")[0])})
+    return arrows
+
+
+def render(record: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Draw both panels; returns the numbers drawn (best-so-far curves, exploit count)."""
+    plt = common.require_matplotlib()
+    pop, single = record["rows"]["population"], record["rows"]["default"]
+    trials = record["budget"]["trials"]
+    colors = plt.get_cmap("tab10")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+
+    s_x = np.array([r["iteration"] for r in single["curve"]])
+    s_y = _finite([r["parzen_valid_ll"] for r in single["curve"]])
+    left.plot(s_x, s_y, "-", color="black", lw=1.8, label="paper's default, 1 run")
+    for trial_id, rows in sorted(pop["curves"].items(), key=lambda kv: _trial_index(kv[0])):
+        i = _trial_index(trial_id)
+        left.plot([r["iteration"] for r in rows], _finite([r["parzen_valid_ll"] for r in rows]), "-o", ms=2.5, lw=1.1,
+                  color=colors(i), label=f"PBT trial {i}")
+    arrows = exploit_arrows(pop)
+    for a in arrows:
+        left.annotate("", xy=(a["x1"], a["y1"]), xytext=(a["x0"], a["y0"]),
+                      arrowprops={"arrowstyle": "->", "color": colors(a["target"]), "lw": 1.0, "ls": "--"})
+        left.plot([a["x1"]], [a["y1"]], "*", ms=9, color=colors(a["target"]), mec="black", mew=0.5)
+    left.plot([], [], "*", ms=9, color="white", mec="black", mew=0.5, label="after an exploit (copied donor's weights)")
+    left.set_xlabel("Algorithm 1 iterations of the trial")
+    left.set_ylabel("Parzen validation LL (nats)")
+    left.set_title(f"{record['dataset']}: per-trial curves, {len(arrows)} PBT exploits", fontsize=9)
+    left.legend(fontsize=6.5, loc="lower right")
+
+    # Budget for budget: the population spends `trials` iterations for each of its trials' iterations.
+    steps = sorted({r["step"] for rows in pop["curves"].values() for r in rows})
+    per_step = record["budget"]["iterations_per_step"]
+    p_x, p_y = [], []
+    for step in steps:
+        vals = [r["parzen_valid_ll"] for rows in pop["curves"].values() for r in rows if r["step"] == step]
+        p_x.append(trials * step * per_step)
+        p_y.append(np.nanmax(_finite(vals)) if vals else np.nan)
+    p_best = np.fmax.accumulate(np.array(p_y, dtype=float))
+    s_best = np.fmax.accumulate(s_y)
+    right.plot(s_x, s_best, "-", color="black", lw=1.8, label="paper's default, 1 run")
+    right.plot(p_x, p_best, "-o", ms=3, color="tab:red", lw=1.6, label=f"PBT population of {trials}, best trial")
+    right.set_xlabel("compute spent: Algorithm 1 iterations, all trials together")
+    right.set_ylabel("best validation LL so far (nats)")
+    right.set_title("the same budget: best model found so far", fontsize=9)
+    right.legend(fontsize=7, loc="lower right")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    print(f"wrote {out} ({out.stat().st_size // 1024} KB): {len(arrows)} exploits drawn")
+    return {"exploits": len(arrows), "population_best": p_best.tolist(), "default_best": s_best.tolist()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: draw the figure from a saved table1 result."""
+    args = parse_args(argv)
+    path = args.results or TABLE_DIR / f"{args.dataset}.json"
+    record = common.read_json(path)
+    if not {"population", "default"} <= set(record["rows"]):
+        raise SystemExit(f"{path} lacks the population or default row: run experiments/table1.py --dataset {record['dataset']} first")
+    render(record, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
