@@ -218,6 +218,11 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
     results = tuner.fit()
 
     leaderboard = _leaderboard(results)
+    if not any(math.isfinite(row.parzen_valid_ll) for row in leaderboard):
+        # Nothing to rank (Tune would still name a lone trial "best", NaN generator and all).
+        if any((r.metrics or {}).get("diverged") for r in results):
+            raise UserError("every trial diverged (NaN or infinite losses); lower the learning rates (search.lr_d, search.lr_g) or keep D's max-norm (model.d_max_norm)")
+        raise UserError("no trial was scored; give the experiment more time (--time-budget-s, --max-iterations)")
     # The leaderboard's first trial, in its final state (checkpoint_at_end): what the user sees
     # ranked first is what gets reported and saved.
     best = results.get_best_result(metric=METRIC, mode=MODE, scope="last", filter_nan_and_inf=True)
