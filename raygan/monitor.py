@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torchvision
 from PIL import Image
-from tensorboard.compat.proto import summary_pb2
+from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.plugins.hparams import summary_v2 as hp
 from torch.utils.tensorboard import SummaryWriter
@@ -46,6 +46,7 @@ FLUSH_SECS = 10  # how stale a live TensorBoard may be; flushing is done by the 
 MAX_QUEUE = 100  # events buffered before add_* waits for the writer thread (one step writes ~15)
 SUMMARY_FILE = "leaderboard.md"
 HISTOGRAM_BINS = 64
+NEVER_STEP = 2**62  # a step no trial reaches
 
 Domain = hp.Domain  # tensorboard's hp.Discrete / hp.RealInterval / hp.IntInterval
 
@@ -81,6 +82,11 @@ class TrialMonitor:
         self.histograms = histograms
         self._domains = dict(domains or {})
         self._writer = SummaryWriter(self.logdir, max_queue=MAX_QUEUE, flush_secs=flush_secs)
+        # TensorBoard takes a run's first session start as the start and each later one as a
+        # restart that hides the steps from its own on (resume_at). This one, beyond any real
+        # step, is the first where the run is new and hides nothing where it is not (a restarted
+        # actor on remote storage cannot see the run's earlier files to tell which).
+        self._session_start(NEVER_STEP)
         self._session_written = False
         self._last_step = 0
         self._logged_at_last_step: set[str] = set()
@@ -182,6 +188,15 @@ class TrialMonitor:
                 self._writer.add_scalar(tag, float(value), self._last_step)
                 self._mark(self._last_step, [tag])
 
+    def resume_at(self, step: int) -> None:
+        """Mark a restore: TensorBoard hides what earlier sessions of this run logged at ``step`` or later.
+
+        After a crash a trial resumes from its last checkpoint and logs some steps again; after
+        PBT's exploit it continues from the donor's step. Either way the run's curves continue
+        from ``step`` instead of doubling back.
+        """
+        self._session_start(step)
+
     def flush(self) -> None:
         """Write buffered events to disk now."""
         self._writer.flush()
@@ -189,6 +204,10 @@ class TrialMonitor:
     def close(self) -> None:
         """Flush and close the event file; calling it again does nothing."""
         self._writer.close()
+
+    def _session_start(self, step: int) -> None:
+        start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+        self._writer.file_writer.add_event(event_pb2.Event(step=step, wall_time=time.time(), session_log=start))
 
     def _hparam_info(self, name: str, value: bool | float | str) -> api_pb2.HParamInfo:
         info = api_pb2.HParamInfo(name=name, type=_data_type(value))

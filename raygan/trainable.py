@@ -173,6 +173,9 @@ class GANTrainable(tune.Trainable):
         state = torch.load(Path(checkpoint_dir) / TRAINER_FILE, map_location=self.device, weights_only=True)
         self.trainer.load_state_dict(state)
         self.parzen_valid_ll, self.sigma, self.diverged = state["parzen_valid_ll"], state["sigma"], state["diverged"]
+        # Tune has set the iteration to the checkpoint's: a crashed trial's re-run steps, or the
+        # steps PBT's exploit replaced, are hidden in TensorBoard rather than drawn twice.
+        self.monitor.resume_at(self.iteration + 1)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         experiment = experiment_from_trial_config(new_config)

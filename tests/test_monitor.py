@@ -165,6 +165,29 @@ def test_histograms_only_when_asked(tmp_path):
     assert (bias.num, sum(bias.bucket), bias.min, bias.max) == (3, 3, 0, 0)
 
 
+def test_a_restored_trial_continues_its_curves_instead_of_doubling_back(tmp_path):
+    first = TrialMonitor(tmp_path / "crashed", HPARAMS)
+    for step in range(1, 7):
+        first.log_step(step, {"loss/d": float(step)})
+    first.close()  # crashed after step 6; its last checkpoint was step 4
+    again = TrialMonitor(tmp_path / "crashed", {**HPARAMS, "k": 1})
+    again.resume_at(5)
+    for step in (5, 6, 7):
+        again.log_step(step, {"loss/d": 10.0 + step})
+    again.close()
+    restarted = TrialMonitor(tmp_path / "restarted", HPARAMS)  # a new actor with no restore hides nothing
+    restarted.log_step(1, {"loss/d": 1.0})
+    restarted.close()
+    TrialMonitor(tmp_path / "restarted", HPARAMS).close()
+
+    events = load(tmp_path / "crashed")
+    assert [(e.step, e.value) for e in events.Scalars("loss/d")] == [(1, 1), (2, 2), (3, 3), (4, 4), (5, 15), (6, 16), (7, 17)]
+    start = hparams_metadata.parse_session_start_info_plugin_data(
+        events.PluginTagToContent("hparams")[hparams_metadata.SESSION_START_INFO_TAG])
+    assert start.hparams["k"].number_value == 3  # the trial's configuration survives the restart
+    assert [(e.step, e.value) for e in load(tmp_path / "restarted").Scalars("loss/d")] == [(1, 1.0)]
+
+
 def test_close_twice_is_harmless(tmp_path):
     monitor = TrialMonitor(tmp_path / "trial", HPARAMS)
     monitor.close()
