@@ -8,7 +8,9 @@ Each trial writes into its own directory, which TensorBoard shows as one run:
 - a grid of samples from fixed noise at each evaluation, so the same z can be watched evolving;
 - optionally, weight histograms of G and D;
 - the trial's configuration for the HParams dashboard, in the same run as the scalars, so the
-  dashboard can set each trial's configuration against its metrics.
+  dashboard can set each trial's configuration against its metrics;
+- after a restore (:meth:`TrialMonitor.resume_at`), curves that continue from the checkpoint's
+  step instead of doubling back.
 
 :func:`write_experiment_summary` adds a run ``<experiment>/summary`` with the leaderboard as a
 markdown table and the best trial's final numbers as scalars.
