@@ -7,21 +7,44 @@ import os
 import pytest
 
 
+def _start_local_ray() -> None:
+    import ray
+
+    ray.init(
+        num_cpus=4,  # logical CPUs: lets small tunes run a trial and the evaluator side by side
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+    )
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for every test that needs it (starting Ray costs seconds)."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(
-            num_cpus=4,  # logical CPUs: lets small tunes run a trial and the evaluator side by side
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
-        )
+        _start_local_ray()
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def without_local_ray():
+    """For a module that runs its own Ray (a multi-node cluster): the shared local Ray is shut
+    down while the module runs and started again afterwards if it was up, so the session's
+    ``ray_local`` stays usable whatever order the modules run in."""
+    import ray
+
+    was_up = ray.is_initialized()
+    if was_up:
+        ray.shutdown()
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+    if was_up:
+        _start_local_ray()
 
 
 @pytest.fixture(autouse=True)
