@@ -116,9 +116,8 @@ def generate_samples(checkpoint: str | Path, dataset: Dataset, num: int, seed: i
 
     generator = load_generator(checkpoint, device="cpu")
     if tuple(generator.data_shape) != dataset.shape:
-        raise CheckpointError(
-            f"{str(checkpoint)!r} generates {tuple(generator.data_shape)} samples, but {dataset.name} is {dataset.shape}"
-        )
+        shape = tuple(generator.data_shape)
+        raise CheckpointError(f"{str(checkpoint)!r} generates {shape} samples, but {dataset.name} is {dataset.shape}")
     return generate(generator, num, seed=seed).numpy()
 
 
@@ -194,13 +193,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m raygan.evaluate``; returns the exit code."""
     p = argparse.ArgumentParser(
         prog="python -m raygan.evaluate",
-        description="Parzen-window log-likelihood of a generator or a samples file, beside the held-out-data reference.",
+        description="Parzen-window log-likelihood of a generator or a samples file, "
+        "beside the held-out-data reference.",
     )
     p.add_argument("--dataset", default="mnist5k", choices=DATASETS, help="default mnist5k")
     p.add_argument("--data-root", default=None, help="where the data set's files are (default: its usual place)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a raygan generator.pt")
-    source.add_argument("--samples", help="a .npy of any model's samples: N x 784 or N x C x H x W, in [0, 1] for images")
+    source.add_argument(
+        "--samples", help="a .npy of any model's samples: N x 784 or N x C x H x W, in [0, 1] for images"
+    )
     p.add_argument("--num-samples", type=int, default=parzen.DEFAULT_NUM_SAMPLES, help="Parzen centres (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="seeds the generator's noise and the reference's subset")
     p.add_argument("--chunk-size", type=int, default=parzen.DEFAULT_CHUNK_SIZE, help="points per distance block")

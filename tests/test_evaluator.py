@@ -43,6 +43,15 @@ def evaluator(ray_local, data):
     ray_local.kill(handle, no_restart=True)
 
 
+def report(result: parzen.ParzenResult) -> dict:
+    return {
+        "parzen_valid_ll": result.valid_ll,
+        "parzen_test_ll": result.test_ll,
+        "parzen_test_se": result.test_se,
+        "sigma": result.sigma,
+    }
+
+
 def close(a: dict, b: dict) -> bool:
     # The actor runs torch on one thread, the test on two: the BLAS may round differently.
     return a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-4) for k in a)
@@ -56,11 +65,11 @@ def test_scores_equal_parzen_called_directly(ray_local, evaluator, data):
 
     want = parzen.evaluate(data["samples"], data["valid"], data["test"], SIGMAS)
     test = ray_local.get(handle.score_test.remote(data["samples"]))
-    assert close(test, {"parzen_valid_ll": want.valid_ll, "parzen_test_ll": want.test_ll, "parzen_test_se": want.test_se, "sigma": want.sigma})
+    assert close(test, report(want))
 
     ref = parzen.reference(data["train"], data["valid"], data["test"], 150, SIGMAS)
     got = ray_local.get(handle.reference.remote())
-    assert close(got, {"parzen_valid_ll": ref.valid_ll, "parzen_test_ll": ref.test_ll, "parzen_test_se": ref.test_se, "sigma": ref.sigma})
+    assert close(got, report(ref))
     assert ray_local.get(handle.reference.remote()) == got  # cached
 
     stats = ray_local.get(handle.stats.remote())
