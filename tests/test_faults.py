@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,13 +28,18 @@ DIVERGING_LR = 1e3  # without D's max-norm the tiny pair's losses are NaN after 
 
 
 def _histories(experiment: str | Path) -> dict[str, list[dict]]:
-    """Every result each trial reported, in order, read back from the trials' result.json."""
+    """Every result each trial reported, in order, read back from the trials' result.json.
+
+    Safe to call while Tune is writing: a line not yet complete is left out.
+    """
     out: dict[str, list[dict]] = {}
     for path in sorted(Path(experiment).glob("*/result.json")):
         for line in path.read_text().splitlines():
-            if line.strip():
+            try:
                 result = json.loads(line)
-                out.setdefault(result["trial_id"], []).append(result)
+            except ValueError:
+                continue
+            out.setdefault(result["trial_id"], []).append(result)
     return out
 
 
@@ -135,3 +145,88 @@ def test_an_actor_reused_for_a_fresh_trial_starts_from_that_trials_own_initialis
     assert a["eval/parzen_valid_ll"] == b["eval/parzen_valid_ll"] and a["loss/d"] == b["loss/d"]
     used.stop()
     fresh.stop()
+
+
+def test_a_trial_whose_process_is_killed_resumes_from_its_last_checkpoint_and_finishes(ray_local, tmp_path):
+    """SIGKILL the trial actor's process in the middle of a step: Tune restarts the trial
+    (FailureConfig from tune.max_failures) from its last checkpoint and it runs to the end."""
+    from raygan.tune import run_experiment
+
+    iterations_per_step, max_iterations = 300, 6
+    config = tiny_experiment(tmp_path, scheduler="random", num_trials=1, max_iterations=max_iterations,
+                             iterations_per_step=iterations_per_step, checkpoint_every=1, max_failures=2)
+    experiment = tmp_path / config.tune.name
+    killed: dict[str, int] = {}
+
+    def kill_after_two_checkpoints() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            for history in _histories(experiment).values():
+                trial_dir = next(experiment.glob(f"*{history[0]['trial_id']}*"))
+                if len(history) >= 2 and len(list(trial_dir.glob("checkpoint_*"))) >= 2:
+                    time.sleep(0.1)  # into the next step (each takes about a second here)
+                    os.kill(history[-1]["pid"], signal.SIGKILL)
+                    killed.update(pid=history[-1]["pid"], after=history[-1]["training_iteration"])
+                    return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_after_two_checkpoints, daemon=True)
+    killer.start()
+    report = run_experiment(config, dataset=tiny_dataset(), verbose=0)
+    killer.join(timeout=10)
+
+    assert killed, "the trial finished before it could be killed"
+    (row,) = report.leaderboard
+    assert row.status == "OK" and row.iterations == max_iterations and math.isfinite(row.parzen_valid_ll)
+    (history,) = _histories(experiment).values()
+    before = [r for r in history if r["pid"] == killed["pid"]]
+    after = [r for r in history if r["pid"] != killed["pid"]]
+    assert before and after and len({r["pid"] for r in after}) == 1  # one restart, in a new process
+    resumed_at = after[0]["training_iteration"]
+    assert 2 <= resumed_at - 1 <= killed["after"]  # from a checkpoint it had written, not from scratch
+    assert [r["training_iteration"] for r in after] == list(range(resumed_at, max_iterations + 1))
+    for r in after:  # Tune's counter and the trainer's restored state agree
+        assert r["algorithm/iteration"] == r["training_iteration"] * iterations_per_step
+    # A step run by both processes (after the checkpoint, before the kill) gives the same numbers:
+    # the checkpoint holds the RNG state as well as the weights.
+    for r in after:
+        for b in before:
+            if b["training_iteration"] == r["training_iteration"]:
+                assert (b["loss/d"], b["loss/g"]) == (r["loss/d"], r["loss/g"])
+
+
+def test_a_killed_evaluator_restarts_and_answers_the_calls_in_flight(ray_local):
+    """SIGKILL the evaluator's process while it is scoring one call and others wait on it: it
+    restarts (max_restarts=-1), reloads its data from its constructor's arguments, and every
+    call, including those in flight, is answered with the right score (max_task_retries=-1)."""
+    import uuid
+
+    from raygan import parzen
+    from raygan.config import EvalConfig
+    from raygan.evaluator import get_or_create_evaluator
+
+    rng = np.random.default_rng(0)
+    valid = rng.random((3000, 1, 16, 16), dtype=np.float32)
+    test = rng.random((500, 1, 16, 16), dtype=np.float32)
+    batches = [rng.random((3000, 1, 16, 16), dtype=np.float32) for _ in range(6)]  # each about 0.5 s to score
+    eval_config = EvalConfig(num_samples=3000, cpus=0.5)
+    handle = get_or_create_evaluator(valid, test, None, eval_config, name=f"test-faults-{uuid.uuid4().hex[:8]}")
+    try:
+        pid = ray_local.get(handle.pid.remote(), timeout=120)
+        calls = [handle.score_valid.remote(ray_local.put(b)) for b in batches]
+        deadline = time.monotonic() + 120
+        while ray_local.get(handle.stats.remote())["calls"] < 1:  # stats does not wait for the scoring lock
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(pid, signal.SIGKILL)
+        answers = ray_local.get(calls, timeout=180)
+        new_pid = ray_local.get(handle.pid.remote())
+        served_after_restart = ray_local.get(handle.stats.remote())["calls"]
+    finally:
+        ray_local.kill(handle, no_restart=True)
+
+    assert new_pid != pid
+    assert 1 <= served_after_restart < len(batches)  # the calls in flight were re-run by the new process
+    for batch, answer in zip(batches, answers):
+        sigma, valid_ll = parzen.validation_score(batch, valid, eval_config.sigmas, chunk_size=eval_config.chunk_size)
+        assert answer["sigma"] == sigma and answer["parzen_valid_ll"] == pytest.approx(valid_ll, rel=1e-6, abs=1e-4)
