@@ -25,6 +25,7 @@ DATASETS = ("mnist5k", "fashion-mnist", "mnist", "cifar10", "toy-1d", "ring-8", 
 PRIORS = ("uniform", "gaussian", "truncated-normal", "hypersphere")
 G_LOSSES = ("non-saturating", "minimax")
 ARCHS = ("mlp", "conv")
+INITS = ("paper", "torch")
 SCHEDULERS = ("pbt", "asha", "random")
 
 
@@ -40,6 +41,11 @@ def _choice(value: str, choices: tuple[str, ...], what: str) -> None:
 def _positive(value: float, what: str) -> None:
     if not value > 0 or not math.isfinite(value):
         raise ConfigError(f"{what} must be a positive number, got {value!r}")
+
+
+def _seed(value: int, what: str) -> None:
+    if not 0 <= value < 2**63:  # what torch.manual_seed accepts
+        raise ConfigError(f"{what} must be an integer in [0, 2**63), got {value}")
 
 
 def _in_unit_interval(value: float, what: str, *, closed_right: bool = False) -> None:
@@ -77,9 +83,14 @@ class ModelConfig:
     # lr 0.1 collapses G onto one mode on mnist5k within 2,400 iterations; with it, G is diverse.
     d_max_norm: float | None = 1.9365
     conv_width: int = 64  # base channel count of the conv pair
+    # "paper": pylearn2's uniform ranges (G +-0.05, D +-0.005), tuned for 784-d images; "torch":
+    # PyTorch's fan-in scaled defaults, which small nets on 1-D/2-D points need (with the paper's
+    # ranges G collapses to a point on toy-1d).
+    init: str = "paper"
 
     def __post_init__(self) -> None:
         _choice(self.arch, ARCHS, "architecture")
+        _choice(self.init, INITS, "initialisation")
         _choice(self.prior, PRIORS, "noise prior")
         if self.noise_dim < 1:
             raise ConfigError(f"model.noise_dim must be at least 1, got {self.noise_dim}")
@@ -129,6 +140,7 @@ class TrainConfig:
         if not self.min_lr >= 0:
             raise ConfigError(f"train.min_lr must be non-negative, got {self.min_lr!r}")
         _choice(self.g_loss, G_LOSSES, "generator loss")
+        _seed(self.seed, "train.seed")
 
 
 def _default_sigmas() -> tuple[float, ...]:
@@ -247,6 +259,7 @@ class TuneConfig:
             raise ConfigError(f"tune.checkpoint_every must be at least 1, got {self.checkpoint_every}")
         if self.max_failures < -1:
             raise ConfigError(f"tune.max_failures must be -1 (unlimited) or more, got {self.max_failures}")
+        _seed(self.seed, "tune.seed")
         if not self.name or "/" in self.name:
             raise ConfigError(f"tune.name must be a non-empty name without '/', got {self.name!r}")
 

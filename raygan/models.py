@@ -88,10 +88,8 @@ def _mlp_generator(c: ModelConfig, shape: Shape) -> nn.Sequential:
         width = hidden
     layers += [nn.Linear(width, math.prod(shape))]
     net = nn.Sequential(*layers)
-    for m in net:
-        if isinstance(m, nn.Linear):  # pylearn2 config: irange 0.05, zero biases
-            nn.init.uniform_(m.weight, -0.05, 0.05)
-            nn.init.zeros_(m.bias)
+    if c.init == "paper":
+        _uniform_init(net, 0.05)  # pylearn2 config: irange 0.05, zero biases
     return net
 
 
@@ -103,11 +101,16 @@ def _maxout_discriminator(c: ModelConfig, shape: Shape) -> nn.Sequential:
         width = hidden
     layers += [nn.Linear(width, 1)]
     net = nn.Sequential(*layers)
-    for m in net.modules():
-        if isinstance(m, nn.Linear):  # pylearn2 config: irange 0.005
-            nn.init.uniform_(m.weight, -0.005, 0.005)
-            nn.init.zeros_(m.bias)
+    if c.init == "paper":
+        _uniform_init(net, 0.005)  # pylearn2 config: irange 0.005
     return net
+
+
+def _uniform_init(net: nn.Module, bound: float) -> None:
+    for m in net.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.uniform_(m.weight, -bound, bound)
+            nn.init.zeros_(m.bias)
 
 
 def _conv_base(shape: Shape) -> int:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from raygan.config import (
     ARCHS,
+    INITS,
     DATASETS,
     G_LOSSES,
     PRIORS,
@@ -76,6 +77,7 @@ VALID: dict[str, dict[str, st.SearchStrategy]] = {
         "d_hidden_dropout": unit,
         "d_max_norm": st.none() | positive,
         "conv_width": st.integers(1, 512),
+        "init": st.sampled_from(INITS),
     },
     "train": {
         "k": st.integers(1, 20),
@@ -416,6 +418,7 @@ CHOICES = [
     ("data", "name", DATASETS, "dataset"),
     ("model", "prior", PRIORS, "noise prior"),
     ("model", "arch", ARCHS, "architecture"),
+    ("model", "init", INITS, "initialisation"),
     ("train", "g_loss", G_LOSSES, "generator loss"),
     ("tune", "scheduler", SCHEDULERS, "scheduler"),
 ]
