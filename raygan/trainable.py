@@ -24,7 +24,7 @@ import torch
 from ray import tune
 
 from raygan.algorithm import GANTrainer
-from raygan.config import ExperimentConfig, TrainConfig, build, replace
+from raygan.config import ExperimentConfig, build, replace
 from raygan.evaluator import evaluator_name, find_evaluator
 from raygan.files import atomic_torch_save
 from raygan.models import generate, save_generator

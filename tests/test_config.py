@@ -101,7 +101,6 @@ VALID: dict[str, dict[str, st.SearchStrategy]] = {
         "chunk_size": st.integers(1, 10**5),
         "cpus": positive,
         "gpus": st.none() | st.floats(0.0, 8.0, **finite),
-        "histograms": st.booleans(),
     },
     "search": {
         "k": st.lists(st.integers(1, 20), min_size=1, max_size=5).map(tuple),
