@@ -16,9 +16,9 @@ import argparse
 import math
 import pickle
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from raygan import parzen
 from raygan.config import DATASETS
 from raygan.data import Dataset, load_dataset
 from raygan.errors import CheckpointError, UserError
+from raygan.models import generate, load_generator
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,6 @@ def generate_samples(checkpoint: str | Path, dataset: Dataset, num: int, seed: i
     Raises:
         CheckpointError: the file is missing, not a raygan generator, or for another shape.
     """
-    from raygan.models import generate, load_generator  # torch.nn models: only this path needs them
-
     generator = load_generator(checkpoint, device="cpu")
     if tuple(generator.data_shape) != dataset.shape:
         shape = tuple(generator.data_shape)

@@ -42,8 +42,8 @@ measured at most 2.5e-4 on 784-dim digits and uniform data):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch

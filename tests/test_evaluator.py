@@ -14,7 +14,12 @@ import pytest
 
 from raygan import parzen
 from raygan.config import EvalConfig
-from raygan.evaluator import EVALUATOR_NAME, _gpus, find_evaluator, get_or_create_evaluator
+from raygan.evaluator import (
+    EVALUATOR_NAME,
+    _gpus,
+    find_evaluator,
+    get_or_create_evaluator,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -107,7 +112,7 @@ def test_two_concurrent_callers_get_their_own_answers(ray_local, evaluator, data
     start_at = time.time() + 1.0
     refs = [score.remote(data["samples"], start_at), score.remote(data["other"], start_at)]
     got = ray_local.get(refs, timeout=120)
-    for result, samples in zip(got, (data["samples"], data["other"])):
+    for result, samples in zip(got, (data["samples"], data["other"]), strict=True):
         sigma, valid_ll = parzen.validation_score(samples, data["valid"], SIGMAS)
         assert close(result, {"parzen_valid_ll": valid_ll, "sigma": sigma})
     assert got[0]["parzen_valid_ll"] != got[1]["parzen_valid_ll"]

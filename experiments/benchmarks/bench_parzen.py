@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     print("# target (issue #3), full protocol on 2 cores: <= 3 s and <= 200 MB extra memory\n")
 
     s_t, v_t, t_t = (torch.from_numpy(a) for a in (samples, valid, test))
-    run = lambda: parzen.evaluate(s_t, v_t, t_t, chunk_size=args.chunk_size)  # noqa: E731
+    run = lambda: parzen.evaluate(s_t, v_t, t_t, chunk_size=args.chunk_size)
     _, extra = peak_extra_mb(run)  # the first call: nothing of it is in the RSS before
     cpu0 = time.process_time()
     times, ours = timed(run, args.repeats)
@@ -191,8 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         (
             "raygan.parzen.evaluate (float32, CPU)",
             min(times),
-            f"median {statistics.median(times):.2f} s of {args.repeats}, {cpu:.2f} CPU s per run; "
-            f"peak extra memory {extra:.0f} MB",
+            (
+                f"median {statistics.median(times):.2f} s of {args.repeats}, {cpu:.2f} CPU s per run; "
+                f"peak extra memory {extra:.0f} MB"
+            ),
         )
     ]
 
