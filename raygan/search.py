@@ -7,6 +7,7 @@ hyperparameters at the top (where schedulers can see and mutate them), the rest 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ray import tune
@@ -44,16 +45,35 @@ def param_space(config: ExperimentConfig) -> dict[str, Any]:
     return space
 
 
+def _mutations(search: SearchConfig) -> dict[str, Any]:
+    # PBT perturbs a search Domain by multiplying the value by 0.8 or 1.2: right for the continuous
+    # settings, wrong for the categorical ones (a prior's name times 1.2 is a TypeError that stops
+    # the whole experiment; k = 3 * 1.2 becomes 4, outside the search). Those go to PBT as lists.
+    lists = {name: list(getattr(search, name)) for name in ("k", "prior", "g_loss")}
+    return {k: v for k, v in {**_domains(search), **lists}.items() if len(set(getattr(search, k))) > 1}
+
+
+def _clip_to_search(config: dict[str, Any], search: SearchConfig) -> dict[str, Any]:
+    """PBT's custom_explore_fn: a scaled momentum or learning rate stays within its search range
+    (0.9 * 1.2 is a momentum no trial can run)."""
+    for name in ("momentum", "lr_d", "lr_g"):
+        if name in config:
+            low, high = getattr(search, name)
+            config[name] = min(max(config[name], low), high)
+    return config
+
+
 def make_scheduler(config: ExperimentConfig) -> TrialScheduler:
     """The trial scheduler named by ``config.tune.scheduler``.
 
     PBT perturbs every ``search.perturbation_interval`` training iterations: the bottom quantile
-    copies a top trial's checkpoint (weights, optimiser state, RNG), then k, momentum and the
-    learning rates are mutated and the noise prior and G loss are resampled.
+    copies a top trial's checkpoint (weights, optimiser state, RNG), then momentum and the
+    learning rates are scaled by 0.8 or 1.2 (kept within their search ranges) or resampled, and k,
+    the noise prior and the G loss move to a neighbouring value of their lists or are resampled.
     """
     search, name = config.search, config.tune.scheduler
     if name == "pbt":
-        mutations = {k: v for k, v in _domains(search).items() if len(set(getattr(search, k))) > 1}
+        mutations = _mutations(search)
         if not mutations:
             raise ConfigError("the PBT scheduler needs at least one searched hyperparameter; widen a search range or use --scheduler random")
         return PopulationBasedTraining(
@@ -62,6 +82,7 @@ def make_scheduler(config: ExperimentConfig) -> TrialScheduler:
             hyperparam_mutations=mutations,
             quantile_fraction=search.quantile_fraction,
             resample_probability=0.25,
+            custom_explore_fn=functools.partial(_clip_to_search, search=search),
             log_config=True,
         )
     if name == "asha":
