@@ -54,7 +54,7 @@ def test_a_diverging_trial_is_replaced_or_stopped_and_the_experiment_goes_on(ray
     from raygan.models import generate, load_generator
     from raygan.tune import run_experiment
 
-    iterations_per_step, max_iterations = 20, 8
+    iterations_per_step, max_iterations = 20, 10  # several perturbations: PBT's first may find no donor checkpoint yet
     config = tiny_experiment(tmp_path, scheduler=scheduler, num_trials=1, max_iterations=max_iterations,
                              iterations_per_step=iterations_per_step, checkpoint_every=1)
     config = replace(
@@ -73,7 +73,7 @@ def test_a_diverging_trial_is_replaced_or_stopped_and_the_experiment_goes_on(ray
 
     histories = _histories(report.experiment_path)
     assert len(histories) == 2
-    (bad,) = [t for t, h in histories.items() if h[0]["hparams/lr_d"] > 1]
+    (bad,) = [t for t, h in histories.items() if any(r["hparams/lr_d"] > 1 for r in h)]
     (good,) = [t for t in histories if t != bad]
     bad_history = histories[bad]
     assert bad_history[0]["diverged"] is True and bad_history[0]["eval/parzen_valid_ll"] == -math.inf
@@ -122,6 +122,43 @@ def test_when_every_trial_diverges_the_user_is_told_in_one_sentence(ray_local, t
         run_experiment(config, dataset=tiny_dataset(), verbose=0)
     assert "\n" not in str(caught.value) and "lr_d" in str(caught.value)
     assert not (tmp_path / "tiny" / "best").exists()
+
+
+def test_pbt_explore_always_gives_a_config_a_trial_can_run():
+    """PBT perturbs a donor's config at every exploit; a config it makes that cannot be run (a
+    string multiplied by 1.2, a momentum above 1) crashes the driver or errors the trial, hours in.
+    Explore many times from the edges of the default search space and build each result."""
+    import random
+
+    from ray.tune.schedulers.pbt import _explore
+
+    from raygan.config import ExperimentConfig, to_dict
+    from raygan.search import make_scheduler
+    from raygan.trainable import experiment_from_trial_config
+
+    config = ExperimentConfig()
+    pbt = make_scheduler(config)
+    search = config.search
+    random.seed(0)
+    for i in range(400):
+        donor = {
+            "experiment": to_dict(config),
+            "seed": i,
+            "k": random.choice(search.k),
+            "momentum": random.choice(search.momentum),  # the ends of the ranges: perturbed outward
+            "lr_d": random.choice(search.lr_d),
+            "lr_g": random.choice(search.lr_g),
+            "prior": random.choice(search.prior),
+            "g_loss": random.choice(search.g_loss),
+        }
+        explored, _ = _explore(donor, pbt._hyperparam_mutations, pbt._resample_probability,
+                               pbt._perturbation_factors, pbt._custom_explore_fn)
+        trial = experiment_from_trial_config(explored)  # raises ConfigError for a config a trial cannot run
+        assert trial.train.k in search.k and trial.model.prior in search.prior and trial.train.g_loss in search.g_loss
+        assert search.momentum[0] <= trial.train.momentum <= search.momentum[1]
+        for name in ("lr_d", "lr_g"):
+            low, high = getattr(search, name)
+            assert low <= getattr(trial.train, name) <= high
 
 
 def test_an_actor_reused_for_a_fresh_trial_starts_from_that_trials_own_initialisation(evaluator, tmp_path):
