@@ -193,6 +193,9 @@ class SearchConfig:
     quantile_fraction: float = 0.25  # PBT: bottom share that copies from the top share
     grace_period: int = 4  # ASHA: steps before a trial can be stopped
     reduction_factor: int = 2  # ASHA
+    # The first trial runs the experiment's own train/model settings (the paper's, by default)
+    # and the others are drawn from the ranges: the search starts from a known-good point.
+    start_from_base: bool = True
 
     def __post_init__(self) -> None:
         if not self.k or any(k < 1 for k in self.k):

@@ -95,6 +95,15 @@ def make_scheduler(config: ExperimentConfig) -> TrialScheduler:
     return FIFOScheduler()
 
 
+def _base_point(config: ExperimentConfig) -> list[dict[str, Any]]:
+    """The experiment's own hyperparameters as the first trial, where the search asks for it."""
+    if not config.search.start_from_base:
+        return []
+    train = config.train
+    return [{"k": train.k, "lr_d": train.lr_d, "lr_g": train.lr_g, "momentum": train.momentum,
+             "prior": config.model.prior, "g_loss": train.g_loss}]
+
+
 def tune_config(config: ExperimentConfig) -> tune.TuneConfig:
     """Tune's TuneConfig: metric, scheduler, population size, time budget, actor reuse."""
     return tune.TuneConfig(
@@ -102,7 +111,7 @@ def tune_config(config: ExperimentConfig) -> tune.TuneConfig:
         mode=MODE,
         scheduler=make_scheduler(config),
         num_samples=config.tune.num_trials,
-        search_alg=BasicVariantGenerator(random_state=config.tune.seed),  # reproducible draws
+        search_alg=BasicVariantGenerator(points_to_evaluate=_base_point(config), random_state=config.tune.seed),
         time_budget_s=config.tune.time_budget_s,
         reuse_actors=True,  # PBT's exploit resets an actor in place instead of starting a new one
     )

@@ -113,6 +113,7 @@ VALID: dict[str, dict[str, st.SearchStrategy]] = {
         "quantile_fraction": st.floats(1e-6, 0.5, **finite),
         "grace_period": st.integers(1, 100),
         "reduction_factor": st.integers(2, 10),
+        "start_from_base": st.booleans(),
     },
     "tune": {
         "num_trials": st.integers(1, 1000),
