@@ -157,6 +157,7 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
 
     Raises:
         UserError: bad settings, missing data, or an existing experiment without ``resume``.
+        KeyboardInterrupt: the run was interrupted (Ctrl-C); its state is saved for ``resume``.
     """
     import ray
     import torch
@@ -216,6 +217,10 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
     else:
         tuner = tune.Tuner(trainable, param_space=param_space(config), tune_config=tune_config(config), run_config=run_config)
     results = tuner.fit()
+    if results.num_terminated + results.num_errors < len(results):
+        # Tune ends fit() early on Ctrl-C, after saving the experiment's state: say so (main tells
+        # the user to --resume) rather than rank unfinished trials and write best/ from one.
+        raise KeyboardInterrupt
 
     leaderboard = _leaderboard(results)
     if not any(math.isfinite(row.parzen_valid_ll) for row in leaderboard):
@@ -322,11 +327,13 @@ def format_report(report: Report) -> str:
 
     s, r = report.summary, report.reference
     lines = ["", f"Leaderboard (Parzen validation log-likelihood in nats, {s['ranking_samples']:,} samples per trial):"]
-    header = f"  {'#':>2}  {'trial':<24} {'valid LL':>9}  {'steps':>5}  " + "  ".join(f"{h:>9}" for h in HYPERPARAMETERS if h != "seed")
-    lines.append(header)
-    for i, row in enumerate(report.leaderboard, 1):
-        values = "  ".join(f"{_fmt(row.config.get(h)):>9}" for h in HYPERPARAMETERS if h != "seed")
-        lines.append(f"  {i:>2}  {row.trial_id:<24} {row.parzen_valid_ll:>9.1f}  {row.iterations:>5}  {values}")
+    names = [h for h in HYPERPARAMETERS if h != "seed"]
+    cells = [[_fmt(row.config.get(h)) for h in names] for row in report.leaderboard]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(names)]
+    lines.append(f"  {'#':>2}  {'trial':<24} {'valid LL':>9}  {'steps':>5}  " + "  ".join(f"{h:>{w}}" for h, w in zip(names, widths)))
+    for i, (row, values) in enumerate(zip(report.leaderboard, cells), 1):
+        columns = "  ".join(f"{v:>{w}}" for v, w in zip(values, widths))
+        lines.append(f"  {i:>2}  {row.trial_id:<24} {row.parzen_valid_ll:>9.1f}  {row.iterations:>5}  {columns}")
     lines += [
         "",
         f"Best trial {s['trial_id']} ({s['num_samples']:,} samples): Parzen test log-likelihood {s['parzen_test_ll']:.1f} ± {s['parzen_test_se']:.1f} nats"
