@@ -302,6 +302,10 @@ def run_population(config: ExperimentConfig, dataset: Any, verbose: int = 1) -> 
     path = Path(experiment_path(config))
     if path.exists():
         shutil.rmtree(path)
+    # Ray's memory monitor kills workers when the whole machine is nearly out of memory, even when
+    # the memory is another program's: on a shared machine that killed our evaluator mid-run.
+    # Without it, the kernel's OOM killer picks the largest process instead.
+    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
     compute, start = Compute(), time.perf_counter()
     with ProcessTreeCpu() as tree, cpu_timer(compute, "driver"):
         report = run_experiment(config, dataset=dataset, verbose=verbose)

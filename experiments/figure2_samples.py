@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,9 @@ YELLOW = np.array([255, 215, 0], dtype=np.uint8)
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Figure 2: samples with their nearest training examples.")
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="a raygan generator.pt")
+    p.add_argument("--checkpoint", type=Path, nargs="+", default=[DEFAULT_CHECKPOINT],
+                   help="raygan generator.pt files; each gets its own block of the figure")
+    p.add_argument("--labels", nargs="+", help="a caption per checkpoint (default: the file's path)")
     p.add_argument("--dataset", default="mnist5k", help="the training set the generator was trained on")
     p.add_argument("--data-root", help="where the data set's files are (mnist, fashion-mnist)")
     p.add_argument("--num", type=int, default=30, help="samples shown (the first ones from --seed)")
@@ -82,38 +84,53 @@ def compose(samples: np.ndarray, neighbours: np.ndarray, pairs_per_row: int, sca
     return image
 
 
+def block(checkpoint: Path, label: str, ds: Any, args: argparse.Namespace) -> tuple[Image.Image, dict[str, Any]]:
+    """One checkpoint's pairs and its nearest-neighbour distances."""
+    samples = generate(load_generator(checkpoint), args.num, seed=args.seed)
+    index, dist = nearest(samples, ds.train)
+    caption = f"{label}: first {args.num} samples (seed {args.seed}) | nearest training image (yellow)"
+    image = compose(samples.numpy(), ds.train[index], args.pairs_per_row, args.scale, caption)
+    return image, {"checkpoint": str(checkpoint), "label": label, "nearest_index": index.tolist(), "nearest_l2": dist.tolist(),
+                   "median_sample_to_nearest_train_l2": float(np.median(dist)),
+                   "distinct_nearest": int(len(set(index.tolist())))}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: draw the samples and their neighbours, save the PNG and the distances."""
     args = parse_args(argv)
     torch.set_num_threads(1)
-    generator = load_generator(args.checkpoint)
+    labels = args.labels or [str(c) for c in args.checkpoint]
+    if len(labels) != len(args.checkpoint):
+        raise SystemExit("give one --labels entry per --checkpoint")
     ds = load_dataset(args.dataset, args.data_root)
-    samples = generate(generator, args.num, seed=args.seed)
-    index, dist = nearest(samples, ds.train)
-    rng = np.random.default_rng(0)  # typical train-to-train distances, for scale
+    blocks = [block(c, lab, ds, args) for c, lab in zip(args.checkpoint, labels)]
+    width = max(b[0].width for b in blocks)
+    image = Image.new("RGB", (width, sum(b[0].height + 6 for b in blocks)), (255, 255, 255))
+    y = 0
+    for b, _ in blocks:
+        image.paste(b, (0, y))
+        y += b.height + 6
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(args.out, optimize=True)
+    rng = np.random.default_rng(0)  # typical distances, for scale
     a, b = rng.choice(len(ds.train), (2, 500))
     keep = a != b
     train_pairs = np.linalg.norm((ds.train[a[keep]] - ds.train[b[keep]]).reshape(keep.sum(), -1), axis=1)
-    train_nn = nearest(torch.from_numpy(ds.valid[:200]), ds.train)[1]  # held-out image to its nearest training image
-    caption = f"{args.dataset}: first {args.num} samples (seed {args.seed}) | nearest training image (yellow)"
-    image = compose(samples.numpy(), ds.train[index], args.pairs_per_row, args.scale, caption)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(args.out, optimize=True)
+    held_out = nearest(torch.from_numpy(ds.valid[:200]), ds.train)[1]  # a held-out image to its nearest training image
     stats = {
-        "checkpoint": str(args.checkpoint),
         "dataset": args.dataset,
         "num": args.num,
         "seed": args.seed,
-        "nearest_index": index.tolist(),
-        "nearest_l2": dist.tolist(),
-        "median_sample_to_nearest_train_l2": float(np.median(dist)),
-        "median_valid_to_nearest_train_l2": float(np.median(train_nn)),
+        "blocks": [s for _, s in blocks],
+        "median_valid_to_nearest_train_l2": float(np.median(held_out)),
         "median_train_to_random_train_l2": float(np.median(train_pairs)),
     }
     common.write_json(args.results, stats)
-    print(f"wrote {args.out} ({args.out.stat().st_size // 1024} KB); median L2 sample->nearest train "
-          f"{stats['median_sample_to_nearest_train_l2']:.2f}, held-out image->nearest train {stats['median_valid_to_nearest_train_l2']:.2f}, "
-          f"random train pair {stats['median_train_to_random_train_l2']:.2f}")
+    for s in stats["blocks"]:
+        print(f"{s['label']}: median L2 sample -> nearest training image {s['median_sample_to_nearest_train_l2']:.2f}, "
+              f"{s['distinct_nearest']} distinct neighbours of {args.num}")
+    print(f"for scale: held-out image -> nearest training image {stats['median_valid_to_nearest_train_l2']:.2f}, "
+          f"two random training images {stats['median_train_to_random_train_l2']:.2f}; wrote {args.out} ({args.out.stat().st_size // 1024} KB)")
     return 0
 
 

@@ -16,7 +16,7 @@ Two generators under the same compute, as in Table 1: (a) the paper's default hy
 ``iterations / trials``. Real data is scored the same way as a check of the metric.
 
     python experiments/mode_collapse.py                  # docs/mode_collapse.png
-    python experiments/mode_collapse.py --iterations 6000 --trials 4 --steps 6 --no-population
+    python experiments/mode_collapse.py --iterations 4000 --trials 4 --steps 4 --no-population
 """
 
 from __future__ import annotations
@@ -42,15 +42,16 @@ OUT_DIR = common.RESULTS_DIR / "mode_collapse"
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Modes covered and high-quality samples on the ring of 8 Gaussians.")
     p.add_argument("--config", type=Path, default=common.EXPERIMENTS_DIR / "toy_2d.yaml")
-    p.add_argument("--iterations", type=int, default=6000, help="Algorithm 1 iterations for the default run: the compute budget")
+    p.add_argument("--iterations", type=int, default=4000, help="Algorithm 1 iterations for the default run: the compute budget")
     p.add_argument("--trials", type=int, default=4, help="population size; each trial gets iterations/trials")
-    p.add_argument("--steps", type=int, default=6, help="Tune steps per trial")
+    p.add_argument("--steps", type=int, default=4, help="Tune steps per trial")
     p.add_argument("--samples", type=int, default=2500, help="samples scored per generator")
     p.add_argument("--rank-valid", type=int, default=1000, help="validation points used to rank generators (Parzen LL)")
     p.add_argument("--evals", type=int, default=16, help="validation scorings along the default run")
     p.add_argument("--min-share", type=float, default=0.01, help="share of all samples a mode needs to count as covered")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-population", action="store_true", help="only the default run (fast; no Ray)")
+    p.add_argument("--population-only", action="store_true", help="keep the saved default run, (re)run the population")
     p.add_argument("--out-dir", type=Path, default=OUT_DIR)
     p.add_argument("--out", type=Path, default=common.DOCS_DIR / "mode_collapse.png")
     p.add_argument("--verbose", type=int, default=1)
@@ -97,14 +98,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # within reach of every point) is the slow case, and the default run collapses.
     valid = ds.valid[: args.rank_valid]
     every = max(1, args.iterations // args.evals)
-    print(f"(a) default run: {args.iterations} iterations", flush=True)
-    single = common.train_single(base, ds.train, valid, ds.bounded, args.iterations, every, base.eval.num_samples)
-    for name, gen in (("default, last iterate", single.final_generator), ("default, best on validation", single.generator)):
-        pts = _points(gen, args.samples)
-        record["runs"][name] = {**coverage(pts, centres, std, args.min_share), "points": pts.tolist(),
-                                "compute": single.compute.as_dict(), "iterations": args.iterations}
-    record["runs"]["default, best on validation"]["best_iteration"] = single.best_iteration
-    record["default_curve"] = single.curve
+    saved = Path(args.out_dir) / "mode_collapse.json"
+    if args.population_only:
+        previous = common.read_json(saved)
+        if previous["budget"] != record["budget"]:
+            raise SystemExit(f"{saved} was made with another budget ({previous['budget']}); run without --population-only")
+        record["runs"] = {k: v for k, v in previous["runs"].items() if k != "population best"}
+        record["default_curve"], record["earlier_command"] = previous["default_curve"], previous["command"]
+    else:
+        print(f"(a) default run: {args.iterations} iterations", flush=True)
+        single = common.train_single(base, ds.train, valid, ds.bounded, args.iterations, every, base.eval.num_samples)
+        for name, gen in (("default, last iterate", single.final_generator), ("default, best on validation", single.generator)):
+            pts = _points(gen, args.samples)
+            record["runs"][name] = {**coverage(pts, centres, std, args.min_share), "points": pts.tolist(),
+                                    "compute": single.compute.as_dict(), "iterations": args.iterations}
+        record["runs"]["default, best on validation"]["best_iteration"] = single.best_iteration
+        record["default_curve"] = single.curve
+        common.write_json(saved, record)  # kept even if the population fails
     if not args.no_population:
         per_step = args.iterations // (args.trials * args.steps)
         tune = replace(base.tune, num_trials=args.trials, max_iterations=args.steps, iterations_per_step=max(1, per_step),
@@ -141,7 +151,11 @@ def render(record: dict[str, Any], out: Path) -> None:
     for ax, name in zip(axes[0], names):
         r = record["runs"][name]
         pts = np.array(r["points"])
-        ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.35, color="tab:green", lw=0)
+        ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.4, color="tab:green", lw=0)
+        if pts.std(0).max() < 0.1:  # collapsed onto (nearly) one point: say so, it is easy to miss
+            centre = pts.mean(0)
+            ax.annotate(f"all {len(pts):,} samples\n(Helvetica)", xy=centre, xytext=(0, 0), ha="center", va="center", fontsize=7,
+                        arrowprops={"arrowstyle": "->", "color": "tab:green"})
         for c in centres:
             ax.add_patch(plt.Circle(c, 3 * std, fill=False, color="tab:red", lw=0.8))
         ax.scatter(centres[:, 0], centres[:, 1], marker="+", color="tab:red", s=25, lw=0.8)

@@ -86,7 +86,9 @@ def configs(args: argparse.Namespace) -> tuple[Any, Any, int]:
     """The default run's config, the population's config, and iterations per Tune step."""
     model = {k: tuple(v) for k, v in (("g_hidden", args.g_hidden), ("d_hidden", args.d_hidden)) if v}
     base = common.paper_config(data={"name": args.dataset, "root": args.data_root}, model=model,
-                               train={"seed": args.seed}, eval={"num_samples": args.num_samples, "every": 1})
+                               train={"seed": args.seed},
+                               # Trials rank on as many samples as the default run is chosen with.
+                               eval={"num_samples": args.num_samples, "ranking_samples": args.num_samples, "every": 1})
     per_step = args.iterations // (args.trials * args.steps)
     if per_step < 1:
         raise SystemExit(f"--iterations {args.iterations} is too few for {args.trials} trials x {args.steps} steps")
@@ -116,6 +118,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "population_iterations": args.trials * args.steps * per_step, "num_samples": args.num_samples},
         "rows": {},
     }
+    saved = out_dir / f"{args.dataset}.json"
+    if args.skip and saved.is_file():  # rows computed earlier under the same budget are kept
+        previous = common.read_json(saved)
+        if previous.get("budget") == record["budget"]:
+            record["rows"] = {k: v for k, v in previous["rows"].items() if k in args.skip}
+            record["earlier_command"] = previous.get("command")
     print(f"Table 1 on {ds}: budget {args.iterations} Algorithm 1 iterations per row "
           f"({args.trials} trials x {args.steps} steps x {per_step} for the population)", flush=True)
 

@@ -86,7 +86,7 @@ def test_figure2_pairs_fair_samples_with_their_neighbours(tiny_generator, tmp_pa
     argv = ["--checkpoint", str(tiny_generator), "--num", "6", "--pairs-per-row", "3", "--out", str(out), "--results", str(results)]
     assert figure2_samples.main(argv) == 0
     _png(out)
-    r = json.loads(results.read_text())
+    r = json.loads(results.read_text())["blocks"][0]
     assert len(r["nearest_index"]) == 6 and all(d > 0 for d in r["nearest_l2"])
     # Fair samples: the first six of the seed, the same ones raygan.models.generate gives.
     train = load_dataset("mnist5k").train
