@@ -8,6 +8,8 @@ hyperparameters at the top (where schedulers can see and mutate them), the rest 
 from __future__ import annotations
 
 import functools
+import signal
+import threading
 from typing import Any
 
 from ray import tune
@@ -18,6 +20,26 @@ from raygan.config import ConfigError, ExperimentConfig, SearchConfig, to_dict
 
 METRIC = "eval/parzen_valid_ll"  # trials are ranked on validation data only, never the test set
 MODE = "max"
+CTRL_C = threading.Event()  # set by NoteCtrlC: clear it before Tuner.fit(), read it after
+
+
+class NoteCtrlC(tune.Callback):
+    """Notes a Ctrl-C during ``Tuner.fit()`` in :data:`CTRL_C`.
+
+    Tune catches SIGINT itself: it saves the experiment's state and returns from ``fit()`` as if
+    the run had finished (its trials come back TERMINATED), leaving no other trace of the interrupt.
+    """
+
+    def setup(self, **info: Any) -> None:
+        tune_handler = signal.getsignal(signal.SIGINT)  # Tune installs its handler just before this
+        if threading.current_thread() is not threading.main_thread() or not callable(tune_handler):
+            return
+
+        def note_and_forward(signum: int, frame: Any) -> None:
+            CTRL_C.set()
+            tune_handler(signum, frame)
+
+        signal.signal(signal.SIGINT, note_and_forward)
 
 
 def _domains(search: SearchConfig) -> dict[str, Any]:

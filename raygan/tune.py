@@ -168,7 +168,7 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
     from raygan.evaluator import evaluator_name, get_or_create_evaluator
     from raygan.models import generate, load_generator
     from raygan.monitor import write_experiment_summary
-    from raygan.search import METRIC, MODE, param_space, tune_config
+    from raygan.search import CTRL_C, METRIC, MODE, NoteCtrlC, param_space, tune_config
     from raygan.trainable import EVAL_SEED, with_data
 
     path = experiment_path(config)
@@ -205,7 +205,7 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
         ),
         verbose=verbose,
         progress_reporter=_progress_reporter(),
-        callbacks=[*callbacks, CSVLoggerCallback(), JsonLoggerCallback()],
+        callbacks=[*callbacks, CSVLoggerCallback(), JsonLoggerCallback(), NoteCtrlC()],
         # On remote storage the trials' TensorBoard events are written to their working directories
         # (raygan.trainable.trial_log_dir): Tune uploads those with each checkpoint.
         sync_config=tune.SyncConfig(sync_artifacts=_is_uri(path)),
@@ -216,8 +216,9 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(trainable, param_space=param_space(config), tune_config=tune_config(config), run_config=run_config)
+    CTRL_C.clear()
     results = tuner.fit()
-    if results.num_terminated + results.num_errors < len(results):
+    if CTRL_C.is_set():
         # Tune ends fit() early on Ctrl-C, after saving the experiment's state: say so (main tells
         # the user to --resume) rather than rank unfinished trials and write best/ from one.
         raise KeyboardInterrupt
