@@ -122,8 +122,10 @@ def _base_point(config: ExperimentConfig) -> list[dict[str, Any]]:
     if not config.search.start_from_base:
         return []
     train = config.train
-    return [{"k": train.k, "lr_d": train.lr_d, "lr_g": train.lr_g, "momentum": train.momentum,
-             "prior": config.model.prior, "g_loss": train.g_loss}]
+    base = {"k": train.k, "lr_d": train.lr_d, "lr_g": train.lr_g, "momentum": train.momentum,
+            "prior": config.model.prior, "g_loss": train.g_loss}
+    # A hyperparameter pinned to one value (a search range [x, x]) stays pinned in this trial too.
+    return [{k: v for k, v in base.items() if len(set(getattr(config.search, k))) > 1}]
 
 
 def tune_config(config: ExperimentConfig) -> tune.TuneConfig:
