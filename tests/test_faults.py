@@ -11,6 +11,8 @@ import json
 import math
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from raygan.config import ModelConfig, SearchConfig, replace
+from raygan.config import ModelConfig, load_config, replace
 from test_tune import _trainable, evaluator, tiny_dataset, tiny_experiment  # noqa: F401 (evaluator: a fixture)
 
 pytestmark = pytest.mark.ray
@@ -61,7 +63,7 @@ def test_a_diverging_trial_is_replaced_or_stopped_and_the_experiment_goes_on(ray
         config,
         model=replace(config.model, d_max_norm=None),  # the paper's max-norm keeps even absurd losses finite
         search=replace(config.search, k=(1, 2), lr_g=(0.05, 0.05), prior=("uniform",), g_loss=("non-saturating",),
-                       perturbation_interval=2, grace_period=max_iterations),
+                       perturbation_interval=2, grace_period=max_iterations, start_from_base=False),
     )
     original = search.param_space
 
@@ -267,3 +269,256 @@ def test_a_killed_evaluator_restarts_and_answers_the_calls_in_flight(ray_local):
     for batch, answer in zip(batches, answers):
         sigma, valid_ll = parzen.validation_score(batch, valid, eval_config.sigmas, chunk_size=eval_config.chunk_size)
         assert answer["sigma"] == sigma and answer["parzen_valid_ll"] == pytest.approx(valid_ll, rel=1e-6, abs=1e-4)
+
+
+DRIVER_CONFIG = """\
+data: {name: toy-1d}
+model: {noise_dim: 2, g_hidden: [16], d_hidden: [16], d_pieces: 2, d_input_dropout: 0.0, d_hidden_dropout: 0.0}
+train: {batch_size: 50}
+eval: {num_samples: 200, ranking_samples: 200, sigmas: [0.05, 0.1, 0.2, 0.5], every: 1, cpus: 1.0}
+search: {perturbation_interval: 2}
+tune: {num_trials: 2, cpus_per_trial: 1.0, gpus_per_trial: 0.0, time_budget_s: null, max_iterations: 20,
+       iterations_per_step: 200, checkpoint_every: 1, seed: 0}
+"""
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _session(sid: int) -> list[int]:
+    """The processes of one session: a driver started with start_new_session and all it started."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[3]) == sid:
+                pids.append(int(entry.name))
+    return pids
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL what is left of a session we started (a SIGKILLed driver leaves Ray's agents
+    behind), and wait until they are gone."""
+    deadline = time.monotonic() + 30
+    while (left := _session(sid)) and time.monotonic() < deadline:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+
+
+def _run_cli(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    process = subprocess.Popen(argv, cwd=REPO, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        process.kill()
+        _kill_session(process.pid)
+    return subprocess.CompletedProcess(argv, process.returncode, out, err)
+
+
+def _cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
+    env["OMP_NUM_THREADS"] = "1"
+    # Ray's memory monitor kills workers when the machine, not this run, is short of memory: on a
+    # shared test machine that is another program's doing.
+    env["RAY_memory_monitor_refresh_ms"] = "0"
+    return env
+
+
+def _recorded_checkpoints(experiment: Path, trials: int) -> bool:
+    """True once Tune's saved experiment state postdates a checkpoint of every trial: what a
+    resume starts from (Tune snapshots its state every few seconds, not at every checkpoint)."""
+    states = list(experiment.glob("experiment_state-*.json"))
+    trial_dirs = [d for d in experiment.glob("GANTrainable_*") if d.is_dir()]
+    if not states or len(trial_dirs) < trials:
+        return False
+    snapshot = max(p.stat().st_mtime for p in states)
+    for trial_dir in trial_dirs:
+        checkpoints = sorted(p.stat().st_mtime for p in trial_dir.glob("checkpoint_*"))
+        if len(checkpoints) < 2 or checkpoints[-2] > snapshot - 1.0:
+            return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ctrl-c", "kill -9"])
+def test_an_interrupted_driver_resumes_from_its_checkpoints(tmp_path, how):
+    """python -m raygan.tune stopped mid-run by Ctrl-C (SIGINT to its process group) or SIGKILL,
+    then run again with --resume: the trials continue from their checkpoints to the end."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(DRIVER_CONFIG)
+    storage = tmp_path / "results"
+    experiment = storage / "x"
+    argv = [sys.executable, "-m", "raygan.tune", "--config", str(config), "--storage-path", str(storage), "--name", "x"]
+
+    first = subprocess.Popen(argv, cwd=REPO, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not _recorded_checkpoints(experiment, trials=2):
+            assert first.poll() is None, first.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoints recorded in time"
+            time.sleep(0.2)
+        assert all(len(h) < 20 for h in _histories(experiment).values())  # still running: a resume has work to do
+        if how == "ctrl-c":
+            os.killpg(first.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole foreground group
+        else:
+            os.kill(first.pid, signal.SIGKILL)
+        out, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+        _kill_session(first.pid)
+    assert not _session(first.pid)
+
+    if how == "ctrl-c":
+        assert first.returncode == 130, err[-3000:]
+        assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted;") and "--resume" in err
+        assert "Leaderboard" not in out and not (experiment / "best").exists()  # nothing ranked from unfinished trials
+    else:
+        assert first.returncode == -signal.SIGKILL
+    before = {trial: len(history) for trial, history in _histories(experiment).items()}
+
+    second = _run_cli(argv + ["--resume"], timeout=420)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Leaderboard" in second.stdout and "Traceback" not in second.stderr
+
+    histories = _histories(experiment)
+    assert len(histories) == 2
+    for trial, history in histories.items():
+        resumed = history[before.get(trial, 0):]  # what the second driver's trials reported
+        assert resumed, trial
+        assert resumed[0]["training_iteration"] >= 2, (trial, [r["training_iteration"] for r in history])
+        assert resumed[-1]["training_iteration"] == 20
+        assert resumed[0]["algorithm/iteration"] == resumed[0]["training_iteration"] * 200  # restored state, not a fresh init
+    summary = json.loads((experiment / "best" / "summary.json").read_text())
+    assert summary["trial_id"] in histories and summary["training_iteration"] == 20
+
+
+# ---- atomic writes ---------------------------------------------------------------------------
+
+CRASH_WHILE_WRITING = """
+import os, signal, sys
+import raygan.files as files
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if sys.argv[2] == "half-written":
+    real_fdopen = files.os.fdopen
+
+    class HalfThenDie:
+        def __init__(self, f):
+            self.f = f
+        def __enter__(self):
+            return self
+        def __exit__(self, *exc):
+            return False
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            die()
+
+    files.os.fdopen = lambda fd, mode: HalfThenDie(real_fdopen(fd, mode))
+else:  # killed after the new bytes are on disk, before the rename
+    files.os.replace = die
+files.atomic_write_json(sys.argv[1], {"version": 2, "padding": "x" * 100000})
+"""
+
+
+@pytest.mark.parametrize("crash", ["half-written", "before-rename"])
+def test_a_process_killed_while_writing_a_result_leaves_the_previous_one(tmp_path, crash):
+    from raygan.files import atomic_write_json
+
+    summary = tmp_path / "summary.json"
+    atomic_write_json(summary, {"version": 1})
+    run = subprocess.run([sys.executable, "-c", CRASH_WHILE_WRITING, str(summary), crash], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    assert json.loads(summary.read_text()) == {"version": 1}
+    # What the crash leaves is a hidden temporary file, never a partial file under the final name.
+    assert all(p.name.startswith(".summary.json.") and p.name.endswith(".tmp") for p in tmp_path.iterdir() if p != summary)
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+@pytest.mark.parametrize("failing", ["write", "fsync", "replace"])
+def test_a_failed_write_keeps_the_previous_generator_and_summary_and_leaves_no_temporary_file(tmp_path, monkeypatch, failing):
+    import raygan.files
+    from raygan.files import atomic_write_json
+    from raygan.models import Generator, load_generator, save_generator
+
+    old = Generator(ModelConfig(noise_dim=4, g_hidden=(8,)), (1, 2, 2))
+    save_generator(tmp_path / "generator.pt", old)
+    atomic_write_json(tmp_path / "summary.json", {"version": 1})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    if failing == "write":  # the bytes go out in one write; fail it after half of them
+        real_fdopen = raygan.files.os.fdopen
+
+        def half_then_full(fd, mode):
+            f = real_fdopen(fd, mode)
+            real_write = f.write
+            f.write = lambda data: (real_write(data[: len(data) // 2]), disk_full())
+            return f
+
+        monkeypatch.setattr(raygan.files.os, "fdopen", half_then_full)
+    else:
+        monkeypatch.setattr(raygan.files.os, failing, disk_full)
+    new = Generator(ModelConfig(noise_dim=4, g_hidden=(8,)), (1, 2, 2))
+    with pytest.raises(OSError):
+        save_generator(tmp_path / "generator.pt", new)
+    with pytest.raises(OSError):
+        atomic_write_json(tmp_path / "summary.json", {"version": 2})
+    monkeypatch.undo()
+
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # unchanged, nothing added
+    loaded = load_generator(tmp_path / "generator.pt")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), old.state_dict().values()))
+
+
+def test_a_crash_while_writing_best_leaves_every_file_of_the_previous_best_whole(tmp_path, monkeypatch):
+    """best/ is rewritten file by file at the end of each run (and of each --resume): a crash in
+    the middle leaves each file either the previous one or the new one, complete."""
+    import raygan.files
+    from raygan.config import ExperimentConfig, to_dict
+    from raygan.models import Generator, load_generator, save_generator
+    from raygan.tune import _write_best
+
+    def best_inputs(version: int):
+        checkpoint = tmp_path / f"checkpoint_{version}"
+        save_generator(checkpoint / "generator.pt", Generator(ModelConfig(noise_dim=4, g_hidden=(8,)), (1, 4, 4)))
+        trial_config = {"experiment": to_dict(ExperimentConfig()), "k": version, "lr_d": 0.1, "lr_g": 0.1,
+                        "momentum": 0.5, "prior": "uniform", "g_loss": "minimax", "seed": version}
+        return checkpoint, trial_config, {"version": version}, torch.rand(16, 1, 4, 4)
+
+    best = tmp_path / "best"
+    checkpoint, trial_config, summary, samples = best_inputs(1)
+    _write_best(best, checkpoint, trial_config, summary, samples)
+    before = {p.name: p.read_bytes() for p in best.iterdir()}
+    assert set(before) == {"generator.pt", "config.yaml", "summary.json", "samples.png"}
+
+    real_replace, calls = raygan.files.os.replace, []
+
+    def crash_on_the_summary(src, dst):
+        calls.append(dst)
+        if str(dst).endswith("summary.json"):
+            raise KeyboardInterrupt  # Ctrl-C (or any crash) right there
+        real_replace(src, dst)
+
+    monkeypatch.setattr(raygan.files.os, "replace", crash_on_the_summary)
+    with pytest.raises(KeyboardInterrupt):
+        _write_best(best, *best_inputs(2))
+    monkeypatch.undo()
+
+    assert sorted(p.name for p in best.iterdir()) == sorted(before)  # no temporary files left
+    assert json.loads((best / "summary.json").read_text()) == {"version": 1}
+    assert (best / "samples.png").read_bytes() == before["samples.png"]
+    load_generator(best / "generator.pt")  # whichever version, a whole generator
+    assert load_config(best / "config.yaml").train.k in (1, 2)
