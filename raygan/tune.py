@@ -94,7 +94,7 @@ def _leaderboard(results: Any) -> list[TrialRow]:
             TrialRow(
                 trial_id=metrics.get("trial_id", Path(result.path).name),
                 parzen_valid_ll=score,
-                config={k: result.config[k] for k in HYPERPARAMETERS if k in result.config},
+                config={k: v for k, v in (result.config or {}).items() if k in HYPERPARAMETERS},  # None: never reported
                 iterations=int(metrics.get("training_iteration", 0)),
                 status="ERROR" if result.error else "OK",
             )
