@@ -60,6 +60,15 @@ def _is_uri(path: str) -> bool:
     return "://" in path
 
 
+def _check_storage(storage: Path) -> None:
+    """A local storage path must be a writable directory, or creatable in one (checked before Ray starts)."""
+    existing = storage
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write results under {str(storage)!r}: {str(existing)!r} is not a writable directory; pass --storage-path DIR")
+
+
 def _init_ray(config: ExperimentConfig) -> None:
     import ray
 
@@ -172,8 +181,12 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
     from raygan.trainable import EVAL_SEED, with_data
 
     path = experiment_path(config)
+    if not _is_uri(path):
+        _check_storage(Path(path).parent)
     if not _is_uri(path) and not config.tune.resume and Path(path).exists():
         raise UserError(f"experiment {path!r} already exists; pass --resume to continue it or --name for a new one")
+    if config.tune.resume and not tune.Tuner.can_restore(path):
+        raise UserError(f"nothing to resume at {path!r}; run without --resume to start the experiment")
     if dataset is None:
         dataset = load_dataset(config.data.name, config.data.root, download=config.data.download, seed=config.tune.seed)
     tune_config(config)  # validates the scheduler settings before Ray starts
@@ -211,8 +224,6 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
         sync_config=tune.SyncConfig(sync_artifacts=_is_uri(path)),
     )
     if config.tune.resume:
-        if not tune.Tuner.can_restore(path):
-            raise UserError(f"nothing to resume at {path!r}; run without --resume to start the experiment")
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(trainable, param_space=param_space(config), tune_config=tune_config(config), run_config=run_config)
