@@ -1,0 +1,347 @@
+"""Bad input to the three CLIs: one sentence on stderr, exit code 2, no traceback, nothing damaged.
+
+raygan.tune must refuse bad input before it starts Ray (fast, and no cluster left behind): its
+tests replace ``_init_ray`` with a tripwire. A few cases run as a user runs them, in a
+subprocess, to show what reaches the terminal. The last tests are about safety: no checkpoint
+or samples file can run code when raygan reads it.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from raygan import evaluate, sample
+from raygan import tune as raygan_tune
+from raygan.config import ModelConfig
+from raygan.errors import CheckpointError
+from raygan.models import GENERATOR_FORMAT, Generator, load_generator, save_generator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes: to show that nothing was written or damaged."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """A storage path holding an earlier experiment's results, and a tripwire on starting Ray."""
+
+    def no_ray(config):
+        raise AssertionError("raygan.tune started Ray before refusing bad input")
+
+    monkeypatch.setattr(raygan_tune, "_init_ray", no_ray)
+    storage = tmp_path / "results"
+    (storage / "earlier" / "best").mkdir(parents=True)
+    (storage / "earlier" / "best" / "summary.json").write_text('{"parzen_test_ll": 225.1}\n')
+    (storage / "earlier" / "best" / "generator.pt").write_bytes(b"an earlier generator")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for name, text in {
+        "unparsable.yaml": "train:\n  k: [1, 2\n",
+        "tabs.yaml": "train:\n\tk: 2\n",
+        "unknown-key.yaml": "tune:\n  num_trails: 3\n",
+        "unknown-section.yaml": "trian:\n  k: 2\n",
+        "wrong-type.yaml": 'train:\n  k: "three"\n',
+        "wrong-type-list.yaml": "model:\n  g_hidden: 1200\n",
+        "not-a-mapping.yaml": "- data\n- model\n",
+        "out-of-range.yaml": "train:\n  momentum: 1.5\n",
+        "infinite.yaml": "train:\n  lr_d: .inf\n",
+    }.items():
+        (configs / name).write_text(text)
+    (configs / "binary.yaml").write_bytes(b"\xff\xfe\x00garbage")
+    return storage, empty, configs
+
+
+TUNE_CASES = {
+    "unknown dataset": ["--dataset", "imagenet"],
+    "empty fashion-mnist directory": ["--dataset", "fashion-mnist", "--data-root", "{empty}"],
+    "empty mnist directory": ["--dataset", "mnist", "--data-root", "{empty}"],
+    "empty cifar10 directory": ["--dataset", "cifar10", "--data-root", "{empty}"],
+    "no trials": ["--num-trials", "0"],
+    "negative trials": ["--num-trials", "-3"],
+    "negative cpus": ["--cpus-per-trial", "-1"],
+    "negative gpus": ["--gpus-per-trial", "-0.5"],
+    "negative iterations": ["--max-iterations", "-5"],
+    "zero time budget": ["--time-budget-s", "0"],
+    "NaN time budget": ["--time-budget-s", "nan"],
+    "unknown scheduler": ["--scheduler", "hyperband"],
+    "a name with a slash": ["--name", "../elsewhere"],
+    "missing config": ["--config", "{configs}/missing.yaml"],
+    "unparsable config": ["--config", "{configs}/unparsable.yaml"],
+    "config with tabs": ["--config", "{configs}/tabs.yaml"],
+    "binary config": ["--config", "{configs}/binary.yaml"],
+    "config is a directory": ["--config", "{configs}"],
+    "unknown key": ["--config", "{configs}/unknown-key.yaml"],
+    "unknown section": ["--config", "{configs}/unknown-section.yaml"],
+    "wrong type": ["--config", "{configs}/wrong-type.yaml"],
+    "wrong type (a number for a list)": ["--config", "{configs}/wrong-type-list.yaml"],
+    "not a mapping": ["--config", "{configs}/not-a-mapping.yaml"],
+    "out of range": ["--config", "{configs}/out-of-range.yaml"],
+    "infinite": ["--config", "{configs}/infinite.yaml"],
+    "the experiment exists": ["--name", "earlier"],
+    "nothing to resume": ["--name", "never-run", "--resume"],
+    "storage path is a file": ["--storage-path", "{storage}/earlier/best/summary.json"],
+}
+
+
+@pytest.mark.parametrize("argv", TUNE_CASES.values(), ids=TUNE_CASES.keys())
+def test_tune_refuses_bad_input_before_starting_ray(workspace, capsys, argv):
+    storage, empty, configs = workspace
+    before = _snapshot(storage.parent)
+    argv = [a.format(storage=storage, empty=empty, configs=configs) for a in argv]
+    if "--storage-path" not in argv:
+        argv += ["--storage-path", str(storage)]
+    assert raygan_tune.main(argv) == 2
+    _one_error_line(capsys.readouterr().err)
+    assert _snapshot(storage.parent) == before  # nothing written, nothing damaged
+
+
+@pytest.mark.parametrize("argv", [["--num-trials", "abc"], ["--max-iterations", "1.5"], ["--no-such-flag"], ["--resume", "yes"]])
+def test_tune_argument_errors_are_usage_and_one_error_line(workspace, capsys, argv):
+    with pytest.raises(SystemExit) as exit_:
+        raygan_tune.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m raygan.tune") and "Traceback" not in err
+    assert [line for line in err.splitlines() if "error:" in line] == [err.strip().splitlines()[-1]]
+
+
+# ---- raygan.sample and raygan.evaluate: files that are not what they claim ---------------------
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    """Files a user might pass by mistake as a generator checkpoint."""
+    rng = np.random.default_rng(0)
+    files = {
+        "random bytes": rng.bytes(4096),
+        "a text file": b"epoch 1: loss 0.69\nepoch 2: loss 0.68\n",
+        "an empty file": b"",
+        "a zip that is not torch's": _zip_bytes(),
+        "a truncated generator": _generator_bytes()[:700],
+        "a trainer checkpoint": _torch_bytes({"generator": {}, "discriminator": {}, "iteration": 3}),
+        "a bare state_dict": _torch_bytes(Generator(ModelConfig(noise_dim=4, g_hidden=(8,)), (1, 1, 1)).state_dict()),
+        "a tensor": _torch_bytes(torch.zeros(3)),
+    }
+    paths = {}
+    for i, (name, content) in enumerate(files.items()):
+        paths[name] = tmp_path / f"bad{i}.pt"
+        paths[name].write_bytes(content)
+    paths["a missing file"] = tmp_path / "missing.pt"
+    paths["a directory"] = tmp_path
+    return paths
+
+
+def _torch_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _generator_bytes() -> bytes:
+    buffer = io.BytesIO()
+    g = Generator(ModelConfig(noise_dim=4, g_hidden=(64,)), (1, 1, 1), bounded=False)
+    from raygan.models import generator_state
+
+    torch.save(generator_state(g), buffer)
+    return buffer.getvalue()
+
+
+def _zip_bytes() -> bytes:
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("archive/data.pkl", b"not a pickle")
+    return buffer.getvalue()
+
+
+BAD_CHECKPOINTS = ["random bytes", "a text file", "an empty file", "a zip that is not torch's", "a truncated generator",
+                   "a trainer checkpoint", "a bare state_dict", "a tensor", "a missing file", "a directory"]
+
+
+@pytest.mark.parametrize("which", BAD_CHECKPOINTS)
+def test_sample_refuses_what_is_not_a_generator(bad_files, tmp_path, capsys, which):
+    out = tmp_path / "grid.npy"
+    out.write_bytes(b"earlier samples")
+    assert sample.main(["--checkpoint", str(bad_files[which]), "--out", str(out)]) == 2
+    _one_error_line(capsys.readouterr().err)
+    assert out.read_bytes() == b"earlier samples"
+
+
+@pytest.mark.parametrize("which", BAD_CHECKPOINTS)
+def test_evaluate_refuses_what_is_not_a_generator(bad_files, capsys, which):
+    assert evaluate.main(["--dataset", "toy-1d", "--checkpoint", str(bad_files[which]), "--num-samples", "50"]) == 2
+    _one_error_line(capsys.readouterr().err)
+
+
+def test_evaluate_refuses_a_generator_for_another_data_set(tmp_path, capsys):
+    path = tmp_path / "generator.pt"
+    save_generator(path, Generator(ModelConfig(noise_dim=4, g_hidden=(8,)), (1, 28, 28)))
+    assert evaluate.main(["--dataset", "toy-1d", "--checkpoint", str(path), "--num-samples", "50"]) == 2
+    assert "toy-1d" in _one_error_line(capsys.readouterr().err)
+
+
+SAMPLE_FILES = {
+    "wrong width": lambda: np.zeros((50, 3), np.float32),
+    "wrong image shape": lambda: np.zeros((50, 1, 2, 2), np.float32),
+    "three dimensions": lambda: np.zeros((50, 1, 1), np.float32),
+    "one dimension": lambda: np.zeros(50, np.float32),
+    "no samples": lambda: np.zeros((0, 1), np.float32),
+    "strings": lambda: np.array([["a"]] * 50),
+    "NaN": lambda: np.full((50, 1), np.nan, np.float32),
+}
+
+
+@pytest.mark.parametrize("which", SAMPLE_FILES, ids=SAMPLE_FILES)
+def test_evaluate_refuses_samples_of_the_wrong_shape_or_kind(tmp_path, capsys, which):
+    path = tmp_path / "samples.npy"
+    np.save(path, SAMPLE_FILES[which]())
+    assert evaluate.main(["--dataset", "toy-1d", "--samples", str(path), "--num-samples", "50"]) == 2
+    _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("content", ["text", "npz", "missing", "random"])
+def test_evaluate_refuses_a_samples_file_that_is_not_an_array(tmp_path, capsys, content):
+    path = tmp_path / "samples.npy"
+    if content == "text":
+        path.write_text("0.1, 0.2, 0.3\n")
+    elif content == "npz":
+        with open(path, "wb") as f:
+            np.savez(f, a=np.zeros((5, 1)), b=np.zeros((5, 1)))
+    elif content == "random":
+        path.write_bytes(np.random.default_rng(1).bytes(2000))
+    assert evaluate.main(["--dataset", "toy-1d", "--samples", str(path)]) == 2
+    _one_error_line(capsys.readouterr().err)
+
+
+# ---- as a user runs them ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["raygan.tune", "--config", "{configs}/wrong-type.yaml"],
+        ["raygan.tune", "--dataset", "fashion-mnist", "--data-root", "{empty}"],
+        ["raygan.tune", "--num-trials", "abc"],
+        ["raygan.sample", "--checkpoint", "{configs}/tabs.yaml", "--out", "{empty}/x.png"],
+        ["raygan.evaluate", "--dataset", "toy-1d", "--samples", "{configs}/tabs.yaml"],
+    ],
+    ids=["tune: wrong type", "tune: no data files", "tune: argparse", "sample: text file", "evaluate: text file"],
+)
+def test_as_a_user_runs_it_there_is_no_traceback(workspace, argv):
+    storage, empty, configs = workspace
+    argv = [a.format(empty=empty, configs=configs) for a in argv]
+    before = _snapshot(storage.parent)
+    run = subprocess.run([sys.executable, "-m", *argv, *(["--storage-path", str(storage)] if argv[0] == "raygan.tune" else [])],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr and run.stdout == ""
+    assert run.stderr.strip().splitlines()[-1].split(": ", 1)[0] in ("error", "python -m raygan.tune")
+    if argv[-1] != "abc":
+        _one_error_line(run.stderr)
+    assert _snapshot(storage.parent) == before
+
+
+# ---- safety: nothing read from a file runs code ----------------------------------------------
+
+
+def test_every_torch_load_in_raygan_uses_weights_only_and_nothing_unpickles():
+    """Read the source: every torch.load passes weights_only=True, every np.load allow_pickle=False,
+    and nothing calls pickle's loaders (Ray's own pickling of actors and tasks is not ours to check)."""
+    loads = 0
+    for path in sorted((REPO / "raygan").glob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            owner = node.func.value.id if isinstance(node.func.value, ast.Name) else None
+            keywords = {k.arg: k.value for k in node.keywords}
+            where = f"{path.name}:{node.lineno}"
+            if (owner, node.func.attr) == ("torch", "load"):
+                loads += 1
+                flag = keywords.get("weights_only")
+                assert isinstance(flag, ast.Constant) and flag.value is True, f"{where}: torch.load without weights_only=True"
+            if (owner, node.func.attr) == ("np", "load"):
+                flag = keywords.get("allow_pickle")
+                assert isinstance(flag, ast.Constant) and flag.value is False, f"{where}: np.load without allow_pickle=False"
+            assert not (owner in ("pickle", "cloudpickle", "dill", "joblib") and node.func.attr in ("load", "loads")), where
+    assert loads >= 2  # load_generator and the trainer checkpoint, at least
+
+
+class RunsCode:
+    """Unpickling this runs code: it writes a marker file. A checkpoint built with it is refused."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+@pytest.fixture
+def booby_trapped(tmp_path):
+    """A generator checkpoint and a samples file that run code when unpickled the unsafe way."""
+    marker = tmp_path / "marker"
+    checkpoint = tmp_path / "generator.pt"
+    state = {"format": GENERATOR_FORMAT, "model": {"noise_dim": 4}, "data_shape": [1, 1, 1], "bounded": False,
+             "state_dict": {}, "extra": RunsCode(marker)}
+    torch.save(state, checkpoint)
+    samples = tmp_path / "samples.npy"
+    np.save(samples, np.array([RunsCode(marker)] * 10, dtype=object), allow_pickle=True)
+    # The traps are live: the unsafe ways of loading do run the code.
+    torch.load(checkpoint, weights_only=False)
+    assert marker.read_text() == "code ran"
+    marker.unlink()
+    np.load(samples, allow_pickle=True)
+    assert marker.exists()
+    marker.unlink()
+    return checkpoint, samples, marker
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(booby_trapped, tmp_path, capsys):
+    checkpoint, samples, marker = booby_trapped
+    with pytest.raises(CheckpointError):
+        load_generator(checkpoint)
+    assert sample.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "x.npy")]) == 2
+    assert evaluate.main(["--dataset", "toy-1d", "--checkpoint", str(checkpoint)]) == 2
+    assert evaluate.main(["--dataset", "toy-1d", "--samples", str(samples)]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and all(e.startswith("error: ") for e in errors)
+    assert not marker.exists()
+
+
+def test_a_trainer_checkpoint_that_would_run_code_is_refused_without_running_it(booby_trapped, tmp_path):
+    """GANTrainable.load_checkpoint (PBT's exploit, fault recovery, --resume) reads trainer.pt
+    with weights_only=True as well: a planted object fails to load instead of running."""
+    import types
+
+    from raygan.trainable import TRAINER_FILE, GANTrainable
+
+    _, _, marker = booby_trapped
+    checkpoint_dir = tmp_path / "checkpoint_000003"
+    checkpoint_dir.mkdir()
+    torch.save({"generator": {}, "iteration": 1, "rng": {"cpu": RunsCode(marker)}}, checkpoint_dir / TRAINER_FILE)
+    trial = types.SimpleNamespace(device=torch.device("cpu"))  # the file is read before anything of the trial is touched
+    with pytest.raises(pickle.UnpicklingError):
+        GANTrainable.load_checkpoint(trial, str(checkpoint_dir))
+    assert not marker.exists()
