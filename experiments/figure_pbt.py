@@ -42,6 +42,20 @@ def _finite(values: list[Any]) -> np.ndarray:
     return np.array([v if v is not None and math.isfinite(v) else np.nan for v in values], dtype=float)
 
 
+def segments(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """A trial's results split where its step goes back: PBT restored a donor's checkpoint there.
+
+    With asynchronous PBT a trial may report one more step before the copy takes effect; Tune
+    then restores the donor's earlier checkpoint and the trial's steps repeat from there.
+    """
+    out: list[list[dict[str, Any]]] = [[]]
+    for r in rows:
+        if out[-1] and r["step"] <= out[-1][-1]["step"]:
+            out.append([])
+        out[-1].append(r)
+    return [seg for seg in out if seg]
+
+
 def exploit_arrows(pop: dict[str, Any]) -> list[dict[str, float]]:
     """(x, y) of the donor before and of the copying trial after each exploit, from the saved curves."""
     by_index = {_trial_index(t): rows for t, rows in pop["curves"].items()}
@@ -51,7 +65,10 @@ def exploit_arrows(pop: dict[str, Any]) -> list[dict[str, float]]:
         if target is None or donor is None:
             continue
         d = next((r for r in donor if r["step"] == e["donor_step"]), None)
-        t = next((r for r in target if r["step"] > e["target_step"]), None)  # its first result after the copy
+        # Its first result after the copy: the start of the segment after a restore at this step,
+        # else (the copy took effect at once) its first result past the exploit's step.
+        restarts = [seg[0] for seg in segments(target)[1:] if seg[0]["step"] >= e["target_step"]]
+        t = restarts[0] if restarts else next((r for r in target if r["step"] > e["target_step"]), None)
         if d is None or t is None:
             continue
         arrows.append({"x0": d["iteration"], "y0": d["parzen_valid_ll"], "x1": t["iteration"], "y1": t["parzen_valid_ll"],
@@ -72,8 +89,9 @@ def render(record: dict[str, Any], out: Path) -> dict[str, Any]:
     left.plot(s_x, s_y, "-", color="black", lw=1.8, label="paper's default, 1 run")
     for trial_id, rows in sorted(pop["curves"].items(), key=lambda kv: _trial_index(kv[0])):
         i = _trial_index(trial_id)
-        left.plot([r["iteration"] for r in rows], _finite([r["parzen_valid_ll"] for r in rows]), "-o", ms=2.5, lw=1.1,
-                  color=colors(i), label=f"PBT trial {i}")
+        for k, seg in enumerate(segments(rows)):
+            left.plot([r["iteration"] for r in seg], _finite([r["parzen_valid_ll"] for r in seg]), "-o", ms=2.5, lw=1.1,
+                      color=colors(i), alpha=1.0 if k == len(segments(rows)) - 1 else 0.45, label=None if k else f"PBT trial {i}")
     arrows = exploit_arrows(pop)
     for a in arrows:
         left.annotate("", xy=(a["x1"], a["y1"]), xytext=(a["x0"], a["y0"]),
@@ -82,7 +100,8 @@ def render(record: dict[str, Any], out: Path) -> dict[str, Any]:
     left.plot([], [], "*", ms=9, color="white", mec="black", mew=0.5, label="after an exploit (copied donor's weights)")
     left.set_xlabel("Algorithm 1 iterations of the trial")
     left.set_ylabel("Parzen validation LL (nats)")
-    left.set_title(f"{record['dataset']}: per-trial curves, {len(arrows)} PBT exploits", fontsize=9)
+    left.set_title(f"{record['dataset']}: per-trial curves, {len(arrows)} PBT exploit(s); faded: a trial's results before it was overwritten",
+                   fontsize=8)
     left.legend(fontsize=6.5, loc="lower right")
 
     # Budget for budget: the population spends `trials` iterations for each of its trials' iterations.
@@ -90,7 +109,9 @@ def render(record: dict[str, Any], out: Path) -> dict[str, Any]:
     per_step = record["budget"]["iterations_per_step"]
     p_x, p_y = [], []
     for step in steps:
-        vals = [r["parzen_valid_ll"] for rows in pop["curves"].values() for r in rows if r["step"] == step]
+        # A step repeated after a restore counts once (its latest result); its compute was spent twice.
+        vals = [[r for r in rows if r["step"] == step][-1]["parzen_valid_ll"] for rows in pop["curves"].values()
+                if any(r["step"] == step for r in rows)]
         p_x.append(trials * step * per_step)
         p_y.append(np.nanmax(_finite(vals)) if vals else np.nan)
     p_best = np.fmax.accumulate(np.array(p_y, dtype=float))

@@ -65,6 +65,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, default=10_000, help="generated samples per Parzen window (the paper: 10,000)")
     p.add_argument("--rank-valid", type=int, default=2000,
                    help="validation images used for ranking during training (0: all); the table's sigma uses all of them")
+    p.add_argument("--rank-samples", type=int, default=0,
+                   help="generated samples per ranking score during training (0: --num-samples); the table always uses --num-samples")
     p.add_argument("--g-hidden", type=int, nargs="+", help="generator hidden sizes (default the paper's 1200 1200)")
     p.add_argument("--d-hidden", type=int, nargs="+", help="discriminator maxout sizes (default the paper's 240 240)")
     p.add_argument("--subset", type=int, default=0, help="use only this many images per split (tests; 0: all)")
@@ -87,8 +89,7 @@ def configs(args: argparse.Namespace) -> tuple[Any, Any, int]:
     model = {k: tuple(v) for k, v in (("g_hidden", args.g_hidden), ("d_hidden", args.d_hidden)) if v}
     base = common.paper_config(data={"name": args.dataset, "root": args.data_root}, model=model,
                                train={"seed": args.seed},
-                               # Trials rank on as many samples as the default run is chosen with.
-                               eval={"num_samples": args.num_samples, "ranking_samples": args.num_samples, "every": 1})
+                               eval={"num_samples": args.num_samples, "ranking_samples": args.rank_samples or args.num_samples, "every": 1})
     per_step = args.iterations // (args.trials * args.steps)
     if per_step < 1:
         raise SystemExit(f"--iterations {args.iterations} is too few for {args.trials} trials x {args.steps} steps")
@@ -116,6 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "hardware": common.hardware(),
         "budget": {"iterations": args.iterations, "trials": args.trials, "steps": args.steps, "iterations_per_step": per_step,
                    "population_iterations": args.trials * args.steps * per_step, "num_samples": args.num_samples},
+        "rank_samples": args.rank_samples or args.num_samples,
         "rows": {},
     }
     saved = out_dir / f"{args.dataset}.json"
@@ -140,7 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "default" not in args.skip:
         every = args.single_eval_every or max(1, args.iterations // 16)
         print(f"(a) default run: {args.iterations} iterations, scored every {every}", flush=True)
-        single = common.train_single(base, ds.train, rank_valid, ds.bounded, args.iterations, every, args.num_samples)
+        single = common.train_single(base, ds.train, rank_valid, ds.bounded, args.iterations, every, args.rank_samples or args.num_samples)
         with common.cpu_timer(single.compute, "final_eval"):
             scores = common.parzen_row(single.generator, ds.valid, ds.test, args.num_samples, sigmas)
         with common.cpu_timer(single.compute, "final_eval"):
@@ -183,13 +185,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return record
 
 
+def _seconds(x: float) -> str:
+    return f"{x:.0f}" if x >= 10 else f"{x:.1f}"
+
+
 def _cpu_cell(row: dict[str, Any]) -> str:
     c = row["compute"]["cpu_s"]
     train = c.get("train", 0.0) + c.get("trials", 0.0)
     other = row["compute"]["total_cpu_s"] - train
     if train == 0:
-        return f"{row['compute']['total_cpu_s']:.0f}"
-    return f"{row['compute']['total_cpu_s']:.0f} ({train:.0f} + {other:.0f})"
+        return _seconds(row["compute"]["total_cpu_s"])
+    return f"{_seconds(row['compute']['total_cpu_s'])} ({_seconds(train)} + {_seconds(other)})"
 
 
 def render(records: list[dict[str, Any]]) -> str:
@@ -213,7 +219,7 @@ def render(records: list[dict[str, Any]]) -> str:
                 chosen = f" (trial {row['best_trial']}, step {row['best_step']})"
             lines.append(
                 f"| {name} | {ROW_NAMES[key]}{chosen} | {row['parzen_test_ll']:.1f} ± {row['parzen_test_se']:.1f} | {row['sigma']:.3f} "
-                f"| {row['parzen_valid_ll']:.1f} | {iters} | {_cpu_cell(row)} | {row['compute']['wall_s']:.0f} |"
+                f"| {row['parzen_valid_ll']:.1f} | {iters} | {_cpu_cell(row)} | {_seconds(row['compute']['wall_s'])} |"
             )
             last = row.get("last_iterate")
             if last is not None:

@@ -124,8 +124,12 @@ def test_mode_coverage_metric():
     one_mode = np.repeat(centres[:1], 100, axis=0)
     assert mode_collapse.coverage(one_mode, centres, std, 0.01)["modes_covered"] == 1
     between = np.zeros((100, 2))  # the "Helvetica" point: the ring's centre, near no mode
-    assert mode_collapse.coverage(between, centres, std, 0.01) | {"per_mode_share": None} == {
-        "high_quality_share": 0.0, "modes_covered": 0, "modes": 8, "per_mode_share": None}
+    r = mode_collapse.coverage(between, centres, std, 0.01)
+    assert (r["high_quality_share"], r["modes_covered"], r["modes_reached"]) == (0.0, 0, 1)
+    assert r["median_distance_to_nearest_centre"] == pytest.approx(2.0)
+    angles = np.linspace(0, 2 * np.pi, 800, endpoint=False)  # spread round a smaller ring: every mode reached, none hit
+    r = mode_collapse.coverage(1.5 * np.stack([np.cos(angles), np.sin(angles)], 1), centres, std, 0.01)
+    assert (r["high_quality_share"], r["modes_covered"], r["modes_reached"]) == (0.0, 0, 8)
 
 
 def test_mode_collapse_default_run(tmp_path):
@@ -164,7 +168,7 @@ def _record(tmp_path: Path) -> dict:
 def test_table1_renders_every_row_with_its_compute(tmp_path):
     md = table1.render([_record(tmp_path)])
     assert md.count("\n") == 5  # header, rule, (a), (a'), (b), (c)
-    assert "-11.0 ± 1.5" in md and "2 x 40" in md and "8 (5 + 3)" in md
+    assert "-11.0 ± 1.5" in md and "2 x 40" in md and "8.0 (5.0 + 3.0)" in md
 
 
 def test_figure_pbt_marks_the_exploits(tmp_path):
@@ -176,6 +180,18 @@ def test_figure_pbt_marks_the_exploits(tmp_path):
     _png(out)
     assert drawn["exploits"] == 1
     assert drawn["population_best"] == [-18.0, -17.0, -16.0, -15.0]  # best of the two trials, cumulative
+
+
+def test_figure_pbt_finds_the_restore_after_an_asynchronous_exploit():
+    """Trial 0 reports step 3 before the copy takes effect; Tune then restores trial 1's step-2 checkpoint."""
+    rows0 = [{"step": 1, "iteration": 10, "parzen_valid_ll": -50.0}, {"step": 2, "iteration": 20, "parzen_valid_ll": -50.0},
+             {"step": 3, "iteration": 30, "parzen_valid_ll": -50.0}, {"step": 3, "iteration": 30, "parzen_valid_ll": -9.0},
+             {"step": 4, "iteration": 40, "parzen_valid_ll": -8.0}]
+    rows1 = [{"step": s, "iteration": 10 * s, "parzen_valid_ll": -10.0 - s} for s in (1, 2, 3, 4)]
+    pop = {"curves": {"x_00000": rows0, "x_00001": rows1},
+           "exploits": [{"target_tag": "0_a", "donor_tag": "1_b", "target_step": 2, "donor_step": 2}]}
+    assert [len(seg) for seg in figure_pbt.segments(rows0)] == [3, 2]
+    assert figure_pbt.exploit_arrows(pop) == [{"x0": 20, "y0": -12.0, "x1": 30, "y1": -9.0, "target": 0, "donor": 1}]
 
 
 @pytest.mark.slow
