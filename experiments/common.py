@@ -22,9 +22,10 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,7 +73,7 @@ def hardware() -> dict[str, Any]:
     """The CPU model, core count, load and library versions, for the write-up."""
     model = platform.processor() or "unknown"
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
         for line in out.splitlines():
             if line.startswith("Model name:"):
                 model = line.split(":", 1)[1].strip()
@@ -147,18 +148,18 @@ class ProcessTreeCpu:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         try:
-            import ray  # noqa: F401  (ray puts its vendored psutil on sys.path)
             import psutil
+            import ray  # noqa: F401  (ray puts its vendored psutil on sys.path)
         except ImportError:
             psutil = None
         self._psutil = psutil
 
-    def __enter__(self) -> "ProcessTreeCpu":
+    def __enter__(self) -> ProcessTreeCpu:  # noqa: PYI034  (typing.Self needs Python 3.11)
         if self._psutil is not None:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()

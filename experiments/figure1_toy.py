@@ -18,14 +18,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+import common
 import numpy as np
 import torch
 from scipy import stats
 
-import common
 from raygan.algorithm import GANTrainer
 from raygan.config import ModelConfig, TrainConfig
 from raygan.data import TOY_1D_MEAN, TOY_1D_STD, load_dataset, toy_1d_density

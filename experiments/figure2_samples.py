@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+import common
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-import common
 from raygan.data import load_dataset
 from raygan.models import generate, load_generator
 
@@ -92,7 +93,7 @@ def block(checkpoint: Path, label: str, ds: Any, args: argparse.Namespace) -> tu
     image = compose(samples.numpy(), ds.train[index], args.pairs_per_row, args.scale, caption)
     return image, {"checkpoint": str(checkpoint), "label": label, "nearest_index": index.tolist(), "nearest_l2": dist.tolist(),
                    "median_sample_to_nearest_train_l2": float(np.median(dist)),
-                   "distinct_nearest": int(len(set(index.tolist())))}
+                   "distinct_nearest": len(set(index.tolist()))}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

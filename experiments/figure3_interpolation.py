@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+import common
 import torch
 import torchvision
 
-import common
 from raygan.models import load_generator
 from raygan.priors import sample_noise
 

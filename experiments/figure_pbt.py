@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
-
-import numpy as np
+from typing import Any
 
 import common
+import numpy as np
 
 TABLE_DIR = common.RESULTS_DIR / "table1"
 

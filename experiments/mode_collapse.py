@@ -24,13 +24,14 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+import common
 import numpy as np
 import torch
 
-import common
 from raygan.config import load_config, replace
 from raygan.data import Dataset, load_dataset, mixture_centres, mixture_std
 from raygan.models import Generator, generate, load_generator
@@ -139,8 +140,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def table(record: dict[str, Any]) -> str:
     """The numbers as markdown."""
-    lines = ["| generator | modes covered (within 3 std) | high-quality samples | modes reached (nearest mode, any distance) "
-             "| median distance to nearest centre | Alg. 1 iterations | CPU-s |", "|---|---:|---:|---:|---:|---:|---:|"]
+    header = ("| generator | modes covered (within 3 std) | high-quality samples | modes reached (nearest mode, any distance) "
+              "| median distance to nearest centre | Alg. 1 iterations | CPU-s |")
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in record["runs"].items():
         iters = f"{r['iterations']:,}" if "iterations" in r else "—"
         if name == "population best":

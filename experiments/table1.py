@@ -30,17 +30,16 @@ table to experiments/results/table1/table1.md.
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
-
-import numpy as np
-import torch
+from typing import Any
 
 import common
+import torch
+
 from raygan import parzen
 from raygan.config import replace
 from raygan.data import Dataset, load_dataset

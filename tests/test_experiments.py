@@ -21,19 +21,23 @@ import torch
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
 
-import common  # noqa: E402
-import figure1_toy  # noqa: E402
-import figure2_samples  # noqa: E402
-import figure3_interpolation  # noqa: E402
-import figure_pbt  # noqa: E402
-import mode_collapse  # noqa: E402
-import table1  # noqa: E402
+import figure1_toy
+import figure2_samples
+import figure3_interpolation
+import figure_pbt
+import mode_collapse
+import table1
 
-from raygan.config import ModelConfig  # noqa: E402
-from raygan.data import load_dataset, mixture_centres, mixture_std  # noqa: E402
-from raygan.models import Generator, generate, save_generator  # noqa: E402
+from raygan.config import ModelConfig
+from raygan.data import load_dataset, mixture_centres, mixture_std
+from raygan.models import Generator, generate, save_generator
 
-pytest.importorskip("matplotlib")  # figures 1, PBT and mode collapse draw with it (not a raygan dependency)
+try:
+    import matplotlib
+except ImportError:
+    matplotlib = None
+# Figures 1, PBT and mode collapse draw with matplotlib, which raygan does not install.
+needs_matplotlib = pytest.mark.skipif(matplotlib is None, reason="needs matplotlib (pip install matplotlib)")
 
 TINY = ModelConfig(noise_dim=8, g_hidden=(16,), d_hidden=(8,), d_pieces=2)
 
@@ -46,6 +50,7 @@ def _png(path: Path) -> None:
 # ---- Figure 1 -----------------------------------------------------------------------------------
 
 
+@needs_matplotlib
 def test_figure1_draws_the_densities_and_d_at_each_stage(tmp_path):
     out, results = tmp_path / "f1.png", tmp_path / "f1.json"
     assert figure1_toy.main(["--stages", "0", "20", "--samples", "500", "--out", str(out), "--results", str(results)]) == 0
@@ -132,6 +137,7 @@ def test_mode_coverage_metric():
     assert (r["high_quality_share"], r["modes_covered"], r["modes_reached"]) == (0.0, 0, 8)
 
 
+@needs_matplotlib
 def test_mode_collapse_default_run(tmp_path):
     out = tmp_path / "mc.png"
     argv = ["--iterations", "16", "--evals", "2", "--samples", "400", "--rank-valid", "200", "--no-population", "--out-dir", str(tmp_path), "--out", str(out)]
@@ -171,6 +177,7 @@ def test_table1_renders_every_row_with_its_compute(tmp_path):
     assert "-11.0 ± 1.5" in md and "2 x 40" in md and "8.0 (5.0 + 3.0)" in md
 
 
+@needs_matplotlib
 def test_figure_pbt_marks_the_exploits(tmp_path):
     record = _record(tmp_path)
     arrows = figure_pbt.exploit_arrows(record["rows"]["population"])
@@ -194,6 +201,7 @@ def test_figure_pbt_finds_the_restore_after_an_asynchronous_exploit():
     assert figure_pbt.exploit_arrows(pop) == [{"x0": 20, "y0": -12.0, "x1": 30, "y1": -9.0, "target": 0, "donor": 1}]
 
 
+@needs_matplotlib
 @pytest.mark.slow
 @pytest.mark.ray
 def test_table1_population_matches_the_single_runs_compute(ray_local, tmp_path):
@@ -214,6 +222,7 @@ def test_table1_population_matches_the_single_runs_compute(ray_local, tmp_path):
     _png(out)
 
 
+@needs_matplotlib
 @pytest.mark.slow
 @pytest.mark.ray
 def test_mode_collapse_population(ray_local, tmp_path):
