@@ -182,12 +182,14 @@ def get_or_create_evaluator(
 
     It restarts without limit if its process dies (Ray runs its constructor again with the same
     arguments, so the data reload), and calls made through the handle are retried after a
-    restart. Up to ``MAX_CONCURRENCY`` calls may wait on it at once; they are scored one after
+    restart. Large arrays must come as ``ray.put`` references that the caller keeps alive: Ray
+    stores a plain array argument in the object store only until the constructor first runs, so
+    a restart would find it gone. Up to ``MAX_CONCURRENCY`` calls may wait on it at once; they are scored one after
     another. Its resources are explicit: ``eval_config.cpus`` CPUs, and ``eval_config.gpus``
     GPUs (unset: a quarter of a GPU where the cluster has GPUs, else none).
 
     Args:
-        valid: validation split.
+        valid: validation split (an array, or an ObjectRef to one).
         test: test split (only :meth:`ParzenEvaluator.score_test` reads it).
         train_reference: training images for the held-out-data reference, or None.
         eval_config: the protocol's settings and the actor's resources.

@@ -199,9 +199,9 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
     # explicitly below.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     _init_ray(config)
-    evaluator = get_or_create_evaluator(
-        dataset.valid, dataset.test, dataset.train, config.eval, name=evaluator_name(config.tune.name)
-    )
+    # References held here for the whole run: a restarted evaluator reloads its data from them.
+    splits = [ray.put(part) for part in (dataset.valid, dataset.test, dataset.train)]
+    evaluator = get_or_create_evaluator(*splits, config.eval, name=evaluator_name(config.tune.name))
     trainable = with_data({"train": dataset.train, "bounded": dataset.bounded}, config.tune.cpus_per_trial, _gpus_per_trial(config))
     run_config = tune.RunConfig(
         name=config.tune.name,
