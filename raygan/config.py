@@ -79,8 +79,10 @@ class ModelConfig:
     d_pieces: int = 5  # linear pieces per maxout unit
     d_input_dropout: float = 0.2
     d_hidden_dropout: float = 0.5
-    # Max L2 norm of each D unit's weight vector (pylearn2's max_col_norm 1.9365). Without it,
-    # lr 0.1 collapses G onto one mode on mnist5k within 2,400 iterations; with it, G is diverse.
+    # Max L2 norm of each D unit's weight vector (pylearn2's max_col_norm 1.9365). In one probe
+    # on mnist5k (2,400 iterations, seed 0) lr 0.05 without it collapsed G onto one digit while lr
+    # 0.1 with it gave varied digits; other seeds collapse anyway (experiments/README.md): GANs
+    # are fragile, which is what the population search is for.
     d_max_norm: float | None = 1.9365
     conv_width: int = 64  # base channel count of the conv pair
     # "paper": pylearn2's uniform ranges (G +-0.05, D +-0.005), tuned for 784-d images; "torch":
