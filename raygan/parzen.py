@@ -17,7 +17,9 @@ products; see experiments/benchmarks/bench_parzen.py):
   factored out before exp. A point equal to a sample, or a tiny sigma, gives no -inf and no NaN.
 - Dense sums use exp2 (three times faster than exp on the CPU) with exponents clamped at
   2^-115: torch's CPU exp slows tenfold on arguments that underflow, and such terms are
-  negligible anyway. The work runs on row blocks of a few MB that stay in cache.
+  negligible anyway. The work runs on row blocks of a few MB that stay in cache, one Python
+  thread per torch thread with torch single-threaded in each (see ``_blocks``: robust to a busy
+  machine, where OpenMP barriers between many small ops cost a time slice each).
 - Sparse sums: at sigma, terms further than (log N + 16) / c from the nearest (c = 1 / (2
   sigma^2)) add less than e^-16 nats together. Where few samples are that near (sampled per
   call on 32 points; on digits every sigma below ~0.6), only those are summed. They are found
@@ -41,8 +43,11 @@ measured at most 2.5e-4 on 784-dim digits and uniform data):
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+import queue
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,6 +121,16 @@ class _Plan:
     refine_window: float
 
 
+@dataclass(frozen=True)
+class _Buffers:
+    """Work space of one ``grid`` call, reused chunk after chunk."""
+
+    centred: torch.Tensor  # (chunk, D): a chunk of points, centred
+    e: torch.Tensor  # (chunk, N'): its distance block
+    scratch: list[torch.Tensor]  # (block rows, N'): exp work, one per worker thread
+    pool: ThreadPoolExecutor | None  # the worker threads, if more than one
+
+
 class _Centres:
     """The Parzen window's centres (samples), prepared once and reused for every batch of points.
 
@@ -138,7 +153,7 @@ class _Centres:
         # -2 s' (scaling by -2 is exact), so one plain product gives -2 x'.s' and no bias is copied.
         self.centred_m2 = torch.zeros(padded, self.dim, dtype=dtype, device=self.device)
         torch.sub(s, self.mean, out=self.centred_m2[: self.n])
-        sq = torch.cat([_sq_norm(part, self.acc) for part in self.centred_m2[: self.n].split(_PAIRS_PER_BATCH)])
+        sq = torch.cat([_sq_norm(part, self.acc) for part in self.centred_m2[: self.n].split(_GROUP)])
         self.max_sq = float(sq.max())
         self.centred_m2.mul_(-2)
         self.sq = torch.full((padded,), math.inf, dtype=dtype, device=self.device)
@@ -156,9 +171,23 @@ class _Centres:
         if p.shape[0] == 0:
             return out
         plan = self._plan(p, cs, chunk_size)
-        for start in range(0, p.shape[0], chunk_size):
-            chunk = _floating(p[start : start + chunk_size].to(self.device), self.dtype)
-            out[start : start + chunk.shape[0]] = self._chunk(chunk, cs, plan)
+        # Buffers reused by every chunk: a fresh 80 MB block per chunk fragments the heap.
+        rows = min(chunk_size, p.shape[0])
+        block_rows = rows if self.device.type != "cpu" else min(rows, max(1, _CACHE_BYTES // (4 * self.sq.numel())))
+        workers = torch.get_num_threads() if self.device.type == "cpu" else 1
+        with ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+            buffers = _Buffers(
+                centred=torch.empty(rows, self.dim, dtype=self.dtype, device=self.device),
+                e=torch.empty(rows, self.sq.numel(), dtype=self.dtype, device=self.device),
+                scratch=[
+                    torch.empty(block_rows, self.sq.numel(), dtype=self.dtype, device=self.device)
+                    for _ in range(workers)
+                ],
+                pool=pool,
+            )
+            for start in range(0, p.shape[0], chunk_size):
+                chunk = _floating(p[start : start + chunk_size].to(self.device), self.dtype)
+                out[start : start + chunk.shape[0]] = self._chunk(chunk, cs, plan, buffers)
         return out + const.to(self.device, self.acc)
 
     def _plan(self, points: torch.Tensor, cs: list[float], chunk_size: int) -> _Plan:
@@ -167,8 +196,8 @@ class _Centres:
         Decided once for all the points, so that chunking does not change which path a point takes.
         """
         max_p_sq = max(
-            float(torch.linalg.vector_norm(self._centred(points[i : i + chunk_size]), dim=1).max()) ** 2
-            for i in range(0, points.shape[0], chunk_size)
+            float(torch.linalg.vector_norm(self._centred(points[i : i + _PAIRS_PER_BATCH]), dim=1).max()) ** 2
+            for i in range(0, points.shape[0], _PAIRS_PER_BATCH)
         )
         # Rounding scale of the distance block: float32 sums of terms of size ||x'||^2 + ||s'||^2.
         delta = self.eps * (max_p_sq + self.max_sq)
@@ -191,28 +220,43 @@ class _Centres:
     def _centred(self, points: torch.Tensor) -> torch.Tensor:
         return _floating(points.to(self.device), self.dtype).to(self.dtype) - self.mean
 
-    def _chunk(self, points: torch.Tensor, cs: list[float], plan: _Plan) -> torch.Tensor:
+    def _chunk(self, points: torch.Tensor, cs: list[float], plan: _Plan, buffers: _Buffers) -> torch.Tensor:
         """log sum_j exp(-c d_ij) for one chunk of points, at each c = 1/(2 sigma^2)."""
-        centred = self._centred(points)
-        e = torch.mm(centred, self.centred_m2.T)  # (n, N'): -2 x'.s'; + ||s'||^2 per block below
-        out = torch.empty(points.shape[0], len(cs), dtype=self.acc, device=self.device)
-        rows = points.shape[0] if self.device.type != "cpu" else max(1, _CACHE_BYTES // (4 * e.shape[1]))
-        scratch = torch.empty(min(rows, points.shape[0]), e.shape[1], dtype=self.dtype, device=self.device)
-        for r0 in range(0, points.shape[0], rows):
-            block = e[r0 : r0 + rows].add_(self.sq)  # (b, N'): d_ij - ||x_i'||^2
-            b = block.shape[0]
-            groups = block.view(b, -1, _GROUP)
-            group_min = groups.amin(2)  # (b, N'/_GROUP)
-            low, first = group_min.min(1)
-            within = torch.gather(groups, 1, first.view(b, 1, 1).expand(b, 1, _GROUP)).squeeze(1).argmin(1)
-            nearest = first * _GROUP + within
-            anchor = _sq_dist(points[r0 : r0 + b], self.samples[nearest], self.acc)  # exact d to the nearest
-            ll = out[r0 : r0 + b]
-            if plan.dense:
-                ll[:, plan.dense] = self._dense(block, low, anchor, [cs[k] for k in plan.dense], scratch[:b])
-            if plan.sparse:
-                ll[:, plan.sparse] = self._sparse(points[r0 : r0 + b], groups, group_min, low, anchor, cs, plan)
+        n = points.shape[0]
+        centred = torch.sub(points, self.mean, out=buffers.centred[:n])
+        e = torch.mm(centred, self.centred_m2.T, out=buffers.e[:n])  # (n, N'): -2 x'.s'; + ||s'||^2 below
+        out = torch.empty(n, len(cs), dtype=self.acc, device=self.device)
+        rows = buffers.scratch[0].shape[0]
+
+        def block(start: int, scratch: torch.Tensor) -> None:
+            part = slice(start, start + rows)
+            self._block(points[part], e[part], cs, plan, scratch, out[part])
+
+        _blocks(block, range(0, n, rows), buffers.scratch, buffers.pool)
         return out
+
+    def _block(
+        self,
+        points: torch.Tensor,
+        block: torch.Tensor,
+        cs: list[float],
+        plan: _Plan,
+        scratch: torch.Tensor,
+        ll: torch.Tensor,
+    ) -> None:
+        """Fill ``ll`` (b, len(cs)) for a block of rows of the distance block (b, N'), in place."""
+        block.add_(self.sq)  # (b, N'): d_ij - ||x_i'||^2
+        b = block.shape[0]
+        groups = block.view(b, -1, _GROUP)
+        group_min = groups.amin(2)  # (b, N'/_GROUP)
+        low, first = group_min.min(1)
+        within = torch.gather(groups, 1, first.view(b, 1, 1).expand(b, 1, _GROUP)).squeeze(1).argmin(1)
+        nearest = first * _GROUP + within
+        anchor = _sq_dist(points, self.samples[nearest], self.acc)  # exact d to the nearest
+        if plan.dense:
+            ll[:, plan.dense] = self._dense(block, low, anchor, [cs[k] for k in plan.dense], scratch[:b])
+        if plan.sparse:
+            ll[:, plan.sparse] = self._sparse(points, groups, group_min, low, anchor, cs, plan)
 
     def _dense(
         self, block: torch.Tensor, low: torch.Tensor, anchor: torch.Tensor, cs: list[float], scratch: torch.Tensor
@@ -270,6 +314,43 @@ class _Centres:
         nearest = torch.full((b,), math.inf, dtype=self.acc, device=self.device)
         nearest.scatter_reduce_(0, row, d, "amin")
         return row, d - nearest[row], nearest
+
+
+def _blocks(
+    fn: Callable[[int, torch.Tensor], None],
+    starts: Sequence[int],
+    scratch: list[torch.Tensor],
+    pool: ThreadPoolExecutor | None,
+) -> None:
+    """Run ``fn(start, scratch)`` for every block: inline, or on ``pool``, one thread per scratch buffer.
+
+    With several buffers the blocks run on as many Python threads, torch single-threaded in each.
+    The exp work is many small ops, and on a busy machine every OpenMP barrier of torch's own
+    threads waits a time slice for a descheduled thread: measured 5x slower than this on 2 shared
+    cores, and no faster on idle ones. While the blocks run, torch's thread count is 1 for the
+    whole process (a worker thread reads it at its first op and keeps it); it is restored afterwards.
+    """
+    if pool is None or len(starts) == 1:
+        for start in starts:
+            fn(start, scratch[0])
+        return
+    free: queue.SimpleQueue[torch.Tensor] = queue.SimpleQueue()
+    for buffer in scratch:
+        free.put(buffer)
+
+    def run(start: int) -> None:
+        buffer = free.get()
+        try:
+            fn(start, buffer)
+        finally:
+            free.put(buffer)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        list(pool.map(run, starts))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _sq_dist(a: torch.Tensor, b: torch.Tensor, acc: torch.dtype) -> torch.Tensor:

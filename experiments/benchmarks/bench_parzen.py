@@ -4,9 +4,11 @@ The full protocol (the defaults): 10,000 samples as centres, 10,000 validation p
 the 10-sigma grid logspace(-1, 0, 10), 10,000 test points scored at the chosen sigma, 784 dims.
 Printed side by side:
 
-- raygan.parzen.evaluate: wall time (best and median of --repeats) and peak extra memory
-  (the rise of the process's peak RSS, VmHWM, over its RSS before the call; the peak is reset
-  through /proc/self/clear_refs first, so it is this call's own);
+- raygan.parzen.evaluate: wall time (best and median of --repeats), CPU time, and peak extra
+  memory in MB of 10^6 bytes (the rise of the process's peak RSS, VmHWM, over its RSS before the
+  call; the peak is reset through /proc/self/clear_refs and freed heap is trimmed first, so it is
+  this call's own). Shown for a call, and for the process's first call, which also pays for
+  torch's one-time thread and BLAS set-up;
 - the same protocol in float64 numpy: one matrix product per chunk of points, scipy logsumexp
   per sigma (and its numbers, to compare the results);
 - one float32 (samples x points x dims) product alone, the floor for one pass of the protocol;
@@ -54,7 +56,7 @@ def _status_kib(key: str) -> int:
 
 
 def peak_extra_mb(fn):
-    """Run ``fn()``; return its result and the rise of peak RSS over the RSS before it, in MB.
+    """Run ``fn()``; return its result and the rise of peak RSS over the RSS before it, in bytes.
 
     Freed heap memory is handed back to the OS first (malloc_trim), so that ``fn`` cannot reuse
     pages already counted in the RSS before it.
@@ -71,7 +73,7 @@ def peak_extra_mb(fn):
         resettable = False
     before = _status_kib("VmRSS")
     result = fn()
-    extra = (_status_kib("VmHWM") - before) / 1024 if resettable and before >= 0 else float("nan")
+    extra = (_status_kib("VmHWM") - before) * 1024 if resettable and before >= 0 else float("nan")
     return result, extra
 
 
@@ -183,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
 
     s_t, v_t, t_t = (torch.from_numpy(a) for a in (samples, valid, test))
     run = lambda: parzen.evaluate(s_t, v_t, t_t, chunk_size=args.chunk_size)
-    _, extra = peak_extra_mb(run)  # the first call: nothing of it is in the RSS before
+    _, cold = peak_extra_mb(run)  # the first call of the process: nothing of it is in the RSS before
+    _, warm = peak_extra_mb(run)  # again, without the one-time set-up of torch's threads and BLAS
     cpu0 = time.process_time()
     times, ours = timed(run, args.repeats)
     cpu = (time.process_time() - cpu0) / args.repeats  # all threads: a check on wall times taken on a busy machine
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             min(times),
             (
                 f"median {statistics.median(times):.2f} s of {args.repeats}, {cpu:.2f} CPU s per run; "
-                f"peak extra memory {extra:.0f} MB"
+                f"peak extra memory {warm / 1e6:.0f} MB a call, {cold / 1e6:.0f} MB the process's first"
             ),
         )
     ]
@@ -226,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev)
         g_times, ours_gpu = timed(gpu_run, args.repeats)
-        g_extra = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
+        g_extra = (torch.cuda.max_memory_allocated(dev) - base) / 1e6
         note = (
             f"median {statistics.median(g_times):.3f} s; peak extra GPU memory {g_extra:.0f} MB; "
             f"test LL {ours_gpu.test_ll:.4f}"
