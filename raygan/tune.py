@@ -90,6 +90,25 @@ def _gpus_per_trial(config: ExperimentConfig) -> float:
     return DEFAULT_GPU_FRACTION if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
+def _check_resources(config: ExperimentConfig) -> None:
+    """Refuse what a local Ray can never start: nothing joins it later, so such a trial (or the
+    evaluator) would wait, PENDING, until the time budget ran out. A cluster may scale up: no check."""
+    import ray
+
+    if config.tune.address is not None:
+        return
+    have = ray.cluster_resources()
+    asks = (
+        ("a trial", "CPU", config.tune.cpus_per_trial, "--cpus-per-trial"),
+        ("a trial", "GPU", _gpus_per_trial(config), "--gpus-per-trial"),
+        ("the evaluator", "CPU", config.eval.cpus, "eval.cpus"),
+        ("the evaluator", "GPU", config.eval.gpus or 0.0, "eval.gpus"),
+    )
+    for who, resource, amount, setting in asks:
+        if amount > have.get(resource, 0.0):
+            raise UserError(f"{who} asks for {amount:g} {resource}s but this machine's Ray has {have.get(resource, 0.0):g}; lower {setting}")
+
+
 def _leaderboard(results: Any) -> list[TrialRow]:
     from raygan.search import METRIC
     from raygan.trainable import HYPERPARAMETERS
@@ -199,6 +218,7 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
     # explicitly below.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     _init_ray(config)
+    _check_resources(config)
     # References held here for the whole run: a restarted evaluator reloads its data from them.
     splits = [ray.put(part) for part in (dataset.valid, dataset.test, dataset.train)]
     evaluator = get_or_create_evaluator(*splits, config.eval, name=evaluator_name(config.tune.name))
