@@ -13,6 +13,7 @@ import io
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -345,3 +346,28 @@ def test_a_trainer_checkpoint_that_would_run_code_is_refused_without_running_it(
     with pytest.raises(pickle.UnpicklingError):
         GANTrainable.load_checkpoint(trial, str(checkpoint_dir))
     assert not marker.exists()
+
+
+# ---- resources a local Ray does not have -----------------------------------------------------
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize(
+    "changes",
+    [{"gpus_per_trial": 1.0}, {"cpus_per_trial": 64.0}],
+    ids=["a GPU on a machine without one", "more CPUs than the machine has"],
+)
+def test_tune_refuses_a_trial_the_local_ray_can_never_start(ray_local, tmp_path, changes):
+    """Nothing joins a local Ray later: such a trial would stay PENDING until the time budget ran
+    out (7 minutes by default) and end in 'no trial was scored'."""
+    from raygan.errors import UserError
+    from test_tune import tiny_dataset, tiny_experiment
+
+    if changes.get("gpus_per_trial") and ray_local.cluster_resources().get("GPU", 0) >= 1:
+        pytest.skip("this machine has a GPU")
+    config = tiny_experiment(tmp_path, **changes)
+    start = time.monotonic()
+    with pytest.raises(UserError, match="this machine"):
+        raygan_tune.run_experiment(config, dataset=tiny_dataset(), verbose=0)
+    assert time.monotonic() - start < 30
+    assert not (tmp_path / config.tune.name).exists()
