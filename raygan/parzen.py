@@ -68,6 +68,7 @@ _REFINE_TOL = 2e-4  # nats: refine a sigma where c * delta exceeds this; measure
 _SPARSE_SHARE = 0.01  # a sigma is summed sparsely where at most this share of terms is within reach
 _CACHE_BYTES = 1 << 22  # exp work in row blocks of about this size on the CPU (few, cache-resident ops)
 _PAIRS_PER_BATCH = 2048  # float64 distance recomputation, in batches of this many (point, sample) pairs
+_MAX_WORKERS = 8  # Python threads for the exp work (beyond this the GIL between ops serialises them)
 _GROUP = 64  # columns per group of a distance block's rows (see _Centres)
 
 
@@ -174,7 +175,7 @@ class _Centres:
         # Buffers reused by every chunk: a fresh 80 MB block per chunk fragments the heap.
         rows = min(chunk_size, p.shape[0])
         block_rows = rows if self.device.type != "cpu" else min(rows, max(1, _CACHE_BYTES // (4 * self.sq.numel())))
-        workers = torch.get_num_threads() if self.device.type == "cpu" else 1
+        workers = min(torch.get_num_threads(), _MAX_WORKERS, -(-rows // block_rows)) if self.device.type == "cpu" else 1
         with ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
             buffers = _Buffers(
                 centred=torch.empty(rows, self.dim, dtype=self.dtype, device=self.device),

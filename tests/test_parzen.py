@@ -116,6 +116,20 @@ def test_chunk_size_does_not_change_the_answer(rng, dtype, atol):
         torch.testing.assert_close(got, base, rtol=0, atol=atol)
 
 
+def test_row_blocks_on_worker_threads_agree(rng, monkeypatch):
+    # Blocks of 3 rows, so a chunk's exp work runs on torch.get_num_threads() Python threads.
+    centres = rng.random((4, 32)) < 0.3
+    samples, points = clustered(rng, 300, 32, centres, 0.1), clustered(rng, 100, 32, centres, 0.1)
+    whole = parzen.log_likelihood_grid(samples, points, GRID, dtype=torch.float64)
+    monkeypatch.setattr(parzen, "_CACHE_BYTES", 3 * 4 * 320)
+    threads = torch.get_num_threads()
+    split = parzen.log_likelihood_grid(samples, points, GRID, dtype=torch.float64)
+    assert torch.get_num_threads() == threads  # restored after the threaded blocks
+    torch.testing.assert_close(split, whole, rtol=0, atol=1e-9)
+    for k, sigma in enumerate(GRID):
+        np.testing.assert_allclose(split[:, k].numpy(), direct(samples, points, sigma), rtol=0, atol=1e-6)
+
+
 def test_image_shapes_are_flattened(rng):
     samples = rng.random((100, 1, 28, 28), dtype=np.float32)
     points = rng.random((20, 1, 28, 28), dtype=np.float32)
