@@ -375,6 +375,10 @@ def log_likelihood_grid(
 ) -> torch.Tensor:
     """Per-point Parzen log-likelihood at every sigma of a grid, from one distance block per chunk.
 
+    On the CPU with several torch threads, the exp work runs on worker threads with torch's
+    thread count set to 1 process-wide meanwhile (restored on return): other threads of the
+    process that run torch at that moment run single-threaded.
+
     Args:
         samples: the window's centres, (N, ...) (e.g. (N, C, H, W)); flattened to (N, D).
         points: the points to score, (M, ...) with D values each. Moved chunk by chunk to
