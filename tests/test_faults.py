@@ -249,7 +249,8 @@ def test_a_killed_evaluator_restarts_and_answers_the_calls_in_flight(ray_local):
     test = rng.random((500, 1, 16, 16), dtype=np.float32)
     batches = [rng.random((3000, 1, 16, 16), dtype=np.float32) for _ in range(6)]  # each about 0.5 s to score
     eval_config = EvalConfig(num_samples=3000, cpus=0.5)
-    handle = get_or_create_evaluator(valid, test, None, eval_config, name=f"test-faults-{uuid.uuid4().hex[:8]}")
+    splits = [ray_local.put(valid), ray_local.put(test)]  # held, as run_experiment holds them, for restarts
+    handle = get_or_create_evaluator(*splits, None, eval_config, name=f"test-faults-{uuid.uuid4().hex[:8]}")
     try:
         pid = ray_local.get(handle.pid.remote(), timeout=120)
         calls = [handle.score_valid.remote(ray_local.put(b)) for b in batches]
