@@ -65,6 +65,7 @@ _LOG2_E = 1.0 / math.log(2.0)
 _EXP2_FLOOR = -115.0  # exponents (base 2) are clamped here: 2^-115 ~ e^-80 is negligible and a normal float32
 _TAIL = 16.0  # terms beyond (log N + _TAIL) / c of the nearest are dropped at sparse sigmas: < e^-16 nats
 _REFINE_TOL = 2e-4  # nats: refine a sigma where c * delta exceeds this; measured errors reach about 1.5 c * delta
+_REFINE_MAX_SHARE = 0.05  # refine only where at most this share of (point, sample) pairs is within reach
 _SPARSE_SHARE = 0.01  # a sigma is summed sparsely where at most this share of terms is within reach
 _CACHE_BYTES = 1 << 22  # exp work in row blocks of about this size on the CPU (few, cache-resident ops)
 _PAIRS_PER_BATCH = 2048  # float64 distance recomputation, in batches of this many (point, sample) pairs
@@ -203,12 +204,16 @@ class _Centres:
         # Rounding scale of the distance block: float32 sums of terms of size ||x'||^2 + ||s'||^2.
         delta = self.eps * (max_p_sq + self.max_sq)
         reach = [(self.log_n + _TAIL) / c for c in cs]  # beyond this gap, terms are negligible at c
-        refined = [k for k, c in enumerate(cs) if c * delta > _REFINE_TOL]
         # Estimate from a few points what share of the samples lies within reach at each sigma.
         probe = self._centred(points[torch.linspace(0, points.shape[0] - 1, min(points.shape[0], 32)).long()])
         e = torch.mm(probe, self.centred_m2[: self.n].T) + self.sq[: self.n]
         gaps = e - e.amin(1, keepdim=True)
-        cheap = [k for k in range(len(cs)) if float((gaps <= reach[k]).float().mean()) <= _SPARSE_SHARE]
+        share = [float((gaps <= reach[k]).float().mean()) for k in range(len(cs))]
+        # Refining recomputes every term within reach in float64: cheap where few samples are near,
+        # but for a collapsed generator (all samples near every point) it would touch every pair
+        # (7 GB and 20 s for 10k samples x 500 points), so such sigmas are summed densely instead.
+        refined = [k for k, c in enumerate(cs) if c * delta > _REFINE_TOL and share[k] <= _REFINE_MAX_SHARE]
+        cheap = [k for k in range(len(cs)) if share[k] <= _SPARSE_SHARE]
         # One extraction of the near samples costs about two dense sums: worth it for two sigmas or more.
         sparse = sorted(set(refined) | (set(cheap) if len(cheap) >= 2 else set()))
         if not sparse:
