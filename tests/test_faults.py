@@ -1,8 +1,9 @@
 """Faults a long population run must survive, each injected for real on a local Ray.
 
 A diverging trial (a learning rate that turns the losses into NaN), a trial actor's process
-killed, the evaluator actor's process killed, the driver killed and resumed, and a crash in
-the middle of writing a result file.
+killed, the evaluator actor's process killed, the driver stopped (Ctrl-C, SIGKILL) and resumed,
+and a crash in the middle of writing a result file; with them, what Tune does around a fault:
+PBT's explore after an exploit, and an actor reused for a fresh trial.
 """
 
 from __future__ import annotations
