@@ -33,6 +33,7 @@ import torch
 from raygan import parzen
 from raygan.algorithm import GANTrainer
 from raygan.config import ExperimentConfig, replace
+from raygan.files import atomic_write_json
 from raygan.models import Generator, generate, save_generator
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
@@ -47,11 +48,8 @@ EVAL_SEED = 1234  # the same fixed noise raygan.trainable scores trials with
 
 
 def write_json(path: Path, value: Any) -> None:
-    """Write ``value`` as indented JSON, creating the folder; NaN/inf become null."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_finite(value), indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    """Write ``value`` as indented JSON, atomically, creating the folder; NaN/inf become null."""
+    atomic_write_json(path, _finite(value))
 
 
 def read_json(path: Path) -> Any:
@@ -213,10 +211,8 @@ def parzen_row(generator: Generator, valid: np.ndarray, test: np.ndarray, num_sa
 
 def parzen_valid(generator: Generator, valid: np.ndarray, num_samples: int, sigmas: tuple[float, ...]) -> tuple[float, float]:
     """Validation LL at the best sigma of the grid (what trials are ranked on), and that sigma."""
-    samples = generate(generator, num_samples, seed=EVAL_SEED)
-    mean_ll = parzen.log_likelihood_grid(samples, valid, sigmas).mean(0)
-    best = int(torch.argmax(mean_ll))
-    return float(mean_ll[best]), float(sigmas[best])
+    sigma, valid_ll = parzen.validation_score(generate(generator, num_samples, seed=EVAL_SEED), valid, sigmas)
+    return valid_ll, sigma
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,14 +373,15 @@ def with_model(config: ExperimentConfig, **changes: Any) -> ExperimentConfig:
 
 
 def save_generator_to(path: Path, generator: Generator) -> str:
-    """Save a generator under the results folder and return its path as a string."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Save a generator (atomically, creating the folder) and return its path as a string."""
     save_generator(path, generator)
     return str(path)
 
 
-def asdict(config: Any) -> dict[str, Any]:
-    """A config dataclass as plain values, for the JSON results."""
-    from raygan.config import to_dict
-
-    return to_dict(config)
+def save_figure(fig: Any, out: Path, dpi: int = 100) -> None:
+    """Write a matplotlib figure to ``out`` (creating the folder), close it, and say where it went."""
+    plt = require_matplotlib()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    print(f"wrote {out} ({out.stat().st_size // 1024} KB)")

@@ -28,7 +28,7 @@ import torch
 from scipy import stats
 
 from raygan.algorithm import GANTrainer
-from raygan.config import ModelConfig, TrainConfig
+from raygan.config import ModelConfig, TrainConfig, to_dict
 from raygan.data import TOY_1D_MEAN, TOY_1D_STD, load_dataset, toy_1d_density
 from raygan.models import generate
 
@@ -104,7 +104,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
               f"max|D - 1/2| on the data {s['max_abs_d_minus_half_on_data']:.3f}", flush=True)
     compute.wall_s = time.perf_counter() - start
     return {"grid": grid.tolist(), "p_data": toy_1d_density(grid).tolist(), "snapshots": snaps, "compute": compute.as_dict(),
-            "hardware": common.hardware(), "model": common.asdict(MODEL), "train": common.asdict(TRAIN)}
+            "hardware": common.hardware(), "model": to_dict(MODEL), "train": to_dict(TRAIN)}
 
 
 def render(result: dict[str, Any], out: Path) -> None:
@@ -129,10 +129,7 @@ def render(result: dict[str, Any], out: Path) -> None:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    print(f"wrote {out} ({out.stat().st_size // 1024} KB)")
+    common.save_figure(fig, out, dpi=110)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -126,10 +126,8 @@ def render(record: dict[str, Any], out: Path) -> dict[str, Any]:
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    print(f"wrote {out} ({out.stat().st_size // 1024} KB): {len(arrows)} exploits drawn")
+    common.save_figure(fig, out)
+    print(f"{len(arrows)} exploits drawn")
     return {"exploits": len(arrows), "population_best": p_best.tolist(), "default_best": s_best.tolist()}
 
 

@@ -177,10 +177,7 @@ def render(record: dict[str, Any], out: Path) -> None:
         ax.set_aspect("equal")
         ax.tick_params(labelsize=7)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    print(f"wrote {out} ({out.stat().st_size // 1024} KB)")
+    common.save_figure(fig, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
