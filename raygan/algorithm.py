@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -113,7 +114,9 @@ class GANTrainer:
         """Apply new settings in place (a PBT mutation): networks and optimiser states are kept."""
         self.train = train
         if prior is not None and prior != self.model.prior:
-            from raygan.config import replace  # local: only PBT's prior resampling needs it
+            from raygan.config import (
+                replace,  # local: only PBT's prior resampling needs it
+            )
 
             new_model = replace(self.model, prior=prior)
             self.generator.config = new_model

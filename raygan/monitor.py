@@ -25,8 +25,9 @@ import io
 import math
 import numbers
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 import torchvision
@@ -36,13 +37,14 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.plugins.hparams import summary_v2 as hp
 from torch.utils.tensorboard import SummaryWriter
 
+from raygan import hyperparameters, keys
 from raygan.config import SearchConfig
 from raygan.files import atomic_write_text
 
 # Result-dict keys with these prefixes are logged; the rest (Tune's bookkeeping, flags) is not.
 TAG_GROUPS = ("loss/", "d/", "eval/", "perf/", "hparams/")
 # What the HParams dashboard sets each trial's configuration against.
-HPARAMS_METRICS = ("eval/parzen_valid_ll", "d/real", "d/fake")
+HPARAMS_METRICS = (keys.PARZEN_VALID_LL, keys.D_REAL, keys.D_FAKE)
 SAMPLES_TAG = "samples/fixed_z"
 FLUSH_SECS = 10  # how stale a live TensorBoard may be; flushing is done by the writer's own thread
 MAX_QUEUE = 100  # events buffered before add_* waits for the writer thread (one step writes ~15)
@@ -228,14 +230,10 @@ class TrialMonitor:
 
 
 def search_domains(search: SearchConfig) -> dict[str, Domain]:
-    """The HParams dashboard's domain of each searched hyperparameter: the search space's."""
+    """The HParams dashboard's domain of each row of the hyperparameter table: the search space's."""
     return {
-        "k": hp.Discrete(list(search.k)),
-        "momentum": hp.RealInterval(*map(float, search.momentum)),
-        "lr_d": hp.RealInterval(*map(float, search.lr_d)),
-        "lr_g": hp.RealInterval(*map(float, search.lr_g)),
-        "prior": hp.Discrete(list(search.prior)),
-        "g_loss": hp.Discrete(list(search.g_loss)),
+        h.name: hp.RealInterval(*map(float, h.values(search))) if h.continuous else hp.Discrete(list(h.values(search)))
+        for h in hyperparameters.table()
     }
 
 

@@ -7,7 +7,7 @@ from a checkpoint, sees the same noise.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -6,8 +6,8 @@ import argparse
 import io
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -1,8 +1,8 @@
 """The search space, the scheduler (PBT by default, ASHA, random search) and the Tuner.
 
-A trial's Tune config is ``{"experiment": <the whole ExperimentConfig as a dict>, "k": ...,
-"lr_d": ..., "lr_g": ..., "momentum": ..., "prior": ..., "g_loss": ...}``: the searched
-hyperparameters at the top (where schedulers can see and mutate them), the rest unchanged.
+A trial's Tune config is ``{"experiment": <the whole ExperimentConfig as a dict>, "seed": ...,
+<one key per row of raygan.hyperparameters>}``: the searched hyperparameters at the top (where
+schedulers can see and mutate them), the rest of the experiment unchanged.
 """
 
 from __future__ import annotations
@@ -13,12 +13,19 @@ import threading
 from typing import Any
 
 from ray import tune
+from ray.tune.schedulers import (
+    ASHAScheduler,
+    FIFOScheduler,
+    PopulationBasedTraining,
+    TrialScheduler,
+)
 from ray.tune.search import BasicVariantGenerator
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
 
+from raygan import hyperparameters, keys
 from raygan.config import ConfigError, ExperimentConfig, SearchConfig, to_dict
+from raygan.hyperparameters import LOG_UNIFORM, TRIAL_SEED, UNIFORM, Hyperparameter
 
-METRIC = "eval/parzen_valid_ll"  # trials are ranked on validation data only, never the test set
+METRIC = keys.PARZEN_VALID_LL  # trials are ranked on validation data only, never the test set
 MODE = "max"
 CTRL_C = threading.Event()  # set by NoteCtrlC: clear it before Tuner.fit(), read it after
 
@@ -42,46 +49,47 @@ class NoteCtrlC(tune.Callback):
         signal.signal(signal.SIGINT, note_and_forward)
 
 
-def _domains(search: SearchConfig) -> dict[str, Any]:
-    return {
-        "k": tune.choice(list(search.k)),
-        "momentum": tune.uniform(*search.momentum),
-        "lr_d": tune.loguniform(*search.lr_d),
-        "lr_g": tune.loguniform(*search.lr_g),
-        "prior": tune.choice(list(search.prior)),
-        "g_loss": tune.choice(list(search.g_loss)),
-    }
+def _domain(h: Hyperparameter, search: SearchConfig) -> Any:
+    values = h.values(search)
+    if h.kind == LOG_UNIFORM:
+        return tune.loguniform(*values)
+    if h.kind == UNIFORM:
+        return tune.uniform(*values)
+    return tune.choice(list(values))
 
 
 def param_space(config: ExperimentConfig) -> dict[str, Any]:
-    """Tune's param_space: the search domains plus the fixed experiment.
+    """Tune's param_space: a domain per row of the hyperparameter table, plus the fixed experiment.
 
-    A domain whose search range is a single value is fixed to that value (so a YAML file can pin
+    A row whose search range is a single value is fixed to that value (so a YAML file can pin
     any hyperparameter by giving ``[x, x]`` or a one-element list).
     """
     # Each trial draws its own initialisation seed; the draw itself is seeded (tune_config).
-    space: dict[str, Any] = {"experiment": to_dict(config), "seed": tune.randint(0, 2**31 - 1)}
-    for name, domain in _domains(config.search).items():
-        values = getattr(config.search, name)
-        space[name] = values[0] if len(set(values)) == 1 else domain
+    space: dict[str, Any] = {"experiment": to_dict(config), TRIAL_SEED: tune.randint(0, 2**31 - 1)}
+    for h in hyperparameters.table():
+        space[h.name] = _domain(h, config.search) if h.searched(config.search) else h.values(config.search)[0]
     return space
 
 
 def _mutations(search: SearchConfig) -> dict[str, Any]:
     # PBT perturbs a search Domain by multiplying the value by 0.8 or 1.2: right for the continuous
-    # settings, wrong for the categorical ones (a prior's name times 1.2 is a TypeError that stops
+    # settings, wrong for the categorical ones (a G loss's name times 1.2 is a TypeError that stops
     # the whole experiment; k = 3 * 1.2 becomes 4, outside the search). Those go to PBT as lists.
-    lists = {name: list(getattr(search, name)) for name in ("k", "prior", "g_loss")}
-    return {k: v for k, v in {**_domains(search), **lists}.items() if len(set(getattr(search, k))) > 1}
+    # Lineage settings are not mutated at all: PBT then copies them from the donor with its weights.
+    return {
+        h.name: _domain(h, search) if h.continuous else list(h.values(search))
+        for h in hyperparameters.table()
+        if h.mutable and h.searched(search)
+    }
 
 
 def _clip_to_search(config: dict[str, Any], search: SearchConfig) -> dict[str, Any]:
-    """PBT's custom_explore_fn: a scaled momentum or learning rate stays within its search range
+    """PBT's custom_explore_fn: a scaled continuous value stays within its search range
     (0.9 * 1.2 is a momentum no trial can run)."""
-    for name in ("momentum", "lr_d", "lr_g"):
-        if name in config:
-            low, high = getattr(search, name)
-            config[name] = min(max(config[name], low), high)
+    for h in hyperparameters.table():
+        if h.continuous and h.name in config:
+            low, high = h.values(search)
+            config[h.name] = min(max(config[h.name], low), high)
     return config
 
 
@@ -89,9 +97,10 @@ def make_scheduler(config: ExperimentConfig) -> TrialScheduler:
     """The trial scheduler named by ``config.tune.scheduler``.
 
     PBT perturbs every ``search.perturbation_interval`` training iterations: the bottom quantile
-    copies a top trial's checkpoint (weights, optimiser state, RNG), then momentum and the
-    learning rates are scaled by 0.8 or 1.2 (kept within their search ranges) or resampled, and k,
-    the noise prior and the G loss move to a neighbouring value of their lists or are resampled.
+    copies a top trial's checkpoint (weights, optimiser state) and its lineage settings, then each
+    continuous hyperparameter is scaled by 0.8 or 1.2 (kept within its search range) or resampled,
+    and each choice moves to a neighbouring value of its list or is resampled
+    (:mod:`raygan.hyperparameters` says which is which).
     """
     search, name = config.search, config.tune.scheduler
     if name == "pbt":
@@ -103,7 +112,7 @@ def make_scheduler(config: ExperimentConfig) -> TrialScheduler:
             perturbation_interval=search.perturbation_interval,
             hyperparam_mutations=mutations,
             quantile_fraction=search.quantile_fraction,
-            resample_probability=0.25,
+            resample_probability=search.resample_probability,
             custom_explore_fn=functools.partial(_clip_to_search, search=search),
             log_config=True,
         )
@@ -121,11 +130,8 @@ def _base_point(config: ExperimentConfig) -> list[dict[str, Any]]:
     """The experiment's own hyperparameters as the first trial, where the search asks for it."""
     if not config.search.start_from_base:
         return []
-    train = config.train
-    base = {"k": train.k, "lr_d": train.lr_d, "lr_g": train.lr_g, "momentum": train.momentum,
-            "prior": config.model.prior, "g_loss": train.g_loss}
     # A hyperparameter pinned to one value (a search range [x, x]) stays pinned in this trial too.
-    return [{k: v for k, v in base.items() if len(set(getattr(config.search, k))) > 1}]
+    return [{h.name: h.base_value(config) for h in hyperparameters.table() if h.searched(config.search)}]
 
 
 def tune_config(config: ExperimentConfig) -> tune.TuneConfig:

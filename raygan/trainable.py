@@ -23,28 +23,25 @@ import ray
 import torch
 from ray import tune
 
+from raygan import hyperparameters, keys
 from raygan.algorithm import GANTrainer
 from raygan.config import ExperimentConfig, build, replace
+from raygan.errors import CheckpointError
 from raygan.evaluator import evaluator_name, find_evaluator
-from raygan.files import atomic_torch_save
-from raygan.models import generate, save_generator
+from raygan.files import atomic_torch_save, atomic_write_json
+from raygan.models import generate, generator_state
 from raygan.monitor import TrialMonitor, search_domains, shows_as_image
 
-# The hyperparameters a trial's Tune config carries (searched, mutated by PBT); everything
-# else of the experiment travels unchanged under the "experiment" key.
-HYPERPARAMETERS = ("k", "lr_d", "lr_g", "momentum", "prior", "g_loss", "seed")
 TRAINER_FILE = "trainer.pt"
+TRAINER_FORMAT = "raygan-trainer/1"  # the trial checkpoint's tag, as generator.pt has its own
 GENERATOR_FILE = "generator.pt"
-EVAL_SEED = 1234  # fixed noise for Parzen samples: trials and steps are compared on the same z
+SCORES_FILE = "scores.json"
 SAMPLE_GRID = 64  # the first of each evaluation's fixed-noise samples, shown in TensorBoard
 
 
 def experiment_from_trial_config(config: dict[str, Any]) -> ExperimentConfig:
     """The trial's ExperimentConfig: the base experiment with the trial's hyperparameters in it."""
-    base = build(ExperimentConfig, config["experiment"])
-    train = replace(base.train, **{k: config[k] for k in HYPERPARAMETERS if k in config and k != "prior"})
-    model = replace(base.model, prior=config.get("prior", base.model.prior))
-    return replace(base, train=train, model=model)
+    return hyperparameters.apply(build(ExperimentConfig, config["experiment"]), config)
 
 
 def trial_device() -> torch.device:
@@ -74,8 +71,16 @@ def steps_per_epoch(num_train: int, batch_size: int) -> int:
     return max(1, math.ceil(num_train / batch_size))
 
 
+NOT_SCORED = {keys.PARZEN_VALID_LL: -math.inf, keys.SIGMA: math.nan, keys.RANK_SCORE: -math.inf}
+
+
 class GANTrainable(tune.Trainable):
-    """A Tune trial holding one G/D pair; see the module docstring."""
+    """A Tune trial holding one G/D pair; see the module docstring.
+
+    Every checkpoint holds the trainer's latest state (``trainer.pt``, for resuming) and the
+    generator as it was when last scored (``generator.pt``, with its scores in ``scores.json``):
+    what the final ranking reads is the state that was ranked, however the run ended.
+    """
 
     def setup(self, config: dict[str, Any], data: dict[str, Any]) -> None:
         self.experiment = experiment_from_trial_config(config)
@@ -85,21 +90,26 @@ class GANTrainable(tune.Trainable):
         with warnings.catch_warnings():  # the object store's arrays are read-only; we never write them
             warnings.simplefilter("ignore", UserWarning)
             train = torch.from_numpy(data["train"]).to(self.device)  # zero-copy on the CPU
-        self.trainer = GANTrainer(self.experiment.model, self.experiment.train, train, bool(data["bounded"]))
+        self.bounded = bool(data["bounded"])
+        self.trainer = GANTrainer(self.experiment.model, self.experiment.train, train, self.bounded)
         self.iterations_per_step = self.experiment.tune.iterations_per_step or steps_per_epoch(
             len(train), self.experiment.train.batch_size
         )
-        self.parzen_valid_ll = -math.inf
-        self.sigma = math.nan
-        self.diverged = False
+        self._forget_scores()
         self.step_s = 0.0  # the last trained step's seconds: a diverged trial waits as long per step
         # Which Ray node ran each result: node_ip cannot tell apart nodes that share an address
         # (containers on one host, test clusters), and it shows where a trial went after a node loss.
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         self.monitor = self._open_monitor(config)
 
+    def _forget_scores(self) -> None:
+        self.scores: dict[str, Any] = dict(NOT_SCORED)
+        self.ranked_generator: dict[str, Any] | None = None  # generator_state() at the last scoring
+        self.ranked_at = 0  # the training_iteration it was scored at
+        self.diverged = False
+
     def _open_monitor(self, config: dict[str, Any]) -> TrialMonitor:
-        hparams = {k: config[k] for k in HYPERPARAMETERS if k in config}
+        hparams = hyperparameters.trial_hyperparameters(config)
         return TrialMonitor(trial_log_dir(self), hparams, domains=search_domains(self.experiment.search),
                             histograms=self.experiment.eval.histograms)
 
@@ -120,7 +130,7 @@ class GANTrainable(tune.Trainable):
         eval_s = 0.0
         if not metrics.finite:
             self.diverged = True
-            self.parzen_valid_ll = -math.inf
+            self.scores = dict(NOT_SCORED)
         elif self.iteration == 0 or (self.iteration + 1) % self.experiment.eval.every == 0 or self._last_step():
             # The first step is always scored (schedulers need the metric in every result), and
             # the last, so the final ranking is of the final generators.
@@ -135,44 +145,70 @@ class GANTrainable(tune.Trainable):
 
     def _evaluate(self) -> None:
         num = min(self.experiment.eval.ranking_samples, self.experiment.eval.num_samples)
-        samples = generate(self.trainer.generator, num, seed=EVAL_SEED)
+        samples = generate(self.trainer.generator, num, seed=self.experiment.eval.seed)
         if shows_as_image(self.trainer.generator.data_shape):  # the same z at every evaluation
             self.monitor.log_samples(self.iteration + 1, samples[:SAMPLE_GRID])
         self.monitor.log_histograms(self.iteration + 1, self.trainer.generator, self.trainer.discriminator)
-        scores = ray.get(find_evaluator(evaluator_name(self.experiment.tune.name)).score_valid.remote(ray.put(samples.cpu().numpy())))
-        self.parzen_valid_ll, self.sigma = scores["parzen_valid_ll"], scores["sigma"]
+        evaluator = find_evaluator(evaluator_name(self.experiment.tune.name))
+        self.scores = ray.get(evaluator.score_valid.remote(ray.put(samples.cpu().numpy())))
+        state = generator_state(self.trainer.generator)
+        state["state_dict"] = {k: v.clone() for k, v in state["state_dict"].items()}  # detach from training
+        self.ranked_generator, self.ranked_at = state, self.iteration + 1
 
     def _result(self, metrics: Any, iterations_per_s: float, eval_s: float) -> dict[str, Any]:
-        hp = self.trainer.current_hyperparameters()
         result = {
-            "eval/parzen_valid_ll": self.parzen_valid_ll,
-            "eval/sigma": self.sigma,
-            "eval/seconds": eval_s,
-            "perf/iterations_per_s": iterations_per_s,
-            "algorithm/iteration": self.trainer.iteration,
-            "hparams/k": hp["k"],
-            "hparams/lr_d": hp["lr_d"],
-            "hparams/lr_g": hp["lr_g"],
-            "hparams/momentum": hp["momentum"],
-            "diverged": self.diverged,
-            "node_id": self.node_id,
+            **self.scores,
+            keys.EVAL_SECONDS: eval_s,
+            keys.ITERATIONS_PER_S: iterations_per_s,
+            keys.ALGORITHM_ITERATION: self.trainer.iteration,
+            **self._hparams_in_force(),
+            keys.DIVERGED: self.diverged,
+            keys.NODE_ID: self.node_id,
         }
         if metrics is not None:
-            result.update({"loss/d": metrics.d_loss, "loss/g": metrics.g_loss, "d/real": metrics.d_real, "d/fake": metrics.d_fake})
+            result.update({keys.LOSS_D: metrics.d_loss, keys.LOSS_G: metrics.g_loss,
+                           keys.D_REAL: metrics.d_real, keys.D_FAKE: metrics.d_fake})
         if self.diverged and self.experiment.tune.scheduler != "pbt":
             result["done"] = True  # no scheduler here will replace it: stop it
         return result
 
+    def _hparams_in_force(self) -> dict[str, float]:
+        """``hparams/<name>`` for each numeric row of the table: the value in force after schedules,
+        so a PBT mutation shows as a step in its curve (names and strings live in the HParams run)."""
+        in_force = self.trainer.current_hyperparameters()
+        out = {}
+        for h in hyperparameters.table():
+            value = in_force.get(h.name, h.base_value(self.experiment))
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[keys.hparam(h.name)] = value
+        return out
+
     def save_checkpoint(self, checkpoint_dir: str) -> None:
-        state = self.trainer.state_dict()
-        state["parzen_valid_ll"], state["sigma"], state["diverged"] = self.parzen_valid_ll, self.sigma, self.diverged
+        state = {
+            "format": TRAINER_FORMAT,
+            "trainer": self.trainer.state_dict(),
+            "scores": dict(self.scores),
+            "ranked_at": self.ranked_at,
+            "diverged": self.diverged,
+            "trial_id": self.trial_id,
+        }
         atomic_torch_save(state, Path(checkpoint_dir) / TRAINER_FILE)
-        save_generator(Path(checkpoint_dir) / GENERATOR_FILE, self.trainer.generator)
+        ranked = self.ranked_generator or generator_state(self.trainer.generator)
+        atomic_torch_save(ranked, Path(checkpoint_dir) / GENERATOR_FILE)
+        scores = {**self.scores, keys.TRAINING_ITERATION: self.ranked_at, keys.DIVERGED: self.diverged}
+        atomic_write_json(Path(checkpoint_dir) / SCORES_FILE, {k: _json_number(v) for k, v in scores.items()})
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         state = torch.load(Path(checkpoint_dir) / TRAINER_FILE, map_location=self.device, weights_only=True)
-        self.trainer.load_state_dict(state)
-        self.parzen_valid_ll, self.sigma, self.diverged = state["parzen_valid_ll"], state["sigma"], state["diverged"]
+        if not isinstance(state, dict) or state.get("format") != TRAINER_FORMAT:
+            raise CheckpointError(f"{checkpoint_dir!r} holds no {TRAINER_FORMAT} checkpoint")
+        self.trainer.load_state_dict(state["trainer"])
+        if state["trial_id"] != self.trial_id:
+            # PBT's exploit: this trial continues from another's weights. A copy that drew the
+            # donor's minibatches, noise and dropout masks would be no new sample of the search.
+            self.trainer.reseed(self.experiment.train.seed + self.iteration)
+        self.scores, self.ranked_at, self.diverged = dict(state["scores"]), state["ranked_at"], state["diverged"]
+        self.ranked_generator = torch.load(Path(checkpoint_dir) / GENERATOR_FILE, map_location="cpu", weights_only=True)
         # Tune has set the iteration to the checkpoint's: a crashed trial's re-run steps, or the
         # steps PBT's exploit replaced, are hidden in TensorBoard rather than drawn twice.
         self.monitor.resume_at(self.iteration + 1)
@@ -184,8 +220,8 @@ class GANTrainable(tune.Trainable):
         # Tune calls this for PBT's exploit (a restore follows) and, with reuse_actors, to hand this
         # actor to a fresh trial (no restore follows): either way start from the new config's own
         # initialisation, never from the previous trial's weights, counters or diverged flag.
-        self.trainer = GANTrainer(experiment.model, experiment.train, self.trainer.data, self.trainer.generator.bounded)
-        self.parzen_valid_ll, self.sigma, self.diverged = -math.inf, math.nan, False
+        self.trainer = GANTrainer(experiment.model, experiment.train, self.trainer.data, self.bounded)
+        self._forget_scores()
         self.experiment = experiment
         self.config = new_config
         if trial_log_dir(self) != self.monitor.logdir:  # Tune reused this actor for another trial
@@ -195,6 +231,21 @@ class GANTrainable(tune.Trainable):
 
     def cleanup(self) -> None:
         self.monitor.close()
+
+
+def _json_number(value: Any) -> Any:
+    """JSON has no inf or NaN: write them as strings that float() reads back."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def read_scores(checkpoint_dir: str | Path) -> dict[str, Any]:
+    """The scores of the generator a checkpoint holds (what the final ranking reads)."""
+    import json
+
+    raw = json.loads((Path(checkpoint_dir) / SCORES_FILE).read_text())
+    return {k: float(v) if isinstance(v, str) and v in ("inf", "-inf", "nan") else v for k, v in raw.items()}
 
 
 def with_data(data: dict[str, np.ndarray | bool], cpus: float, gpus: float) -> Any:

@@ -1,8 +1,12 @@
 """``python -m raygan.tune``: a population of GANs trained and ranked with Ray Tune.
 
 Flags and an optional YAML file fill an :class:`~raygan.config.ExperimentConfig`;
-:func:`run_experiment` runs it and returns a :class:`Report`; :func:`main` prints the
-leaderboard and the best trial's numbers. User errors become one sentence and exit code 2.
+:func:`run_experiment` runs it in three named steps (:func:`preflight`, :func:`fit`,
+:func:`report_best`) and returns a :class:`~raygan.report.Report`; :func:`main` prints it.
+User errors become one sentence and exit code 2.
+
+The first run writes the whole experiment config to ``<experiment>/experiment.yaml``; a
+``--resume`` continues exactly that experiment and refuses any flag or file that would change it.
 """
 
 from __future__ import annotations
@@ -13,45 +17,43 @@ import math
 import os
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
-from raygan.config import ExperimentConfig, load_config, to_dict
+from raygan import keys
+from raygan.config import (
+    DATASETS,
+    SCHEDULERS,
+    ExperimentConfig,
+    TuneConfig,
+    build,
+    field_docs,
+    load_yaml,
+    merge,
+    to_dict,
+)
 from raygan.errors import UserError
+from raygan.report import (
+    Report,
+    TrialRow,
+    finite_or,
+    format_report,
+    sort_leaderboard,
+    write_best,
+)
 
-DEFAULT_GPU_FRACTION = 0.25  # four trials share one GPU
-
-
-@dataclass(frozen=True)
-class TrialRow:
-    """One line of the leaderboard: a trial, its final hyperparameters and its validation score."""
-
-    trial_id: str
-    parzen_valid_ll: float
-    config: dict[str, Any]
-    iterations: int
-    status: str
-
-
-@dataclass(frozen=True)
-class Report:
-    """What an experiment produced: the leaderboard, the best trial's scores, where things are."""
-
-    leaderboard: list[TrialRow]
-    summary: dict[str, Any]
-    reference: dict[str, Any]
-    experiment_path: str
-    best_dir: str
-    extra: dict[str, Any] = field(default_factory=dict)
+EXPERIMENT_FILE = "experiment.yaml"  # the experiment's whole config, written by its first run
+# Settings a resume may change: how to reach the cluster, and the resume flag itself.
+RESUMABLE_CHANGES = ("tune.resume", "tune.address", "tune.storage_path")
 
 
 def experiment_path(config: ExperimentConfig) -> str:
     """``<storage_path>/<name>``, with ``~`` expanded for local paths (URIs are left alone)."""
     storage = config.tune.storage_path
-    if "://" not in storage:
+    if not _is_uri(storage):
         storage = str(Path(storage).expanduser().resolve())
     return f"{storage.rstrip('/')}/{config.tune.name}"
 
@@ -60,13 +62,114 @@ def _is_uri(path: str) -> bool:
     return "://" in path
 
 
+# --------------------------------------------------------------------------------------------
+# The experiment file: written once, read back by --resume.
+
+
+def _write_text(path: str, text: str) -> None:
+    if _is_uri(path):
+        import pyarrow.fs
+
+        fs, inner = pyarrow.fs.FileSystem.from_uri(path)
+        fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(inner) as f:
+            f.write(text.encode())
+    else:
+        from raygan.files import atomic_write_text
+
+        atomic_write_text(path, text)
+
+
+def _read_text(path: str) -> str | None:
+    if _is_uri(path):
+        import pyarrow.fs
+
+        fs, inner = pyarrow.fs.FileSystem.from_uri(path)
+        if fs.get_file_info(inner).type != pyarrow.fs.FileType.File:
+            return None
+        with fs.open_input_stream(inner) as f:
+            return f.read().decode()
+    return Path(path).read_text() if Path(path).is_file() else None
+
+
+def saved_experiment(path: str) -> dict[str, Any] | None:
+    """The settings an experiment's first run wrote, or None where there are none."""
+    text = _read_text(f"{path}/{EXPERIMENT_FILE}")
+    if text is None:
+        return None
+    values = yaml.safe_load(text)
+    if not isinstance(values, dict):
+        raise UserError(f"{path}/{EXPERIMENT_FILE} is damaged; it cannot be resumed")
+    return values
+
+
+def _leaves(values: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(values, dict):
+        out: dict[str, Any] = {}
+        for k, v in values.items():
+            out.update(_leaves(v, f"{prefix}.{k}" if prefix else k))
+        return out
+    return {prefix: values}
+
+
+def check_same_experiment(config: ExperimentConfig, saved: dict[str, Any], path: str) -> None:
+    """Refuse a resume whose settings differ from the saved experiment's (naming each one)."""
+    now, before = _leaves(to_dict(config)), _leaves(to_dict(build(ExperimentConfig, saved)))
+    differ = [k for k in now if k not in RESUMABLE_CHANGES and now[k] != before.get(k)]
+    if differ:
+        changes = "; ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in differ[:6])
+        raise UserError(
+            f"--resume continues {path!r} as it was started, but this command changes {changes}; "
+            "drop those flags (or --config), or start a new experiment with --name"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Step 1: preflight. Everything a user can get wrong is refused here, before Ray starts.
+
+
 def _check_storage(storage: Path) -> None:
-    """A local storage path must be a writable directory, or creatable in one (checked before Ray starts)."""
+    """A local storage path must be a writable directory, or creatable in one."""
     existing = storage
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write results under {str(storage)!r}: {str(existing)!r} is not a writable directory; pass --storage-path DIR")
+
+
+def preflight(config: ExperimentConfig, dataset: Any = None) -> tuple[str, Any]:
+    """Check the storage, the resume and the scheduler settings, and load the data.
+
+    Returns:
+        The experiment's path and the data set.
+
+    Raises:
+        UserError: an unwritable storage path, an experiment that exists (without resume) or
+            differs from the saved one (with resume), missing data, bad scheduler settings.
+    """
+    from ray import tune
+
+    from raygan.data import load_dataset
+    from raygan.search import tune_config
+
+    path = experiment_path(config)
+    if not _is_uri(path):
+        _check_storage(Path(path).parent)
+    if config.tune.resume:
+        saved = saved_experiment(path)
+        if saved is None or not tune.Tuner.can_restore(path):
+            raise UserError(f"nothing to resume at {path!r}; run without --resume to start the experiment")
+        check_same_experiment(config, saved, path)
+    elif not _is_uri(path) and Path(path).exists():
+        raise UserError(f"experiment {path!r} already exists; pass --resume to continue it or --name for a new one")
+    if dataset is None:
+        dataset = load_dataset(config.data.name, config.data.root, download=config.data.download, seed=config.tune.seed)
+    tune_config(config)  # validates the scheduler settings
+    return path, dataset
+
+
+# --------------------------------------------------------------------------------------------
+# Step 2: fit. Start (or join) Ray and the evaluator, run the population.
 
 
 def _init_ray(config: ExperimentConfig) -> None:
@@ -82,12 +185,12 @@ def _init_ray(config: ExperimentConfig) -> None:
     ray.init(num_cpus=(os.cpu_count() or 1) + math.ceil(config.eval.cpus), include_dashboard=False, log_to_driver=False)
 
 
-def _gpus_per_trial(config: ExperimentConfig) -> float:
+def _gpus(config: ExperimentConfig) -> tuple[float, float]:
+    """(per trial, for the evaluator): what was asked for, else the default share where there are GPUs."""
     import ray
 
-    if config.tune.gpus_per_trial is not None:
-        return config.tune.gpus_per_trial
-    return DEFAULT_GPU_FRACTION if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    cluster_gpus = ray.cluster_resources().get("GPU", 0)
+    return config.tune.gpus_for(config.tune.gpus_per_trial, cluster_gpus), config.tune.gpus_for(config.eval.gpus, cluster_gpus)
 
 
 def _check_resources(config: ExperimentConfig) -> None:
@@ -98,75 +201,188 @@ def _check_resources(config: ExperimentConfig) -> None:
     if config.tune.address is not None:
         return
     have = ray.cluster_resources()
+    trial_gpus, eval_gpus = _gpus(config)
     asks = (
         ("a trial", "CPU", config.tune.cpus_per_trial, "--cpus-per-trial"),
-        ("a trial", "GPU", _gpus_per_trial(config), "--gpus-per-trial"),
+        ("a trial", "GPU", trial_gpus, "--gpus-per-trial"),
         ("the evaluator", "CPU", config.eval.cpus, "eval.cpus"),
-        ("the evaluator", "GPU", config.eval.gpus or 0.0, "eval.gpus"),
+        ("the evaluator", "GPU", eval_gpus, "eval.gpus"),
     )
     for who, resource, amount, setting in asks:
         if amount > have.get(resource, 0.0):
             raise UserError(f"{who} asks for {amount:g} {resource}s but this machine's Ray has {have.get(resource, 0.0):g}; lower {setting}")
 
 
-def _leaderboard(results: Any) -> list[TrialRow]:
-    from raygan.search import METRIC
-    from raygan.trainable import HYPERPARAMETERS
-
-    rows = []
-    for result in results:
-        metrics = result.metrics or {}
-        score = metrics.get(METRIC, -math.inf)
-        score = -math.inf if score is None or (isinstance(score, float) and math.isnan(score)) else float(score)
-        rows.append(
-            TrialRow(
-                trial_id=metrics.get("trial_id", Path(result.path).name),
-                parzen_valid_ll=score,
-                config={k: v for k, v in (result.config or {}).items() if k in HYPERPARAMETERS},  # None: never reported
-                iterations=int(metrics.get("training_iteration", 0)),
-                status="ERROR" if result.error else "OK",
-            )
-        )
-    return sorted(rows, key=lambda r: r.parzen_valid_ll, reverse=True)
-
-
-def _write_best(best_dir: Path, checkpoint_dir: Path, trial_config: dict[str, Any], summary: dict[str, Any], samples: Any) -> None:
-    """best/: generator.pt, config.yaml, summary.json, samples.png; every file written atomically."""
-    import torchvision
-
-    from raygan.files import atomic_write_bytes, atomic_write_json, atomic_write_text
-    from raygan.trainable import GENERATOR_FILE, experiment_from_trial_config
-
-    best_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(best_dir / "generator.pt", (checkpoint_dir / GENERATOR_FILE).read_bytes())
-    config_yaml = yaml.safe_dump(to_dict(experiment_from_trial_config(trial_config)), sort_keys=False)
-    atomic_write_text(best_dir / "config.yaml", config_yaml)
-    atomic_write_json(best_dir / "summary.json", summary)
-    with tempfile.TemporaryDirectory(dir=best_dir) as tmp:
-        torchvision.utils.save_image(samples[:100], Path(tmp) / "samples.png", nrow=10, padding=1)
-        os.replace(Path(tmp) / "samples.png", best_dir / "samples.png")
-
-
 def _progress_reporter() -> Any:
-    """The live table: each trial's hyperparameters, D(x), D(G(z)) and Parzen validation LL."""
+    """The live table: each trial's hyperparameters, D(x), D(G(z)) and its scores."""
     from ray.tune import CLIReporter
 
-    from raygan.search import METRIC
+    from raygan import hyperparameters
 
     return CLIReporter(
-        parameter_columns={"k": "k", "lr_d": "lr_d", "lr_g": "lr_g", "momentum": "momentum", "prior": "prior", "g_loss": "g_loss"},
+        parameter_columns={name: name for name in hyperparameters.names()},
         metric_columns={
-            "training_iteration": "steps",
-            "algorithm/iteration": "iters",
-            "d/real": "D(x)",
-            "d/fake": "D(G(z))",
-            METRIC: "parzen_valid_ll",
-            "perf/iterations_per_s": "iter/s",
+            keys.TRAINING_ITERATION: "steps",
+            keys.ALGORITHM_ITERATION: "iters",
+            keys.D_REAL: "D(x)",
+            keys.D_FAKE: "D(G(z))",
+            keys.PARZEN_VALID_LL: "parzen_valid_ll",
+            keys.ITERATIONS_PER_S: "iter/s",
         },
         sort_by_metric=True,  # metric and mode come from the TuneConfig
         max_report_frequency=20,
         max_progress_rows=32,
     )
+
+
+def _run_config(config: ExperimentConfig, path: str, verbose: int, callbacks: Sequence[Any]) -> Any:
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from raygan.search import NoteCtrlC
+
+    return tune.RunConfig(
+        name=config.tune.name,
+        storage_path=path.rsplit("/", 1)[0],
+        stop={keys.TRAINING_ITERATION: config.tune.max_iterations},
+        failure_config=tune.FailureConfig(max_failures=config.tune.max_failures),
+        checkpoint_config=tune.CheckpointConfig(
+            # The most recent ones, not the best by score: PBT's exploit restores the donor's
+            # latest checkpoint, which a score-ranked policy may already have deleted.
+            num_to_keep=config.tune.checkpoints_kept,
+            checkpoint_frequency=config.tune.checkpoint_every,
+            checkpoint_at_end=True,
+        ),
+        verbose=verbose,
+        progress_reporter=_progress_reporter(),
+        callbacks=[*callbacks, CSVLoggerCallback(), JsonLoggerCallback(), NoteCtrlC()],
+        # On remote storage the trials' TensorBoard events are written to their working directories
+        # (raygan.trainable.trial_log_dir): Tune uploads those with each checkpoint.
+        sync_config=tune.SyncConfig(sync_artifacts=_is_uri(path)),
+    )
+
+
+def fit(config: ExperimentConfig, path: str, dataset: Any, verbose: int = 1, callbacks: Sequence[Any] = ()) -> tuple[Any, Any, list]:
+    """Start Ray and the evaluator, write the experiment file, run the population.
+
+    Returns:
+        Tune's ResultGrid, the evaluator's handle, and the object references of its data (the
+        caller keeps them alive while it may call the evaluator).
+
+    Raises:
+        KeyboardInterrupt: the run was interrupted (Ctrl-C); its state is saved for ``resume``.
+    """
+    import ray
+    from ray import tune
+
+    from raygan.evaluator import evaluator_name, get_or_create_evaluator
+    from raygan.search import CTRL_C, param_space, tune_config
+    from raygan.trainable import with_data
+
+    # Tune's newer console output ignores progress reporters; ours shows the GAN's numbers.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Trials write their own TensorBoard events (raygan.monitor); Tune's automatic TBX logger would
+    # add a copy of every result and a second HParams session to each run. Its CSV and JSON
+    # loggers (what Tune's analysis reads) are passed explicitly in _run_config.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    _init_ray(config)
+    _check_resources(config)
+    trial_gpus, eval_gpus = _gpus(config)
+    # References held for the whole run: a restarted evaluator reloads its data from them.
+    splits = [ray.put(part) for part in (dataset.valid, dataset.test, dataset.train)]
+    evaluator = get_or_create_evaluator(*splits, config.eval, name=evaluator_name(config.tune.name), gpus=eval_gpus)
+    trainable = with_data({"train": dataset.train, "bounded": dataset.bounded}, config.tune.cpus_per_trial, trial_gpus)
+    if config.tune.resume:
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(trainable, param_space=param_space(config), tune_config=tune_config(config),
+                           run_config=_run_config(config, path, verbose, callbacks))
+        _write_text(f"{path}/{EXPERIMENT_FILE}", yaml.safe_dump(to_dict(config), sort_keys=False))
+    CTRL_C.clear()
+    results = tuner.fit()
+    if CTRL_C.is_set():
+        # Tune ends fit() early on Ctrl-C, after saving the experiment's state: say so (main tells
+        # the user to --resume) rather than rank unfinished trials and write best/ from one.
+        raise KeyboardInterrupt
+    return results, evaluator, splits
+
+
+# --------------------------------------------------------------------------------------------
+# Step 3: report. Rank the trials' ranked states, score the best on the test split once, write best/.
+
+
+def _trial_row(result: Any) -> tuple[TrialRow, Any]:
+    """A leaderboard row from the scores of the generator in the trial's latest checkpoint."""
+    from raygan import hyperparameters
+    from raygan.trainable import read_scores
+
+    metrics = result.metrics or {}
+    scores = dict(metrics)
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as checkpoint_dir:
+            scores = read_scores(checkpoint_dir)
+    row = TrialRow(
+        trial_id=metrics.get(keys.TRIAL_ID, Path(result.path).name),
+        parzen_valid_ll=finite_or(scores.get(keys.PARZEN_VALID_LL)),
+        config=hyperparameters.trial_hyperparameters(result.config or {}),  # empty: never reported
+        iterations=int(scores.get(keys.TRAINING_ITERATION) or metrics.get(keys.TRAINING_ITERATION) or 0),
+        status="ERROR" if result.error else "OK",
+        rank_score=finite_or(scores.get(keys.RANK_SCORE, scores.get(keys.PARZEN_VALID_LL))),
+        quality={k.removeprefix("eval/"): scores[k] for k in (keys.FD, keys.CLASSES_COVERED, keys.TVD) if k in scores},
+    )
+    return row, result
+
+
+def report_best(config: ExperimentConfig, path: str, results: Any, evaluator: Any) -> Report:
+    """Rank the trials, score the best one's ranked generator on the test split, write best/.
+
+    Raises:
+        UserError: every trial diverged, or none was scored or checkpointed.
+    """
+    import ray
+    import torch
+
+    from raygan.models import generate, load_generator
+    from raygan.monitor import write_experiment_summary
+    from raygan.trainable import GENERATOR_FILE, experiment_from_trial_config
+
+    ranked = [_trial_row(result) for result in results]
+    leaderboard = sort_leaderboard([row for row, _ in ranked])
+    if not any(math.isfinite(row.rank_score) for row in leaderboard):
+        # Nothing to rank (Tune would still name a lone trial "best", NaN generator and all).
+        if any((r.metrics or {}).get(keys.DIVERGED) for r in results):
+            raise UserError("every trial diverged (NaN or infinite losses); lower the learning rates (search.lr_d, search.lr_g)")
+        raise UserError("no trial was scored; give the experiment more time (--time-budget-s, --max-iterations)")
+    best_row, best = max(ranked, key=lambda pair: (pair[0].rank_score, pair[0].parzen_valid_ll))
+    if best.checkpoint is None:
+        raise UserError("no trial produced a checkpoint; give the experiment more time (--time-budget-s, --max-iterations)")
+    with best.checkpoint.as_directory() as checkpoint_dir:
+        generator = load_generator(Path(checkpoint_dir) / GENERATOR_FILE)
+        samples = generate(generator, config.eval.num_samples, seed=config.eval.seed)
+        scores = ray.get(evaluator.score_test.remote(ray.put(samples.numpy())))
+        reference = ray.get(evaluator.reference.remote())
+        summary = {
+            **{k: scores[k] for k in ("parzen_valid_ll", "parzen_test_ll", "parzen_test_se", "sigma")},
+            "trial_id": best_row.trial_id,
+            "training_iteration": best_row.iterations,
+            "config": {k: v for k, v in best.config.items() if k != "experiment"},
+            "reference": {k: reference[k] for k in ("parzen_valid_ll", "parzen_test_ll", "parzen_test_se", "sigma")},
+            "dataset": config.data.name,
+            "num_samples": config.eval.num_samples,
+            "ranking_samples": min(config.eval.ranking_samples, config.eval.num_samples),
+        }
+        with tempfile.TemporaryDirectory() as staging:
+            local_best = Path(path) / "best" if not _is_uri(path) else Path(staging) / "best"
+            write_best(local_best, Path(checkpoint_dir) / GENERATOR_FILE, experiment_from_trial_config(best.config),
+                       summary, torch.as_tensor(samples))
+            # The leaderboard and the best trial's numbers as one more TensorBoard run, <experiment>/summary.
+            write_experiment_summary(local_best.parent / "summary", [dataclasses.asdict(row) for row in leaderboard], summary)
+            if _is_uri(path):
+                import pyarrow.fs
+
+                pyarrow.fs.copy_files(str(local_best), f"{path}/best")
+                pyarrow.fs.copy_files(str(local_best.parent / "summary"), f"{path}/summary")
+    return Report(leaderboard, summary, reference, path, f"{path}/best")
 
 
 def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int = 1, callbacks: Sequence[Any] = ()) -> Report:
@@ -187,201 +403,73 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
         UserError: bad settings, missing data, or an existing experiment without ``resume``.
         KeyboardInterrupt: the run was interrupted (Ctrl-C); its state is saved for ``resume``.
     """
-    import ray
-    import torch
-    from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-
-    from raygan.data import load_dataset
-    from raygan.evaluator import evaluator_name, get_or_create_evaluator
-    from raygan.models import generate, load_generator
-    from raygan.monitor import write_experiment_summary
-    from raygan.search import CTRL_C, METRIC, MODE, NoteCtrlC, param_space, tune_config
-    from raygan.trainable import EVAL_SEED, with_data
-
-    path = experiment_path(config)
-    if not _is_uri(path):
-        _check_storage(Path(path).parent)
-    if not _is_uri(path) and not config.tune.resume and Path(path).exists():
-        raise UserError(f"experiment {path!r} already exists; pass --resume to continue it or --name for a new one")
-    if config.tune.resume and not tune.Tuner.can_restore(path):
-        raise UserError(f"nothing to resume at {path!r}; run without --resume to start the experiment")
-    if dataset is None:
-        dataset = load_dataset(config.data.name, config.data.root, download=config.data.download, seed=config.tune.seed)
-    tune_config(config)  # validates the scheduler settings before Ray starts
-
-    # Tune's newer console output ignores progress reporters; ours shows the GAN's numbers.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Trials write their own TensorBoard events (raygan.monitor); Tune's automatic TBX logger would
-    # add a copy of every result under ray/tune/* tags and a second HParams session to each run.
-    # Its CSV and JSON loggers (progress.csv, result.json: what Tune's analysis reads) are passed
-    # explicitly below.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    _init_ray(config)
-    _check_resources(config)
-    # References held here for the whole run: a restarted evaluator reloads its data from them.
-    splits = [ray.put(part) for part in (dataset.valid, dataset.test, dataset.train)]
-    evaluator = get_or_create_evaluator(*splits, config.eval, name=evaluator_name(config.tune.name))
-    trainable = with_data({"train": dataset.train, "bounded": dataset.bounded}, config.tune.cpus_per_trial, _gpus_per_trial(config))
-    run_config = tune.RunConfig(
-        name=config.tune.name,
-        storage_path=path.rsplit("/", 1)[0],
-        stop={"training_iteration": config.tune.max_iterations},
-        failure_config=tune.FailureConfig(max_failures=config.tune.max_failures),
-        checkpoint_config=tune.CheckpointConfig(
-            # The most recent four, not the best four by score: PBT's exploit restores the donor's
-            # latest checkpoint, which a score-ranked policy may already have deleted (the trial
-            # then fails to restore and errors out).
-            num_to_keep=4,
-            checkpoint_frequency=config.tune.checkpoint_every,
-            checkpoint_at_end=True,
-        ),
-        verbose=verbose,
-        progress_reporter=_progress_reporter(),
-        callbacks=[*callbacks, CSVLoggerCallback(), JsonLoggerCallback(), NoteCtrlC()],
-        # On remote storage the trials' TensorBoard events are written to their working directories
-        # (raygan.trainable.trial_log_dir): Tune uploads those with each checkpoint.
-        sync_config=tune.SyncConfig(sync_artifacts=_is_uri(path)),
-    )
-    if config.tune.resume:
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(trainable, param_space=param_space(config), tune_config=tune_config(config), run_config=run_config)
-    CTRL_C.clear()
-    results = tuner.fit()
-    if CTRL_C.is_set():
-        # Tune ends fit() early on Ctrl-C, after saving the experiment's state: say so (main tells
-        # the user to --resume) rather than rank unfinished trials and write best/ from one.
-        raise KeyboardInterrupt
-
-    leaderboard = _leaderboard(results)
-    if not any(math.isfinite(row.parzen_valid_ll) for row in leaderboard):
-        # Nothing to rank (Tune would still name a lone trial "best", NaN generator and all).
-        if any((r.metrics or {}).get("diverged") for r in results):
-            raise UserError("every trial diverged (NaN or infinite losses); lower the learning rates (search.lr_d, search.lr_g) or keep D's max-norm (model.d_max_norm)")
-        raise UserError("no trial was scored; give the experiment more time (--time-budget-s, --max-iterations)")
-    # The leaderboard's first trial, in its final state (checkpoint_at_end): what the user sees
-    # ranked first is what gets reported and saved.
-    best = results.get_best_result(metric=METRIC, mode=MODE, scope="last", filter_nan_and_inf=True)
-    checkpoint = best.checkpoint
-    if checkpoint is None:
-        raise UserError("no trial produced a checkpoint; give the experiment more time (--time-budget-s, --max-iterations)")
-    with checkpoint.as_directory() as checkpoint_dir:
-        generator = load_generator(Path(checkpoint_dir) / "generator.pt")
-        samples = generate(generator, config.eval.num_samples, seed=EVAL_SEED)
-        scores = ray.get(evaluator.score_test.remote(ray.put(samples.numpy())))
-        reference = ray.get(evaluator.reference.remote())
-        summary = {
-            **{k: scores[k] for k in ("parzen_valid_ll", "parzen_test_ll", "parzen_test_se", "sigma")},
-            "trial_id": best.metrics.get("trial_id"),
-            "training_iteration": best.metrics.get("training_iteration"),
-            "config": {k: v for k, v in best.config.items() if k != "experiment"},
-            "reference": {k: reference[k] for k in ("parzen_valid_ll", "parzen_test_ll", "parzen_test_se", "sigma")},
-            "dataset": config.data.name,
-            "num_samples": config.eval.num_samples,
-            "ranking_samples": min(config.eval.ranking_samples, config.eval.num_samples),
-        }
-        with tempfile.TemporaryDirectory() as staging:
-            local_best = Path(path) / "best" if not _is_uri(path) else Path(staging) / "best"
-            _write_best(local_best, Path(checkpoint_dir), best.config, summary, torch.as_tensor(samples))
-            # The leaderboard and the best trial's numbers as one more TensorBoard run, <experiment>/summary.
-            write_experiment_summary(local_best.parent / "summary", [dataclasses.asdict(row) for row in leaderboard], summary)
-            if _is_uri(path):
-                import pyarrow.fs
-
-                pyarrow.fs.copy_files(str(local_best), f"{path}/best")
-                pyarrow.fs.copy_files(str(local_best.parent / "summary"), f"{path}/summary")
-    return Report(leaderboard, summary, reference, path, f"{path}/best")
+    path, dataset = preflight(config, dataset)
+    results, evaluator, _data_refs = fit(config, path, dataset, verbose, callbacks)
+    return report_best(config, path, results, evaluator)
 
 
 # --------------------------------------------------------------------------------------------
-# The command line.
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m raygan.tune",
-        description="Train a population of GANs (Goodfellow et al., 2014) with Ray Tune and rank them by Parzen log-likelihood.",
-    )
-    p.add_argument("--config", help="YAML file with sections data/model/train/eval/search/tune (see experiments/)")
-    p.add_argument("--dataset", help="mnist5k (default), fashion-mnist, mnist, cifar10, toy-1d, ring-8, grid-25")
-    p.add_argument("--data-root", help="directory holding the data set's files")
-    p.add_argument("--num-trials", type=int, help="population size")
-    p.add_argument("--scheduler", help="pbt (default), asha or random")
-    p.add_argument("--cpus-per-trial", type=float)
-    p.add_argument("--gpus-per-trial", type=float, help="GPU fraction per trial (default 0.25 where the cluster has GPUs, else 0)")
-    p.add_argument("--time-budget-s", type=float, help="stop the whole search after this many seconds")
-    p.add_argument("--max-iterations", type=int, help="Tune steps per trial (one epoch each by default)")
-    p.add_argument("--storage-path", help="where results go (default ~/raygan_results; s3:// and other Tune storage work)")
-    p.add_argument("--name", help="experiment name (a directory under the storage path)")
-    p.add_argument("--resume", action="store_true", default=None, help="continue the experiment of the same name")
-    p.add_argument("--address", help="join a running Ray cluster ('auto'); default: start a local Ray")
-    p.add_argument("--seed", type=int, help="seeds the search's draws")
-    return p
-
+# The command line: each flag sets one config field and borrows that field's docstring as help.
 
 _FLAGS = {  # flag -> (section, setting)
     "dataset": ("data", "name"),
     "data_root": ("data", "root"),
     **{
         k: ("tune", k)
-        for k in (
-            "num_trials",
-            "scheduler",
-            "cpus_per_trial",
-            "gpus_per_trial",
-            "time_budget_s",
-            "max_iterations",
-            "storage_path",
-            "name",
-            "resume",
-            "address",
-            "seed",
-        )
+        for k in ("num_trials", "scheduler", "cpus_per_trial", "gpus_per_trial", "time_budget_s", "max_iterations",
+                  "storage_path", "name", "resume", "address", "seed")
     },
 }
+_CHOICES = {"dataset": DATASETS, "scheduler": SCHEDULERS}
 
 
-def config_from_args(argv: Sequence[str] | None = None) -> ExperimentConfig:
-    """Parse the command line (and the YAML file it names) into an ExperimentConfig."""
+def _parser() -> argparse.ArgumentParser:
+    from raygan.config import DataConfig
+
+    p = argparse.ArgumentParser(
+        prog="python -m raygan.tune",
+        description="Train a population of GANs (Goodfellow et al., 2014) with Ray Tune and rank them. "
+        "Every setting is listed, with its default and meaning, by python -m raygan.config.",
+    )
+    p.add_argument("--config", help="YAML file with sections data/model/train/eval/search/tune (see experiments/)")
+    docs = {"data": field_docs(DataConfig), "tune": field_docs(TuneConfig)}
+    types = {f.name: f.type for f in dataclasses.fields(TuneConfig)}
+    for flag, (section, key) in _FLAGS.items():
+        option = "--" + flag.replace("_", "-")
+        help_text = docs[section].get(key, "")
+        if key == "resume":
+            p.add_argument(option, action="store_true", default=None, help=help_text)
+            continue
+        kind = {"int": int, "float": float}.get(str(types.get(key, "str")).split(" ")[0], str)
+        p.add_argument(option, type=kind, choices=_CHOICES.get(flag), help=help_text)
+    return p
+
+
+def _explicit_values(argv: Sequence[str] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the YAML file's settings, the flags' settings): only what the user gave."""
     args = _parser().parse_args(argv)
-    overrides: dict[str, dict[str, Any]] = {}
+    flags: dict[str, dict[str, Any]] = {}
     for flag, (section, key) in _FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
-            overrides.setdefault(section, {})[key] = value
-    return load_config(args.config, overrides)
+            flags.setdefault(section, {})[key] = value
+    return (load_yaml(args.config) if args.config else {}), flags
 
 
-def format_report(report: Report) -> str:
-    """The leaderboard and the best trial's numbers, as the user sees them at the end."""
-    from raygan.trainable import HYPERPARAMETERS
+def config_from_args(argv: Sequence[str] | None = None) -> ExperimentConfig:
+    """Parse the command line (and the YAML file it names) into an ExperimentConfig.
 
-    s, r = report.summary, report.reference
-    lines = ["", f"Leaderboard (Parzen validation log-likelihood in nats, {s['ranking_samples']:,} samples per trial):"]
-    names = [h for h in HYPERPARAMETERS if h != "seed"]
-    cells = [[_fmt(row.config.get(h)) for h in names] for row in report.leaderboard]
-    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(names)]
-    lines.append(f"  {'#':>2}  {'trial':<24} {'valid LL':>9}  {'steps':>5}  " + "  ".join(f"{h:>{w}}" for h, w in zip(names, widths)))
-    for i, (row, values) in enumerate(zip(report.leaderboard, cells), 1):
-        columns = "  ".join(f"{v:>{w}}" for v, w in zip(values, widths))
-        lines.append(f"  {i:>2}  {row.trial_id:<24} {row.parzen_valid_ll:>9.1f}  {row.iterations:>5}  {columns}")
-    lines += [
-        "",
-        f"Best trial {s['trial_id']} ({s['num_samples']:,} samples): Parzen test log-likelihood {s['parzen_test_ll']:.1f} ± {s['parzen_test_se']:.1f} nats"
-        f" (sigma {s['sigma']:.3f} chosen on validation; validation LL {s['parzen_valid_ll']:.1f})",
-        f"Held-out-data reference (real training images as Parzen centres): {r['parzen_test_ll']:.1f} ± {r['parzen_test_se']:.1f} nats"
-        f" (sigma {r['sigma']:.3f})",
-        f"Best generator, config, summary and samples: {report.best_dir}/",
-        f"TensorBoard: tensorboard --logdir {report.experiment_path}",
-    ]
-    return "\n".join(lines)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
+    With ``--resume`` the saved experiment's settings are the base, so ``--name X --resume``
+    alone continues X as it was started (and any other setting given is checked against it).
+    """
+    file_values, flags = _explicit_values(argv)
+    given = merge(file_values, flags)
+    config = build(ExperimentConfig, given)
+    if config.tune.resume:
+        saved = saved_experiment(experiment_path(config))
+        if saved is not None:
+            config = build(ExperimentConfig, merge(saved, given))
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> int:

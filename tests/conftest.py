@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 
@@ -55,3 +54,101 @@ def _torch_threads():
     torch.set_num_threads(1)  # two tests or Ray workers may share the two cores
     yield
     torch.set_num_threads(before)
+
+
+# ---- a tiny population: small enough that a Tune run of it takes seconds ----------------------
+
+
+def _tiny_dataset(seed: int = 0):
+    """Blobby 1x4x4 'images' in [0, 1]: enough structure for G to learn something quickly."""
+    import numpy as np
+
+    from raygan.data import Dataset
+
+    rng = np.random.default_rng(seed)
+
+    def draw(n: int) -> np.ndarray:
+        base = rng.choice([0.2, 0.8], size=(n, 1, 1, 1))
+        return np.clip(base + 0.05 * rng.standard_normal((n, 1, 4, 4)), 0, 1).astype(np.float32)
+
+    return Dataset("tiny", draw(400), draw(100), draw(100), True)
+
+
+def _tiny_experiment(tmp_path, **tune_changes):
+    from raygan.config import (
+        EvalConfig,
+        ExperimentConfig,
+        ModelConfig,
+        SearchConfig,
+        TrainConfig,
+        TuneConfig,
+    )
+
+    tune = dict(
+        num_trials=2,
+        scheduler="pbt",
+        cpus_per_trial=1.0,
+        gpus_per_trial=0.0,
+        time_budget_s=None,
+        max_iterations=4,
+        iterations_per_step=20,
+        storage_path=str(tmp_path),
+        name="tiny",
+        seed=3,
+    )
+    tune.update(tune_changes)
+    return ExperimentConfig(
+        model=ModelConfig(noise_dim=4, g_hidden=(16,), d_hidden=(16,), d_pieces=2, d_input_dropout=0.0),
+        train=TrainConfig(batch_size=20),
+        eval=EvalConfig(num_samples=200, sigmas=(0.05, 0.1, 0.2, 0.5), every=1, cpus=1.0),
+        search=SearchConfig(perturbation_interval=2),
+        tune=TuneConfig(**tune),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset():
+    """``tiny_dataset(seed=0)``: a Dataset of 400/100/100 blobby 1x4x4 images."""
+    return _tiny_dataset
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment():
+    """``tiny_experiment(storage_path, **tune_changes)``: a two-trial PBT experiment of tiny MLPs."""
+    return _tiny_experiment
+
+
+@pytest.fixture
+def make_trainable(tmp_path):
+    """``make_trainable(logdir, **hyperparameters)``: a GANTrainable built directly (no Tuner),
+    as a Tune actor would build it; stopped at the end of the test."""
+    from raygan.config import to_dict
+    from raygan.trainable import with_data
+
+    made = []
+
+    def make(path, **hyper):
+        config = _tiny_experiment(path)
+        trial_config = {"experiment": to_dict(config), "k": 1, "lr_d": 0.05, "lr_g": 0.05, "momentum": 0.5,
+                        "prior": "uniform", "g_loss": "non-saturating", "seed": 0, **hyper}
+        data = _tiny_dataset()
+        trainable = with_data({"train": data.train, "bounded": True}, cpus=1, gpus=0)(config=trial_config)
+        made.append(trainable)
+        return trainable
+
+    yield make
+    for trainable in made:
+        trainable.stop()
+
+
+@pytest.fixture
+def evaluator(ray_local):
+    """The named evaluator that the tiny experiment's trials look up; alive while the test runs."""
+    from pathlib import Path
+
+    from raygan.evaluator import evaluator_name, get_or_create_evaluator
+
+    data, config = _tiny_dataset(), _tiny_experiment(Path("/unused"))
+    handle = get_or_create_evaluator(data.valid, data.test, data.train, config.eval, name=evaluator_name(config.tune.name))
+    yield handle
+    ray_local.kill(handle)

@@ -12,7 +12,12 @@ import pytest
 import torch
 from scipy import stats
 
-from raygan.algorithm import GANTrainer, IterationMetrics, discriminator_loss, generator_loss
+from raygan.algorithm import (
+    GANTrainer,
+    IterationMetrics,
+    discriminator_loss,
+    generator_loss,
+)
 from raygan.config import ModelConfig, TrainConfig, replace
 from raygan.data import TOY_1D_MEAN, TOY_1D_STD, load_dataset
 from raygan.models import generate

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from raygan import evaluate, sample
 from raygan import tune as raygan_tune
-from raygan.config import ModelConfig
+from raygan.config import ModelConfig, load_config, to_dict
 from raygan.errors import CheckpointError
 from raygan.models import GENERATOR_FORMAT, Generator, load_generator, save_generator
 
@@ -53,6 +54,10 @@ def workspace(tmp_path, monkeypatch):
     (storage / "earlier" / "best").mkdir(parents=True)
     (storage / "earlier" / "best" / "summary.json").write_text('{"parzen_test_ll": 225.1}\n')
     (storage / "earlier" / "best" / "generator.pt").write_bytes(b"an earlier generator")
+    # The earlier experiment was a Fashion-MNIST run: its saved settings, and Tune's state file.
+    earlier = load_config(overrides={"data": {"name": "fashion-mnist"}, "tune": {"name": "earlier", "storage_path": str(storage)}})
+    (storage / "earlier" / "experiment.yaml").write_text(yaml.safe_dump(to_dict(earlier)))
+    (storage / "earlier" / "tuner.pkl").write_bytes(b"Tune's state")
     empty = tmp_path / "empty"
     empty.mkdir()
     configs = tmp_path / "configs"
@@ -67,6 +72,7 @@ def workspace(tmp_path, monkeypatch):
         "not-a-mapping.yaml": "- data\n- model\n",
         "out-of-range.yaml": "train:\n  momentum: 1.5\n",
         "infinite.yaml": "train:\n  lr_d: .inf\n",
+        "other-search.yaml": "search:\n  k: [1, 2]\n",
     }.items():
         (configs / name).write_text(text)
     (configs / "binary.yaml").write_bytes(b"\xff\xfe\x00garbage")
@@ -74,7 +80,6 @@ def workspace(tmp_path, monkeypatch):
 
 
 TUNE_CASES = {
-    "unknown dataset": ["--dataset", "imagenet"],
     "empty fashion-mnist directory": ["--dataset", "fashion-mnist", "--data-root", "{empty}"],
     "empty mnist directory": ["--dataset", "mnist", "--data-root", "{empty}"],
     "empty cifar10 directory": ["--dataset", "cifar10", "--data-root", "{empty}"],
@@ -85,7 +90,7 @@ TUNE_CASES = {
     "negative iterations": ["--max-iterations", "-5"],
     "zero time budget": ["--time-budget-s", "0"],
     "NaN time budget": ["--time-budget-s", "nan"],
-    "unknown scheduler": ["--scheduler", "hyperband"],
+    "absurd population": ["--num-trials", "1000000000000000000000"],
     "a name with a slash": ["--name", "../elsewhere"],
     "missing config": ["--config", "{configs}/missing.yaml"],
     "unparsable config": ["--config", "{configs}/unparsable.yaml"],
@@ -101,6 +106,9 @@ TUNE_CASES = {
     "infinite": ["--config", "{configs}/infinite.yaml"],
     "the experiment exists": ["--name", "earlier"],
     "nothing to resume": ["--name", "never-run", "--resume"],
+    "resume on other data": ["--name", "earlier", "--resume", "--dataset", "mnist5k"],
+    "resume with another search": ["--name", "earlier", "--resume", "--config", "{configs}/other-search.yaml"],
+    "resume with more trials": ["--name", "earlier", "--resume", "--num-trials", "8"],
     "storage path is a file": ["--storage-path", "{storage}/earlier/best/summary.json"],
 }
 
@@ -117,7 +125,8 @@ def test_tune_refuses_bad_input_before_starting_ray(workspace, capsys, argv):
     assert _snapshot(storage.parent) == before  # nothing written, nothing damaged
 
 
-@pytest.mark.parametrize("argv", [["--num-trials", "abc"], ["--max-iterations", "1.5"], ["--no-such-flag"], ["--resume", "yes"]])
+@pytest.mark.parametrize("argv", [["--num-trials", "abc"], ["--max-iterations", "1.5"], ["--no-such-flag"], ["--resume", "yes"],
+                                  ["--dataset", "imagenet"], ["--scheduler", "hyperband"]])
 def test_tune_argument_errors_are_usage_and_one_error_line(workspace, capsys, argv):
     with pytest.raises(SystemExit) as exit_:
         raygan_tune.main(argv)
@@ -125,6 +134,21 @@ def test_tune_argument_errors_are_usage_and_one_error_line(workspace, capsys, ar
     err = capsys.readouterr().err
     assert err.startswith("usage: python -m raygan.tune") and "Traceback" not in err
     assert [line for line in err.splitlines() if "error:" in line] == [err.strip().splitlines()[-1]]
+
+
+def test_a_resume_names_what_it_would_change(workspace, capsys):
+    storage, _, _ = workspace
+    assert raygan_tune.main(["--name", "earlier", "--resume", "--dataset", "mnist5k", "--storage-path", str(storage)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "data.name: 'fashion-mnist' -> 'mnist5k'" in line
+
+
+def test_a_bare_resume_continues_the_saved_experiment(workspace):
+    storage, _, _ = workspace
+    config = raygan_tune.config_from_args(["--name", "earlier", "--resume", "--storage-path", str(storage)])
+    assert config.data.name == "fashion-mnist" and config.tune.resume  # the saved settings, not the defaults
+    path, _ = raygan_tune.preflight(config, dataset=object())  # accepted: nothing differs
+    assert path == str(storage / "earlier")
 
 
 # ---- raygan.sample and raygan.evaluate: files that are not what they claim ---------------------
@@ -357,11 +381,10 @@ def test_a_trainer_checkpoint_that_would_run_code_is_refused_without_running_it(
     [{"gpus_per_trial": 1.0}, {"cpus_per_trial": 64.0}],
     ids=["a GPU on a machine without one", "more CPUs than the machine has"],
 )
-def test_tune_refuses_a_trial_the_local_ray_can_never_start(ray_local, tmp_path, changes):
+def test_tune_refuses_a_trial_the_local_ray_can_never_start(ray_local, tmp_path, changes, tiny_dataset, tiny_experiment):
     """Nothing joins a local Ray later: such a trial would stay PENDING until the time budget ran
     out (7 minutes by default) and end in 'no trial was scored'."""
     from raygan.errors import UserError
-    from test_tune import tiny_dataset, tiny_experiment
 
     if changes.get("gpus_per_trial") and ray_local.cluster_resources().get("GPU", 0) >= 1:
         pytest.skip("this machine has a GPU")

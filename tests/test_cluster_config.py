@@ -10,10 +10,10 @@ import copy
 import ipaddress
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -278,8 +278,13 @@ def test_gpu_workers_scale_from_zero_and_pack_four_trials_per_gpu():
 
 def test_autoscaler_starts_one_gpu_node_per_four_fractional_trials():
     """Ray's own bin packing: 4 trials of 0.25 GPU need one GPU worker, 16 need four."""
-    from ray.autoscaler._private.node_provider_availability_tracker import NodeAvailabilitySummary
-    from ray.autoscaler._private.resource_demand_scheduler import _default_utilization_scorer, get_nodes_for
+    from ray.autoscaler._private.node_provider_availability_tracker import (
+        NodeAvailabilitySummary,
+    )
+    from ray.autoscaler._private.resource_demand_scheduler import (
+        _default_utilization_scorer,
+        get_nodes_for,
+    )
     from ray.autoscaler._private.util import prepare_config
 
     config = prepare_config(_load())

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from raygan.config import (
     ARCHS,
-    INITS,
     DATASETS,
     G_LOSSES,
+    INITS,
     PRIORS,
     SCHEDULERS,
     ConfigError,
@@ -101,8 +101,10 @@ VALID: dict[str, dict[str, st.SearchStrategy]] = {
         "chunk_size": st.integers(1, 10**5),
         "cpus": positive,
         "gpus": st.none() | st.floats(0.0, 8.0, **finite),
+        "seed": st.integers(0, 2**63 - 1),
     },
     "search": {
+        "arch": _subset(ARCHS),
         "k": st.lists(st.integers(1, 20), min_size=1, max_size=5).map(tuple),
         "momentum": _pair(0.0, 0.999),
         "lr_d": _pair(1e-6, 1.0),
@@ -111,6 +113,7 @@ VALID: dict[str, dict[str, st.SearchStrategy]] = {
         "g_loss": _subset(G_LOSSES),
         "perturbation_interval": st.integers(1, 100),
         "quantile_fraction": st.floats(1e-6, 0.5, **finite),
+        "resample_probability": st.floats(0.0, 1.0, **finite),
         "grace_period": st.integers(1, 100),
         "reduction_factor": st.integers(2, 10),
         "start_from_base": st.booleans(),
@@ -124,6 +127,8 @@ VALID: dict[str, dict[str, st.SearchStrategy]] = {
         "max_iterations": st.integers(1, 10**6),
         "iterations_per_step": st.none() | st.integers(1, 10**6),
         "checkpoint_every": st.integers(1, 100),
+        "checkpoints_kept": st.integers(1, 100),
+        "default_gpu_fraction": st.floats(1e-3, 8.0, **finite),
         "max_failures": st.integers(-1, 100),
         "storage_path": names,
         "name": names,
@@ -460,10 +465,12 @@ def test_search_lists_reject_unknown_names_too(key, choices):
         ("eval", {"sigmas": []}, "eval.sigmas must be a non-empty list of positive numbers"),
         ("eval", {"sigmas": [0.1, 0.0]}, "eval.sigmas must be a non-empty list of positive numbers"),
         ("search", {"lr_d": [0.2, 0.1]}, r"search.lr_d must be \[low, high\] with low <= high"),
-        ("search", {"momentum": [0.5, 1.0]}, r"search.momentum high must lie in \[0, 1\)"),
+        ("search", {"momentum": [0.5, 1.0]}, r"search.momentum: train.momentum must lie in \[0, 1\), got 1.0"),
         ("search", {"quantile_fraction": 0.6}, r"search.quantile_fraction must lie in \(0, 0.5\]"),
-        ("search", {"prior": []}, "search.prior must name at least one noise prior"),
-        ("tune", {"num_trials": 0}, "tune.num_trials must be at least 1"),
+        ("search", {"prior": []}, "search.prior must name at least one value"),
+        ("search", {"arch": ["mlp", "transformer"]}, "search.arch: unknown architecture 'transformer'"),
+        ("tune", {"num_trials": 0}, r"tune.num_trials must lie in \[1, 10000\]"),
+        ("tune", {"num_trials": 10**21}, r"tune.num_trials must lie in \[1, 10000\], got 1000000000000000000000"),
         ("tune", {"name": "a/b"}, "tune.name must be a non-empty name without '/'"),
         ("tune", {"max_failures": -2}, "tune.max_failures must be -1"),
     ],
@@ -543,3 +550,11 @@ def test_section_classes_build_alone_with_their_prefix():
     assert isinstance(build(ModelConfig, {}), ModelConfig)
     assert isinstance(build(EvalConfig, {}), EvalConfig)
     assert isinstance(build(TuneConfig, {}), TuneConfig)
+
+
+def test_gpu_requests_resolve_to_the_default_share_only_where_the_cluster_has_gpus():
+    tune = TuneConfig(default_gpu_fraction=0.5)
+    assert tune.gpus_for(None, cluster_gpus=2) == 0.5
+    assert tune.gpus_for(None, cluster_gpus=0) == 0.0
+    assert tune.gpus_for(0.125, cluster_gpus=0) == 0.125  # an explicit request stands (and is checked later)
+    assert tune.gpus_for(0.0, cluster_gpus=8) == 0.0

@@ -14,7 +14,14 @@ from scipy import stats
 
 from raygan import data
 from raygan.config import DATASETS, ConfigError
-from raygan.data import Dataset, load_dataset, mixture_centres, mixture_std, read_idx, toy_1d_density
+from raygan.data import (
+    Dataset,
+    load_dataset,
+    mixture_centres,
+    mixture_std,
+    read_idx,
+    toy_1d_density,
+)
 from raygan.errors import DataError
 
 FASHION_DIR = Path(data.DEBIAN_FASHION_MNIST_DIR)

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 
+from raygan import keys
 from raygan.config import ModelConfig, load_config, replace
-from test_tune import _trainable, evaluator, tiny_dataset, tiny_experiment  # noqa: F401 (evaluator: a fixture)
 
 pytestmark = pytest.mark.ray
 
@@ -47,7 +47,7 @@ def _histories(experiment: str | Path) -> dict[str, list[dict]]:
 
 
 @pytest.mark.parametrize("scheduler", ["pbt", "asha"])
-def test_a_diverging_trial_is_replaced_or_stopped_and_the_experiment_goes_on(ray_local, tmp_path, monkeypatch, scheduler):
+def test_a_diverging_trial_is_replaced_or_stopped_and_the_experiment_goes_on(ray_local, tmp_path, monkeypatch, scheduler, tiny_dataset, tiny_experiment):
     """Two trials, one with a learning rate that makes its losses NaN at once. PBT replaces it by
     exploit at a perturbation; ASHA stops it; the run ends normally either way, the healthy trial
     ranks first and best/ holds a healthy generator."""
@@ -109,7 +109,7 @@ def test_a_diverging_trial_is_replaced_or_stopped_and_the_experiment_goes_on(ray
     assert torch.isfinite(samples).all()
 
 
-def test_when_every_trial_diverges_the_user_is_told_in_one_sentence(ray_local, tmp_path):
+def test_when_every_trial_diverges_the_user_is_told_in_one_sentence(ray_local, tmp_path, tiny_dataset, tiny_experiment):
     """Nothing to rank: a UserError that says what to change (the CLI prints it, exit code 2),
     not Tune's RuntimeError from deep inside the result grid, and no best/ from a NaN generator."""
     from raygan.errors import UserError
@@ -164,10 +164,10 @@ def test_pbt_explore_always_gives_a_config_a_trial_can_run():
             assert low <= getattr(trial.train, name) <= high
 
 
-def test_an_actor_reused_for_a_fresh_trial_starts_from_that_trials_own_initialisation(evaluator, tmp_path):
+def test_an_actor_reused_for_a_fresh_trial_starts_from_that_trials_own_initialisation(evaluator, tmp_path, make_trainable):
     """reuse_actors: Tune hands a finished (here: diverged) trial's actor to a new trial through
     reset_config, with no checkpoint to restore: nothing of the old trial may leak into it."""
-    used = _trainable(tmp_path / "used", seed=1, lr_d=DIVERGING_LR)
+    used = make_trainable(tmp_path / "used", seed=1, lr_d=DIVERGING_LR)
     with torch.no_grad():
         for p in used.trainer.discriminator.parameters():
             p.fill_(float("nan"))
@@ -175,7 +175,7 @@ def test_an_actor_reused_for_a_fresh_trial_starts_from_that_trials_own_initialis
 
     fresh_config = dict(used.config, seed=2, lr_d=0.05)
     assert used.reset_config(fresh_config)
-    fresh = _trainable(tmp_path / "fresh", seed=2, lr_d=0.05)  # what a new actor would hold
+    fresh = make_trainable(tmp_path / "fresh", seed=2, lr_d=0.05)  # what a new actor would hold
     for net in ("generator", "discriminator"):
         a, b = getattr(used.trainer, net).state_dict(), getattr(fresh.trainer, net).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), net
@@ -187,7 +187,7 @@ def test_an_actor_reused_for_a_fresh_trial_starts_from_that_trials_own_initialis
     fresh.stop()
 
 
-def test_a_trial_whose_process_is_killed_resumes_from_its_last_checkpoint_and_finishes(ray_local, tmp_path):
+def test_a_trial_whose_process_is_killed_resumes_from_its_last_checkpoint_and_finishes(ray_local, tmp_path, tiny_dataset, tiny_experiment):
     """SIGKILL the trial actor's process in the middle of a step: Tune restarts the trial
     (FailureConfig from tune.max_failures) from its last checkpoint and it runs to the end."""
     from raygan.tune import run_experiment
@@ -270,7 +270,7 @@ def test_a_killed_evaluator_restarts_and_answers_the_calls_in_flight(ray_local):
     assert 1 <= served_after_restart < len(batches)  # the calls in flight were re-run by the new process
     for batch, answer in zip(batches, answers):
         sigma, valid_ll = parzen.validation_score(batch, valid, eval_config.sigmas, chunk_size=eval_config.chunk_size)
-        assert answer["sigma"] == sigma and answer["parzen_valid_ll"] == pytest.approx(valid_ll, rel=1e-6, abs=1e-4)
+        assert answer[keys.SIGMA] == sigma and answer[keys.PARZEN_VALID_LL] == pytest.approx(valid_ll, rel=1e-6, abs=1e-4)
 
 
 DRIVER_CONFIG = """\

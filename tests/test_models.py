@@ -11,7 +11,15 @@ from torch import nn
 
 from raygan.config import ConfigError, ModelConfig
 from raygan.errors import CheckpointError
-from raygan.models import Discriminator, Generator, Maxout, generate, generator_state, load_generator, save_generator
+from raygan.models import (
+    Discriminator,
+    Generator,
+    Maxout,
+    generate,
+    generator_state,
+    load_generator,
+    save_generator,
+)
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)

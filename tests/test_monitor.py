@@ -15,7 +15,13 @@ from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import summary_v2 as hp
 
-from raygan.monitor import HPARAMS_METRICS, SAMPLES_TAG, SUMMARY_FILE, TrialMonitor, write_experiment_summary
+from raygan.monitor import (
+    HPARAMS_METRICS,
+    SAMPLES_TAG,
+    SUMMARY_FILE,
+    TrialMonitor,
+    write_experiment_summary,
+)
 
 HPARAMS = {"k": 3, "lr_d": 0.05, "lr_g": 0.12, "momentum": 0.6, "prior": "gaussian", "g_loss": "minimax", "seed": 7}
 DOMAINS = {"k": hp.Discrete([1, 2, 3, 5]), "momentum": hp.RealInterval(0.3, 0.9), "prior": hp.Discrete(["uniform", "gaussian"])}

@@ -24,7 +24,6 @@ import pytest
 from ray.tune import Callback
 
 # tests/ is on sys.path under pytest's default (prepend) import mode: reuse test_tune's tiny setup.
-from test_tune import tiny_dataset, tiny_experiment
 
 pytestmark = pytest.mark.ray
 
@@ -42,7 +41,7 @@ FAST_NODE_DEATH = {
 
 
 @pytest.fixture(scope="module")
-def cluster(without_local_ray):
+def cluster(without_local_ray, tiny_dataset, tiny_experiment):
     """A head (1 CPU, the evaluator) and WORKERS worker nodes (1 CPU each), the driver connected."""
     import ray
     from ray.cluster_utils import Cluster
@@ -161,7 +160,7 @@ def _signal(pid: int, sig: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def node_loss_run(cluster, tmp_path_factory):
+def node_loss_run(cluster, tmp_path_factory, tiny_dataset, tiny_experiment):
     """Two trials on a head and three workers; one trial's node is lost after its first checkpoint.
 
     Returns the report, every trial's results in order, the lost trial and the config.

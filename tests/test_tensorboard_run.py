@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.plugins.hparams import metadata as hparams_metadata
-from test_tune import tiny_dataset, tiny_experiment
 
 from raygan.monitor import SAMPLES_TAG, SUMMARY_FILE
 
@@ -32,8 +31,8 @@ def load(logdir: Path) -> ea.EventAccumulator:
     return acc.Reload()
 
 
-def test_each_trial_logs_scalars_samples_and_hparams_matching_tunes_results(ray_local, tmp_path):
-    from raygan.trainable import HYPERPARAMETERS
+def test_each_trial_logs_scalars_samples_and_hparams_matching_tunes_results(ray_local, tmp_path, tiny_dataset, tiny_experiment):
+    from raygan import hyperparameters
     from raygan.tune import run_experiment
 
     config = tiny_experiment(tmp_path, name="watched")
@@ -63,7 +62,7 @@ def test_each_trial_logs_scalars_samples_and_hparams_matching_tunes_results(ray_
 
         content = events.PluginTagToContent("hparams")
         start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
-        assert set(start.hparams) == set(HYPERPARAMETERS)
+        assert set(start.hparams) == {*hyperparameters.names(), hyperparameters.TRIAL_SEED}
         assert start.hparams["prior"].string_value == results[0]["config"]["prior"]
         assert start.hparams["k"].number_value == results[0]["config"]["k"]
 

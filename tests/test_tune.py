@@ -11,47 +11,17 @@ import pytest
 import torch
 import yaml
 
-from raygan.config import EvalConfig, ExperimentConfig, ModelConfig, SearchConfig, TrainConfig, TuneConfig, load_config, to_dict
-from raygan.data import Dataset
+from raygan.config import (
+    EvalConfig,
+    ExperimentConfig,
+    TuneConfig,
+    load_config,
+)
 
 pytestmark = pytest.mark.ray
 
 
-def tiny_dataset(seed: int = 0) -> Dataset:
-    """Blobby 1x4x4 'images' in [0, 1]: enough structure for G to learn something quickly."""
-    rng = np.random.default_rng(seed)
-
-    def draw(n: int) -> np.ndarray:
-        base = rng.choice([0.2, 0.8], size=(n, 1, 1, 1))
-        return np.clip(base + 0.05 * rng.standard_normal((n, 1, 4, 4)), 0, 1).astype(np.float32)
-
-    return Dataset("tiny", draw(400), draw(100), draw(100), True)
-
-
-def tiny_experiment(tmp_path: Path, **tune_changes) -> ExperimentConfig:
-    tune = dict(
-        num_trials=2,
-        scheduler="pbt",
-        cpus_per_trial=1.0,
-        gpus_per_trial=0.0,
-        time_budget_s=None,
-        max_iterations=4,
-        iterations_per_step=20,
-        storage_path=str(tmp_path),
-        name="tiny",
-        seed=3,
-    )
-    tune.update(tune_changes)
-    return ExperimentConfig(
-        model=ModelConfig(noise_dim=4, g_hidden=(16,), d_hidden=(16,), d_pieces=2, d_input_dropout=0.0),
-        train=TrainConfig(batch_size=20),
-        eval=EvalConfig(num_samples=200, sigmas=(0.05, 0.1, 0.2, 0.5), every=1, cpus=1.0),
-        search=SearchConfig(perturbation_interval=2),
-        tune=TuneConfig(**tune),
-    )
-
-
-def test_end_to_end_tune_of_two_trials(ray_local, tmp_path):
+def test_end_to_end_tune_of_two_trials(ray_local, tmp_path, tiny_dataset, tiny_experiment):
     from raygan.tune import format_report, run_experiment
 
     config = tiny_experiment(tmp_path)
@@ -79,7 +49,7 @@ def test_end_to_end_tune_of_two_trials(ray_local, tmp_path):
     assert "Leaderboard" in text and "Held-out-data reference" in text
 
 
-def test_existing_experiment_is_not_overwritten(ray_local, tmp_path):
+def test_existing_experiment_is_not_overwritten(ray_local, tmp_path, tiny_dataset, tiny_experiment):
     from raygan.errors import UserError
     from raygan.tune import run_experiment
 
@@ -91,31 +61,9 @@ def test_existing_experiment_is_not_overwritten(ray_local, tmp_path):
     assert (tmp_path / "taken" / "keep.txt").read_text() == "results"
 
 
-def _trainable(tmp_path: Path, **hyper):
-    """A GANTrainable built directly (no Tuner), as a Tune actor would build it."""
-    from raygan.trainable import with_data
-
-    config = tiny_experiment(tmp_path)
-    trial_config = {"experiment": to_dict(config), "k": 1, "lr_d": 0.05, "lr_g": 0.05, "momentum": 0.5,
-                    "prior": "uniform", "g_loss": "non-saturating", "seed": 0, **hyper}
-    data = tiny_dataset()
-    return with_data({"train": data.train, "bounded": True}, cpus=1, gpus=0)(config=trial_config)
-
-
-@pytest.fixture
-def evaluator(ray_local):
-    """The named evaluator that trials look up; alive while the test holds its handle."""
-    from raygan.evaluator import evaluator_name, get_or_create_evaluator
-
-    data, config = tiny_dataset(), tiny_experiment(Path("/unused"))
-    handle = get_or_create_evaluator(data.valid, data.test, data.train, config.eval, name=evaluator_name(config.tune.name))
-    yield handle
-    ray_local.kill(handle)
-
-
-def test_pbt_exploit_copies_the_donors_weights_and_optimiser_state(evaluator, tmp_path):
-    donor = _trainable(tmp_path / "a", seed=1, lr_d=0.1)
-    taker = _trainable(tmp_path / "b", seed=2, k=3, prior="gaussian")
+def test_pbt_exploit_copies_the_donors_weights_and_optimiser_state(evaluator, tmp_path, make_trainable):
+    donor = make_trainable(tmp_path / "a", seed=1, lr_d=0.1)
+    taker = make_trainable(tmp_path / "b", seed=2, k=3, prior="gaussian")
     donor.train()
     donor.train()
     taker.train()
@@ -142,16 +90,16 @@ def test_pbt_exploit_copies_the_donors_weights_and_optimiser_state(evaluator, tm
     taker.stop()
 
 
-def test_save_load_continue_equals_uninterrupted(evaluator, tmp_path):
-    straight = _trainable(tmp_path / "s")
+def test_save_load_continue_equals_uninterrupted(evaluator, tmp_path, make_trainable):
+    straight = make_trainable(tmp_path / "s")
     for _ in range(3):
         straight.train()
 
-    first = _trainable(tmp_path / "f")
+    first = make_trainable(tmp_path / "f")
     first.train()
     checkpoint = first.save(str(tmp_path / "ckpt"))
     first.stop()
-    resumed = _trainable(tmp_path / "r", seed=99)  # a fresh actor, even with another init
+    resumed = make_trainable(tmp_path / "r", seed=99)  # a fresh actor, even with another init
     resumed.restore(checkpoint)
     resumed.train()
     resumed.train()
@@ -164,8 +112,8 @@ def test_save_load_continue_equals_uninterrupted(evaluator, tmp_path):
     resumed.stop()
 
 
-def test_a_diverged_trial_reports_it_and_stops_training(evaluator, tmp_path):
-    trial = _trainable(tmp_path)
+def test_a_diverged_trial_reports_it_and_stops_training(evaluator, tmp_path, make_trainable):
+    trial = make_trainable(tmp_path)
     with torch.no_grad():
         for p in trial.trainer.discriminator.parameters():
             p.fill_(float("nan"))
@@ -183,33 +131,15 @@ def test_resources_ask_for_a_gpu_fraction_when_the_cluster_has_gpus(monkeypatch)
     from raygan import tune as raygan_tune
     from raygan.trainable import with_data
 
-    config = ExperimentConfig()
+    config = ExperimentConfig(tune=TuneConfig(default_gpu_fraction=0.5), eval=EvalConfig(gpus=0.125))
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 2.0})
-    assert raygan_tune._gpus_per_trial(config) == 0.25
+    assert raygan_tune._gpus(config) == (0.5, 0.125)  # trials: the default share; the evaluator: what it asked
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0})
-    assert raygan_tune._gpus_per_trial(config) == 0.0
+    assert raygan_tune._gpus(config) == (0.0, 0.125)
 
     trainable = with_data({"train": np.zeros((4, 1, 2, 2), np.float32), "bounded": True}, cpus=2, gpus=0.25)
     request = trainable.default_resource_request({})
     assert request.required_resources == {"CPU": 2.0, "GPU": 0.25}
-
-
-def test_cli_refuses_bad_input_with_one_sentence(tmp_path, capsys):
-    from raygan.tune import main
-
-    bad_yaml = tmp_path / "bad.yaml"
-    bad_yaml.write_text("train:\n  k: 0\n")
-    cases = [
-        ["--num-trials", "0"],
-        ["--dataset", "imagenet"],
-        ["--config", str(tmp_path / "missing.yaml")],
-        ["--config", str(bad_yaml)],
-        ["--scheduler", "hyperband"],
-    ]
-    for argv in cases:
-        assert main(argv + ["--storage-path", str(tmp_path)]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
 
 
 def test_yaml_configs_in_experiments_load():

@@ -1,0 +1,154 @@
+"""What a finished population hands back: the leaderboard, ``best/``, and the text the user reads.
+
+No Ray here: :mod:`raygan.tune` gathers the trials' results and scores, and this module ranks
+them, writes the best trial's artefacts and formats the report. :func:`fmt` is the one number
+formatter that the CLI, the TensorBoard summary and ``leaderboard.md`` share.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import numbers
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raygan import hyperparameters
+from raygan.config import to_dict
+from raygan.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+BEST_FILES = ("generator.pt", "config.yaml", "summary.json", "samples.png")
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A value for a table cell: floats to ``digits`` significant digits, None as empty."""
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        value = float(value)
+        return f"{value:.{digits}g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def nats(value: Any) -> str:
+    """A log-likelihood in nats, to two decimals."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+        return f"{float(value):.2f}"
+    return fmt(value)
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One line of the leaderboard: a trial, its hyperparameters and the scores of its ranked state."""
+
+    trial_id: str
+    parzen_valid_ll: float
+    config: dict[str, Any]
+    iterations: int
+    status: str
+    rank_score: float = -math.inf
+    quality: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Report:
+    """What an experiment produced: the leaderboard, the best trial's scores, where things are."""
+
+    leaderboard: list[TrialRow]
+    summary: dict[str, Any]
+    reference: dict[str, Any]
+    experiment_path: str
+    best_dir: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def finite_or(value: Any, default: float = -math.inf) -> float:
+    """``value`` as a float, or ``default`` where it is missing or NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return default
+    return float(value)
+
+
+def sort_leaderboard(rows: list[TrialRow]) -> list[TrialRow]:
+    """Best first: by rank score (which puts collapsed trials below covering ones), then Parzen."""
+    return sorted(rows, key=lambda r: (r.rank_score, r.parzen_valid_ll), reverse=True)
+
+
+def write_best(best_dir: Path, generator_file: Path, experiment: Any, summary: dict[str, Any], samples: Any) -> None:
+    """best/: generator.pt, config.yaml, summary.json, samples.png; every file written atomically.
+
+    Args:
+        best_dir: the directory (created if missing).
+        generator_file: the ranked generator's file, copied as is.
+        experiment: the best trial's :class:`~raygan.config.ExperimentConfig`.
+        summary: what summary.json holds.
+        samples: (N, C, H, W) samples in [0, 1]; the first 100 make samples.png.
+    """
+    import torchvision
+
+    best_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(best_dir / "generator.pt", generator_file.read_bytes())
+    atomic_write_text(best_dir / "config.yaml", yaml.safe_dump(to_dict(experiment), sort_keys=False))
+    atomic_write_json(best_dir / "summary.json", summary)
+    png = io.BytesIO()
+    torchvision.utils.save_image(samples[:100], png, format="png", nrow=10, padding=1)
+    atomic_write_bytes(best_dir / "samples.png", png.getvalue())
+
+
+def _quality_cells(quality: dict[str, Any]) -> list[str]:
+    return [fmt(quality.get("fd"), 3), fmt(quality.get("classes_covered")), fmt(quality.get("tvd"), 2)]
+
+
+def format_leaderboard(report: Report) -> list[str]:
+    """The leaderboard's lines: rank, trial, validation LL, quality, steps, hyperparameters."""
+    s = report.summary
+    names = list(hyperparameters.names())
+    cells = [[fmt(row.config.get(h), 3) for h in names] for row in report.leaderboard]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(names)]
+    with_quality = any(row.quality for row in report.leaderboard)
+    quality_head = f"{'FD':>7} {'classes':>7} {'TVD':>5}  " if with_quality else ""
+    lines = [f"Leaderboard (Parzen validation log-likelihood in nats, {s['ranking_samples']:,} samples per trial):"]
+    lines.append(f"  {'#':>2}  {'trial':<24} {'valid LL':>9}  {quality_head}{'steps':>5}  "
+                 + "  ".join(f"{h:>{w}}" for h, w in zip(names, widths)))
+    for i, (row, values) in enumerate(zip(report.leaderboard, cells), 1):
+        quality = ""
+        if with_quality:
+            fd, covered, tvd = _quality_cells(row.quality)
+            quality = f"{fd:>7} {covered:>7} {tvd:>5}  "
+        columns = "  ".join(f"{v:>{w}}" for v, w in zip(values, widths))
+        lines.append(f"  {i:>2}  {row.trial_id:<24} {row.parzen_valid_ll:>9.1f}  {quality}{row.iterations:>5}  {columns}")
+    return lines
+
+
+def format_report(report: Report) -> str:
+    """The leaderboard and the best trial's numbers, as the user sees them at the end."""
+    s, r = report.summary, report.reference
+    lines = ["", *format_leaderboard(report), ""]
+    lines.append(
+        f"Best trial {s['trial_id']} ({s['num_samples']:,} samples): Parzen test log-likelihood "
+        f"{nats(s['parzen_test_ll'])} ± {nats(s['parzen_test_se'])} nats (sigma {fmt(s['sigma'], 3)} chosen on validation; "
+        f"validation LL {nats(s['parzen_valid_ll'])})"
+    )
+    lines.append(
+        f"Held-out-data reference ({r.get('num_samples', s['num_samples']):,} real training images as Parzen centres): "
+        f"{nats(r['parzen_test_ll'])} ± {nats(r['parzen_test_se'])} nats (sigma {fmt(r['sigma'], 3)})"
+    )
+    quality = s.get("quality")
+    if quality:
+        ref = quality.get("reference", {})
+        lines.append(
+            f"Sample quality by the {s['dataset']} classifier: FD {fmt(quality['fd'], 3)}, classes covered "
+            f"{quality['classes_covered']}, TVD {fmt(quality['tvd'], 2)}, confidence {fmt(quality['confidence'], 3)}"
+        )
+        lines.append(
+            f"Held-out-data reference (validation images): FD {fmt(ref.get('fd'), 3)}, classes covered "
+            f"{ref.get('classes_covered')}, TVD {fmt(ref.get('tvd'), 2)}, confidence {fmt(ref.get('confidence'), 3)}"
+        )
+    lines += [
+        f"Best generator, config, summary and samples: {report.best_dir}/",
+        f"TensorBoard: tensorboard --logdir {report.experiment_path}",
+    ]
+    return "\n".join(lines)
