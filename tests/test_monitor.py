@@ -196,8 +196,12 @@ def test_a_restored_trial_continues_its_curves_instead_of_doubling_back(tmp_path
 
 def test_close_twice_is_harmless(tmp_path):
     monitor = TrialMonitor(tmp_path / "trial", HPARAMS)
+    monitor.log_step(1, {"loss/d": 1.25})
     monitor.close()
-    monitor.close()
+    files = {p: p.read_bytes() for p in (tmp_path / "trial").iterdir()}
+    monitor.close()  # no error, and nothing more written
+    assert {p: p.read_bytes() for p in (tmp_path / "trial").iterdir()} == files
+    assert [s.value for s in load(tmp_path / "trial").Scalars("loss/d")] == [1.25]
 
 
 def test_experiment_summary_has_the_leaderboard_and_the_best_trials_numbers(tmp_path):

@@ -205,17 +205,13 @@ def test_bad_arguments_raise_value_error(rng):
     assert parzen.log_likelihood(samples, np.zeros((0, 4), np.float32), 0.1).shape == (0,)
 
 
-def test_a_collapsed_generator_is_scored_quickly_and_within_tolerance():
-    """Every sample near every point (mode collapse) once sent all pairs through the float64
-    refinement: 7 GB and 20 s for 10k x 500. It must stay cheap and still agree with float64."""
-    import time
-
+def test_a_collapsed_generator_is_scored_within_tolerance():
+    """Every sample near every point (mode collapse): the float32 grid still agrees with float64
+    (its cost is measured by experiments/benchmarks/bench_parzen.py, not here)."""
     rng = np.random.default_rng(0)
     centre = rng.random((1, 784), dtype=np.float32)
     samples = centre + 1e-3 * rng.standard_normal((4000, 784)).astype(np.float32)
     points = np.clip(centre + 0.05 * rng.standard_normal((300, 784)), 0, 1).astype(np.float32)
-    start = time.perf_counter()
     got = parzen.log_likelihood_grid(samples, points, (0.05, 0.1, 0.5)).numpy()
-    assert time.perf_counter() - start < 5
     want = parzen.log_likelihood_grid(samples, points, (0.05, 0.1, 0.5), dtype=torch.float64).numpy()
     assert np.abs(got - want).max() < 1e-2

@@ -36,7 +36,17 @@ def test_end_to_end_tune_of_two_trials(ray_local, tmp_path, tiny_dataset, tiny_e
     summary = json.loads((best / "summary.json").read_text())
     for key in ("parzen_valid_ll", "parzen_test_ll", "parzen_test_se", "sigma", "trial_id", "config"):
         assert key in summary
-    assert summary["parzen_test_se"] > 0 and summary["sigma"] in config.eval.sigmas
+    assert summary["sigma"] in config.eval.sigmas
+    # The summary's numbers are the Parzen protocol's on best/generator.pt's own samples.
+    from raygan import parzen
+    from raygan.models import generate, load_generator
+
+    data = tiny_dataset()
+    samples = generate(load_generator(best / "generator.pt"), config.eval.num_samples, seed=config.eval.seed)
+    want = parzen.evaluate(samples, data.valid, data.test, config.eval.sigmas)
+    assert summary["parzen_test_ll"] == pytest.approx(want.test_ll, abs=1e-3)
+    assert summary["parzen_test_se"] == pytest.approx(want.test_se, abs=1e-3)
+    assert summary["sigma"] == want.sigma
     assert set(summary["config"]) >= {"k", "lr_d", "lr_g", "momentum", "prior", "g_loss"}
     assert math.isfinite(report.reference["parzen_test_ll"])
 
