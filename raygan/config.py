@@ -28,6 +28,7 @@ G_LOSSES = ("non-saturating", "minimax")
 ARCHS = ("mlp", "conv")
 INITS = ("paper", "torch")
 SCHEDULERS = ("pbt", "asha", "random")
+RANK_BY = ("parzen", "fd")  # raygan.ranking's
 
 
 class ConfigError(UserError, ValueError):
@@ -160,8 +161,8 @@ class EvalConfig:
 
     num_samples: int = 10_000
     """Parzen centres in the final report (the paper's 10,000)."""
-    ranking_samples: int = 2_000
-    """Centres per ranking evaluation during the search (capped at num_samples)."""
+    ranking_samples: int = 10_000
+    """Centres per ranking evaluation during the search (capped at num_samples). Fewer favour a collapsed generator, whose Parzen LL hardly depends on the count while a diverse one's rises with it."""
     sigmas: tuple[float, ...] = field(default_factory=_default_sigmas)
     """The bandwidths tried; the one with the best validation LL is used (the paper's grid: logspace(-1, 0, 10))."""
     every: int = 2
@@ -176,6 +177,14 @@ class EvalConfig:
     """G and D weight histograms in TensorBoard at each evaluation (~0.1 s each)."""
     seed: int = 1234
     """Seeds the noise of every evaluation's samples: trials and steps are compared on the same z."""
+    quality: bool | None = None
+    """The domain classifier's measures (FD, classes covered, TVD, confidence) beside Parzen: None where the data set has labels, true to require them, false for Parzen only."""
+    rank_by: str = "parzen"
+    """The score trials are ranked on within each group: parzen (validation LL, the paper's) or fd (the classifier's Fréchet distance)."""
+    min_classes: int | None = None
+    """A trial whose samples cover fewer classes ranks below every trial that covers enough (None: all classes but one)."""
+    min_class_share: float = 0.02
+    """The share of samples a class must receive to count as covered."""
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -192,6 +201,13 @@ class EvalConfig:
         if self.gpus is not None and self.gpus < 0:
             raise ConfigError(f"eval.gpus must be non-negative, got {self.gpus!r}")
         _seed(self.seed, "eval.seed")
+        _choice(self.rank_by, RANK_BY, "ranking")
+        if self.min_classes is not None and self.min_classes < 1:
+            raise ConfigError(f"eval.min_classes must be at least 1, got {self.min_classes}")
+        if not 0 < self.min_class_share < 1:
+            raise ConfigError(f"eval.min_class_share must lie in (0, 1), got {self.min_class_share!r}")
+        if self.rank_by == "fd" and self.quality is False:
+            raise ConfigError("eval.rank_by fd needs the classifier's measures; do not set eval.quality to false")
 
 
 _SECTIONS_OF_HYPERPARAMETERS = {"train": TrainConfig, "model": ModelConfig}

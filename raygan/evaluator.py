@@ -21,7 +21,7 @@ import numpy as np
 import ray
 import torch
 
-from raygan import keys, parzen
+from raygan import keys, parzen, ranking
 from raygan.config import EvalConfig
 
 EVALUATOR_NAME = "raygan-parzen-evaluator"
@@ -40,7 +40,8 @@ def _parzen_dict(result: parzen.ParzenResult) -> dict[str, float]:
 
 
 class ParzenEvaluator:
-    """Scores generated samples with the Parzen-window protocol (paper Section 5).
+    """Scores generated samples with the Parzen-window protocol (paper Section 5) and, where the
+    data set has a domain classifier, its sample-quality measures on the same samples.
 
     A plain class: :func:`get_or_create_evaluator` makes it a Ray actor; tests may use it directly.
 
@@ -48,11 +49,17 @@ class ParzenEvaluator:
         valid: validation split, (M, C, H, W) or (M, D).
         test: test split, (T, C, H, W) or (T, D).
         train_reference: training images for the held-out-data reference, or None.
-        eval_config: sigma grid, chunk size, number of reference centres, CPU request.
+        eval_config: sigma grid, chunk size, number of reference centres, ranking rule, CPU request.
+        quality: the data set's :class:`~raygan.quality.QualityModel`, or None (Parzen only).
     """
 
     def __init__(
-        self, valid: np.ndarray, test: np.ndarray, train_reference: np.ndarray | None, eval_config: EvalConfig
+        self,
+        valid: np.ndarray,
+        test: np.ndarray,
+        train_reference: np.ndarray | None,
+        eval_config: EvalConfig,
+        quality: Any = None,
     ) -> None:
         self.config = eval_config
         # As many torch threads as CPUs requested: more would steal cores from the trials.
@@ -62,7 +69,11 @@ class ParzenEvaluator:
         self.valid = self._tensor(valid)
         self.test = self._tensor(test)
         self.train_reference = None if train_reference is None else np.asarray(train_reference)
-        self._reference: dict[str, float] | None = None
+        self.quality = None if quality is None else quality.to(self.device)
+        self.min_classes = eval_config.min_classes
+        if self.min_classes is None and self.quality is not None:
+            self.min_classes = self.quality.num_classes - 1  # all but one
+        self._reference: dict[str, Any] | None = None
         self._lock = threading.Lock()  # one scoring at a time: they share the device and the threads
         self._calls, self._busy_s = 0, 0.0
 
@@ -97,9 +108,23 @@ class ParzenEvaluator:
             sigma, valid_ll = parzen.validation_score(
                 centres, self.valid, self.config.sigmas, chunk_size=self.config.chunk_size
             )
-            return {keys.PARZEN_VALID_LL: valid_ll, keys.SIGMA: sigma, keys.RANK_SCORE: valid_ll}
+            scores = {keys.PARZEN_VALID_LL: valid_ll, keys.SIGMA: sigma}
+            quality = self._quality(centres)
+            if quality is not None:
+                scores.update({keys.FD: quality.fd, keys.CLASSES_COVERED: quality.classes_covered,
+                               keys.TVD: quality.tvd, keys.CONFIDENCE: quality.confidence})
+            scores[keys.RANK_SCORE] = ranking.rank_score(
+                valid_ll, None if quality is None else quality.fd, None if quality is None else quality.classes_covered,
+                self.config.rank_by, self.min_classes,
+            )
+            return scores
 
         return self._timed(run)
+
+    def _quality(self, samples: torch.Tensor) -> Any:
+        if self.quality is None or samples.ndim != 4:
+            return None
+        return self.quality.score(samples, min_share=self.config.min_class_share)
 
     def score_test(self, samples: np.ndarray) -> dict[str, float]:
         """The full protocol, test split included: for the final report only, never for ranking.
@@ -108,21 +133,28 @@ class ParzenEvaluator:
             samples: generated samples, (N, C, H, W) or (N, D).
 
         Returns:
-            ``parzen_valid_ll``, ``parzen_test_ll``, ``parzen_test_se`` and ``sigma``.
+            ``parzen_valid_ll``, ``parzen_test_ll``, ``parzen_test_se`` and ``sigma``, and
+            ``quality`` (the classifier's measures, a dict) where the evaluator has a classifier.
         """
-        return self._timed(
-            lambda: _parzen_dict(
-                parzen.evaluate(
-                    self._tensor(samples), self.valid, self.test, self.config.sigmas, chunk_size=self.config.chunk_size
-                )
+
+        def run() -> dict[str, Any]:
+            centres = self._tensor(samples)
+            scores: dict[str, Any] = _parzen_dict(
+                parzen.evaluate(centres, self.valid, self.test, self.config.sigmas, chunk_size=self.config.chunk_size)
             )
-        )
+            quality = self._quality(centres)
+            if quality is not None:
+                scores["quality"] = quality.as_dict()
+            return scores
+
+        return self._timed(run)
 
     def reference(self) -> dict[str, float]:
         """The held-out-data reference (real training images as centres), computed once.
 
         Returns:
-            The same keys as :meth:`score_test`.
+            The same keys as :meth:`score_test`, and ``num_samples``: the training images used as
+            centres (fewer than ``eval.num_samples`` where the training split is smaller).
 
         Raises:
             ValueError: the evaluator was built without training images.
@@ -130,7 +162,7 @@ class ParzenEvaluator:
         if self.train_reference is None:
             raise ValueError("this evaluator was built without training images for the reference")
 
-        def run() -> dict[str, float]:
+        def run() -> dict[str, Any]:
             if self._reference is None:  # checked under the lock: concurrent callers compute it once
                 self._reference = _parzen_dict(
                     parzen.reference(
@@ -142,6 +174,9 @@ class ParzenEvaluator:
                         chunk_size=self.config.chunk_size,
                     )
                 )
+                self._reference["num_samples"] = min(self.config.num_samples, len(self.train_reference))
+                if self.quality is not None and self.valid.ndim == 4:  # the validation split, read as samples
+                    self._reference["quality"] = self.quality.reference(self.valid).as_dict()
             return self._reference
 
         return self._timed(run)
@@ -172,6 +207,7 @@ def get_or_create_evaluator(
     name: str = EVALUATOR_NAME,
     namespace: str | None = None,
     gpus: float = 0.0,
+    quality: Any = None,
 ) -> Any:
     """The named evaluator actor, started if it is not running yet.
 
@@ -190,6 +226,7 @@ def get_or_create_evaluator(
         name: the actor's name, which trials look up.
         namespace: the Ray namespace (None: the job's).
         gpus: its GPU request (:meth:`raygan.config.TuneConfig.gpus_for` resolves ``eval.gpus``).
+        quality: the data set's QualityModel (or an ObjectRef to it), or None for Parzen only.
 
     Returns:
         The actor handle.
@@ -204,7 +241,7 @@ def get_or_create_evaluator(
         num_cpus=eval_config.cpus,
         num_gpus=gpus,
     )
-    return actor.remote(valid, test, train_reference, eval_config)
+    return actor.remote(valid, test, train_reference, eval_config, quality)
 
 
 def find_evaluator(name: str = EVALUATOR_NAME, namespace: str | None = None) -> Any:

@@ -132,13 +132,19 @@ def format_report(report: Report) -> str:
         f"{nats(s['parzen_test_ll'])} ± {nats(s['parzen_test_se'])} nats (sigma {fmt(s['sigma'], 3)} chosen on validation; "
         f"validation LL {nats(s['parzen_valid_ll'])})"
     )
+    matched = s.get("at_reference_size")
+    if matched:
+        lines.append(
+            f"  the same generator with {matched['num_samples']:,} samples (as many centres as the reference): "
+            f"{nats(matched['parzen_test_ll'])} ± {nats(matched['parzen_test_se'])} nats"
+        )
     lines.append(
         f"Held-out-data reference ({r.get('num_samples', s['num_samples']):,} real training images as Parzen centres): "
         f"{nats(r['parzen_test_ll'])} ± {nats(r['parzen_test_se'])} nats (sigma {fmt(r['sigma'], 3)})"
     )
     quality = s.get("quality")
     if quality:
-        ref = quality.get("reference", {})
+        ref = quality.get("reference") or {}
         lines.append(
             f"Sample quality by the {s['dataset']} classifier: FD {fmt(quality['fd'], 3)}, classes covered "
             f"{quality['classes_covered']}, TVD {fmt(quality['tvd'], 2)}, confidence {fmt(quality['confidence'], 3)}"

@@ -137,11 +137,31 @@ def _check_storage(storage: Path) -> None:
         raise UserError(f"cannot write results under {str(storage)!r}: {str(existing)!r} is not a writable directory; pass --storage-path DIR")
 
 
-def preflight(config: ExperimentConfig, dataset: Any = None) -> tuple[str, Any]:
-    """Check the storage, the resume and the scheduler settings, and load the data.
+def load_quality_model(config: ExperimentConfig, dataset: Any) -> Any:
+    """The data set's domain classifier (trained once, then loaded from its cache), or None.
+
+    None where ``eval.quality`` is false, or unset and the data set has no labels (the generated
+    point sets keep their own measures).
+
+    Raises:
+        UserError: ``eval.quality`` (or ``eval.rank_by: fd``) asks for the measures and the data
+            set has no labels.
+    """
+    wanted = config.eval.quality
+    if wanted is False:
+        return None
+    if getattr(dataset, "train_labels", None) is None and wanted is None and config.eval.rank_by != "fd":
+        return None
+    from raygan import quality
+
+    return quality.load_or_train(dataset)
+
+
+def preflight(config: ExperimentConfig, dataset: Any = None) -> tuple[str, Any, Any]:
+    """Check the storage, the resume and the scheduler settings; load the data and its classifier.
 
     Returns:
-        The experiment's path and the data set.
+        The experiment's path, the data set and its QualityModel (or None).
 
     Raises:
         UserError: an unwritable storage path, an experiment that exists (without resume) or
@@ -165,7 +185,7 @@ def preflight(config: ExperimentConfig, dataset: Any = None) -> tuple[str, Any]:
     if dataset is None:
         dataset = load_dataset(config.data.name, config.data.root, download=config.data.download, seed=config.tune.seed)
     tune_config(config)  # validates the scheduler settings
-    return path, dataset
+    return path, dataset, load_quality_model(config, dataset)
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,7 +282,8 @@ def _run_config(config: ExperimentConfig, path: str, verbose: int, callbacks: Se
     )
 
 
-def fit(config: ExperimentConfig, path: str, dataset: Any, verbose: int = 1, callbacks: Sequence[Any] = ()) -> tuple[Any, Any, list]:
+def fit(config: ExperimentConfig, path: str, dataset: Any, quality: Any = None, verbose: int = 1,
+        callbacks: Sequence[Any] = ()) -> tuple[Any, Any, list]:
     """Start Ray and the evaluator, write the experiment file, run the population.
 
     Returns:
@@ -289,8 +310,9 @@ def fit(config: ExperimentConfig, path: str, dataset: Any, verbose: int = 1, cal
     _check_resources(config)
     trial_gpus, eval_gpus = _gpus(config)
     # References held for the whole run: a restarted evaluator reloads its data from them.
-    splits = [ray.put(part) for part in (dataset.valid, dataset.test, dataset.train)]
-    evaluator = get_or_create_evaluator(*splits, config.eval, name=evaluator_name(config.tune.name), gpus=eval_gpus)
+    splits = [ray.put(part) for part in (dataset.valid, dataset.test, dataset.train, quality)]
+    evaluator = get_or_create_evaluator(*splits[:3], config.eval, name=evaluator_name(config.tune.name),
+                                        gpus=eval_gpus, quality=splits[3])
     trainable = with_data({"train": dataset.train, "bounded": dataset.bounded}, config.tune.cpus_per_trial, trial_gpus)
     if config.tune.resume:
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -333,6 +355,35 @@ def _trial_row(result: Any) -> tuple[TrialRow, Any]:
     return row, result
 
 
+PARZEN_KEYS = ("parzen_valid_ll", "parzen_test_ll", "parzen_test_se", "sigma")
+
+
+def _best_summary(config: ExperimentConfig, row: TrialRow, trial_config: dict[str, Any], samples: Any, evaluator: Any) -> dict[str, Any]:
+    """summary.json: the best trial's scores on eval.num_samples samples, the reference's beside
+    them, and the model's Parzen score at the reference's number of centres (on mnist5k only
+    4,000 training images exist, so the paper's 10,000 centres cannot be matched by real data)."""
+    import ray
+
+    scores = ray.get(evaluator.score_test.remote(ray.put(samples)))
+    reference = ray.get(evaluator.reference.remote())
+    summary = {
+        **{k: scores[k] for k in PARZEN_KEYS},
+        "trial_id": row.trial_id,
+        "training_iteration": row.iterations,
+        "config": {k: v for k, v in trial_config.items() if k != "experiment"},
+        "reference": {k: reference[k] for k in (*PARZEN_KEYS, "num_samples")},
+        "dataset": config.data.name,
+        "num_samples": len(samples),
+        "ranking_samples": min(config.eval.ranking_samples, config.eval.num_samples),
+    }
+    if reference["num_samples"] < len(samples):
+        matched = ray.get(evaluator.score_test.remote(ray.put(samples[: reference["num_samples"]])))
+        summary["at_reference_size"] = {"num_samples": reference["num_samples"], **{k: matched[k] for k in PARZEN_KEYS}}
+    if "quality" in scores:
+        summary["quality"] = {**scores["quality"], "reference": reference.get("quality")}
+    return summary
+
+
 def report_best(config: ExperimentConfig, path: str, results: Any, evaluator: Any) -> Report:
     """Rank the trials, score the best one's ranked generator on the test split, write best/.
 
@@ -359,18 +410,7 @@ def report_best(config: ExperimentConfig, path: str, results: Any, evaluator: An
     with best.checkpoint.as_directory() as checkpoint_dir:
         generator = load_generator(Path(checkpoint_dir) / GENERATOR_FILE)
         samples = generate(generator, config.eval.num_samples, seed=config.eval.seed)
-        scores = ray.get(evaluator.score_test.remote(ray.put(samples.numpy())))
-        reference = ray.get(evaluator.reference.remote())
-        summary = {
-            **{k: scores[k] for k in ("parzen_valid_ll", "parzen_test_ll", "parzen_test_se", "sigma")},
-            "trial_id": best_row.trial_id,
-            "training_iteration": best_row.iterations,
-            "config": {k: v for k, v in best.config.items() if k != "experiment"},
-            "reference": {k: reference[k] for k in ("parzen_valid_ll", "parzen_test_ll", "parzen_test_se", "sigma")},
-            "dataset": config.data.name,
-            "num_samples": config.eval.num_samples,
-            "ranking_samples": min(config.eval.ranking_samples, config.eval.num_samples),
-        }
+        summary = _best_summary(config, best_row, best.config, samples.numpy(), evaluator)
         with tempfile.TemporaryDirectory() as staging:
             local_best = Path(path) / "best" if not _is_uri(path) else Path(staging) / "best"
             write_best(local_best, Path(checkpoint_dir) / GENERATOR_FILE, experiment_from_trial_config(best.config),
@@ -403,8 +443,8 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
         UserError: bad settings, missing data, or an existing experiment without ``resume``.
         KeyboardInterrupt: the run was interrupted (Ctrl-C); its state is saved for ``resume``.
     """
-    path, dataset = preflight(config, dataset)
-    results, evaluator, _data_refs = fit(config, path, dataset, verbose, callbacks)
+    path, dataset, quality = preflight(config, dataset)
+    results, evaluator, _data_refs = fit(config, path, dataset, quality, verbose, callbacks)
     return report_best(config, path, results, evaluator)
 
 

@@ -147,7 +147,8 @@ def test_a_bare_resume_continues_the_saved_experiment(workspace):
     storage, _, _ = workspace
     config = raygan_tune.config_from_args(["--name", "earlier", "--resume", "--storage-path", str(storage)])
     assert config.data.name == "fashion-mnist" and config.tune.resume  # the saved settings, not the defaults
-    path, _ = raygan_tune.preflight(config, dataset=object())  # accepted: nothing differs
+    path, _, quality = raygan_tune.preflight(config, dataset=object())  # accepted: nothing differs
+    assert quality is None  # this stand-in data set has no labels
     assert path == str(storage / "earlier")
 
 

@@ -102,6 +102,10 @@ VALID: dict[str, dict[str, st.SearchStrategy]] = {
         "cpus": positive,
         "gpus": st.none() | st.floats(0.0, 8.0, **finite),
         "seed": st.integers(0, 2**63 - 1),
+        "quality": st.sampled_from([None, True]),
+        "rank_by": st.just("parzen"),
+        "min_classes": st.none() | st.integers(1, 1000),
+        "min_class_share": st.floats(1e-6, 0.999, **finite),
     },
     "search": {
         "arch": _subset(ARCHS),
