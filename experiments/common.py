@@ -32,7 +32,8 @@ import torch
 
 from raygan import parzen
 from raygan.algorithm import GANTrainer
-from raygan.config import ExperimentConfig, replace
+from raygan import keys
+from raygan.config import EvalConfig, ExperimentConfig, replace
 from raygan.files import atomic_write_json
 from raygan.models import Generator, generate, save_generator
 
@@ -40,7 +41,6 @@ EXPERIMENTS_DIR = Path(__file__).resolve().parent
 REPO_DIR = EXPERIMENTS_DIR.parent
 RESULTS_DIR = EXPERIMENTS_DIR / "results"  # git-ignored: numbers, generators, Ray's experiment dirs
 DOCS_DIR = REPO_DIR / "docs"
-EVAL_SEED = 1234  # the same fixed noise raygan.trainable scores trials with
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,14 +204,14 @@ class ProcessTreeCpu:
 def parzen_row(generator: Generator, valid: np.ndarray, test: np.ndarray, num_samples: int, sigmas: tuple[float, ...]) -> dict[str, float]:
     """The paper's protocol for one model: ``num_samples`` samples (fixed noise), sigma chosen on
     ``valid``, the test LL ± SE at that sigma."""
-    samples = generate(generator, num_samples, seed=EVAL_SEED)
+    samples = generate(generator, num_samples, seed=EvalConfig().seed)
     r = parzen.evaluate(samples, valid, test, sigmas)
     return {"parzen_valid_ll": r.valid_ll, "parzen_test_ll": r.test_ll, "parzen_test_se": r.test_se, "sigma": r.sigma}
 
 
 def parzen_valid(generator: Generator, valid: np.ndarray, num_samples: int, sigmas: tuple[float, ...]) -> tuple[float, float]:
     """Validation LL at the best sigma of the grid (what trials are ranked on), and that sigma."""
-    sigma, valid_ll = parzen.validation_score(generate(generator, num_samples, seed=EVAL_SEED), valid, sigmas)
+    sigma, valid_ll = parzen.validation_score(generate(generator, num_samples, seed=EvalConfig().seed), valid, sigmas)
     return valid_ll, sigma
 
 
@@ -322,8 +322,8 @@ def read_trial_curves(path: Path) -> dict[str, list[dict[str, float]]]:
                     {
                         "step": int(r["training_iteration"]),
                         "iteration": int(float(r["algorithm/iteration"])),
-                        "parzen_valid_ll": _float(r.get("eval/parzen_valid_ll")),
-                        "sigma": _float(r.get("eval/sigma")),
+                        "parzen_valid_ll": _float(r.get(keys.PARZEN_VALID_LL)),
+                        "sigma": _float(r.get(keys.SIGMA)),
                         "tag": r.get("experiment_tag", ""),
                         "trial_id": r.get("trial_id", progress.parent.name),
                     }

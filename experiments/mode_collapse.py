@@ -32,7 +32,7 @@ import common
 import numpy as np
 import torch
 
-from raygan.config import load_config, replace
+from raygan.config import EvalConfig, load_config, replace
 from raygan.data import Dataset, load_dataset, mixture_centres, mixture_std
 from raygan.models import Generator, generate, load_generator
 
@@ -81,7 +81,7 @@ def coverage(points: np.ndarray, centres: np.ndarray, std: float, min_share: flo
 
 
 def _points(generator: Generator, n: int) -> np.ndarray:
-    return generate(generator, n, seed=common.EVAL_SEED + 1).reshape(n, 2).double().numpy()
+    return generate(generator, n, seed=EvalConfig().seed + 1).reshape(n, 2).double().numpy()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
