@@ -207,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ref = None
 
+    # A mode-collapsed generator: every sample within a pixel's noise of one image, so every pair
+    # is in reach of the kernel (what once sent every pair through a float64 refinement).
+    collapsed = torch.from_numpy(np.clip(samples[:1] + 1e-3 * rng.standard_normal(samples.shape), 0, 1).astype(np.float32))
+    c_times, _ = timed(lambda: parzen.evaluate(collapsed, v_t, t_t, chunk_size=args.chunk_size), args.repeats)
+    rows.append(("raygan.parzen.evaluate, a collapsed generator", min(c_times), "every sample near one image"))
+
     mm_times, _ = timed(lambda: torch.mm(v_t, s_t.T), args.repeats)
     rows.append((f"one float32 {len(valid)}x{n}x{dim} product alone", min(mm_times), "torch.mm, CPU"))
 
