@@ -125,7 +125,8 @@ class Dataset:
             return None
         if self.name in NUM_CLASSES:
             return NUM_CLASSES[self.name]
-        return 1 + max((int(y.max()) for y in (self.train_labels, self.valid_labels, self.test_labels) if len(y)), default=0)
+        splits = (self.train_labels, self.valid_labels, self.test_labels)
+        return 1 + max((int(y.max()) for y in splits if len(y)), default=0)
 
     @property
     def labelled(self) -> bool:

@@ -259,9 +259,8 @@ def format_quality(report: Report) -> str:
     ):
         k = len(q.histogram)
         count = "" if n is None else n
-        rows.append(
-            f"{name[:24]:<24} {count:>8} {q.fd:>9.2f} {f'{q.classes_covered}/{k}':>8} {q.tvd:>6.3f} {q.confidence:>11.3f}"
-        )
+        covered = f"{q.classes_covered}/{k}"
+        rows.append(f"{name[:24]:<24} {count:>8} {q.fd:>9.2f} {covered:>8} {q.tvd:>6.3f} {q.confidence:>11.3f}")
     rows.append(
         f"Read by {report.dataset}'s domain classifier (held-out accuracy {report.classifier_accuracy:.1%}): "
         "FD to the training split's features, classes with >= 2% of the samples, TVD to the training "
@@ -294,7 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="read the samples with the data set's domain classifier (FD, classes covered, TVD, confidence); "
         "default: where the data set has labels",
     )
-    p.add_argument("--cache-dir", default=None, help="where the classifier is cached (default ~/.cache/raygan/classifiers)")
+    p.add_argument(
+        "--cache-dir", default=None, help="where the classifier is cached (default ~/.cache/raygan/classifiers)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     args = p.parse_args(argv)
     try:

@@ -314,7 +314,21 @@ def train(dataset: Dataset, seed: int = 0) -> QualityModel:
     Adam on cross-entropy with a cosine-decayed learning rate, random shifts of up to
     ``MAX_SHIFT`` pixels; ``TRAIN_IMAGES`` images seen in all, and at least ``MIN_EPOCHS`` epochs.
     The validation split is not used; the test split only measures the accuracy.
+
+    Training runs on one torch thread, restored afterwards: the weights are then bit-identical
+    whatever the caller's thread count (the cache key does not hold it), and batches of 64 small
+    images gain little from more threads while losing much to a busy machine (measured: 13 CPU-s
+    on one thread, 214 CPU-s on two threads sharing two cores with other work).
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(dataset, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(dataset: Dataset, seed: int) -> QualityModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         classifier = DomainClassifier(dataset.shape, dataset.num_classes)

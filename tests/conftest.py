@@ -75,16 +75,9 @@ def quality_cache_dir(tmp_path_factory):
 def mnist5k_quality(mnist5k_labelled, quality_cache_dir):
     """The mnist5k domain classifier, trained once per session into ``quality_cache_dir`` (about 20 s);
     every quality test and the evaluate CLI's tests share it."""
-    import torch
-
     from raygan import quality
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same thread count as the tests, so a retrain reproduces it bit for bit
-    try:
-        lines: list[str] = []
-        model = quality.load_or_train(mnist5k_labelled, cache_dir=quality_cache_dir, log=lines.append)
-    finally:
-        torch.set_num_threads(before)
+    lines: list[str] = []
+    model = quality.load_or_train(mnist5k_labelled, cache_dir=quality_cache_dir, log=lines.append)
     assert len(lines) == 1 and "accuracy" in lines[0], lines
     return model

@@ -162,7 +162,8 @@ def test_json_has_parzen_and_quality_keys(samples_file, mnist5k, mnist5k_quality
     captured = capsys.readouterr()
     out = json.loads(captured.out)  # stdout is exactly one JSON object
     assert captured.err == ""  # the classifier was loaded, not trained
-    assert {"parzen_test_ll", "parzen_test_se", "sigma", "parzen_valid_ll", "num_samples", "quality", "reference"} <= set(out)
+    keys = {"parzen_test_ll", "parzen_test_se", "sigma", "parzen_valid_ll", "num_samples", "quality", "reference"}
+    assert keys <= set(out)
     want = parzen.evaluate(mnist5k.train[:300], mnist5k.valid, mnist5k.test)
     assert (out["sigma"], out["parzen_valid_ll"], out["parzen_test_ll"], out["parzen_test_se"]) == (
         want.sigma, want.valid_ll, want.test_ll, want.test_se

@@ -24,6 +24,11 @@ def one_sentence(message: str) -> bool:
     return "\n" not in message and message.count(". ") == 0
 
 
+def seeded_classifier(shape: tuple[int, int, int]) -> quality.DomainClassifier:
+    torch.manual_seed(0)
+    return quality.DomainClassifier(shape, 10)
+
+
 # ------------------------------------------------------------------------ the classifier
 
 
@@ -35,16 +40,11 @@ def test_heldout_accuracy_on_mnist5k(mnist5k_quality, mnist5k_labelled):
 
 def test_classifier_shapes_for_mnist_and_cifar_images():
     for shape in ((1, 28, 28), (3, 32, 32)):
-        net = DomainClassifierOf(shape)
+        net = seeded_classifier(shape)
         x = torch.rand(5, *shape)
         assert net(x).shape == (5, 10)
         assert net.features(x).shape == (5, 128)
         assert_close(net.head(net.features(x)), net.eval()(x))  # eval: dropout off, logits = head(features)
-
-
-def DomainClassifierOf(shape):
-    torch.manual_seed(0)
-    return quality.DomainClassifier(shape, 10)
 
 
 def test_validation_split_covers_every_class_and_matches_training_labels(mnist5k_quality, mnist5k_labelled):
@@ -162,7 +162,9 @@ def test_corrupt_cache_is_retrained_and_overwritten(mnist5k_quality, mnist5k_lab
 
 
 @pytest.mark.parametrize("damage", ["foreign dict", "other key", "bad shapes", "nan", "pickled object", "random bytes"])
-def test_foreign_or_mismatching_cache_files_are_refused(mnist5k_quality, mnist5k_labelled, quality_cache_dir, tmp_path, damage):
+def test_foreign_or_mismatching_cache_files_are_refused(
+    mnist5k_quality, mnist5k_labelled, quality_cache_dir, tmp_path, damage
+):
     key = quality.cache_key(mnist5k_labelled, 0)
     state = torch.load(quality.cache_path(mnist5k_labelled, quality_cache_dir), weights_only=True)
     path = tmp_path / "x.pt"
