@@ -11,6 +11,9 @@ Printed side by side, on the same samples:
   set (the samples as centres, sigma chosen on the validation split, the test split scored);
 - the forward pass alone, the floor for the classifier's part.
 
+Then what the classifier reads on real and on collapsed sets: the validation and test splits,
+copies of one training image, three classes only, the mean image repeated (blur), uniform noise.
+
 Samples: ``--num-samples`` images drawn from the data set's training split, each shifted by up to
 2 pixels, with noise of std 0.02, clipped to [0, 1] (images like real digits and generated samples).
 
@@ -61,6 +64,26 @@ def shifted_noisy(images: np.ndarray, n: int, rng: np.random.Generator) -> np.nd
 def row(name: str, walls: list[float], cpus: list[float], note: str = "") -> str:
     best, median = min(walls), statistics.median(walls)
     return f"{name:<38} {best:>8.3f} {median:>8.3f} {min(cpus):>8.3f}  {note}"
+
+
+def readings(model: quality.QualityModel, data) -> list[str]:
+    """The classifier's scores of real held-out images and of collapsed or blurred sets, one line each."""
+    rng = np.random.default_rng(0)
+    three = data.train[np.isin(data.train_labels, [1, 7, 9])]
+    sets = {
+        f"validation split ({len(data.valid):,}), the reference": data.valid,
+        f"test split ({len(data.test):,})": data.test,
+        f"1,000 copies of one training image (class {data.train_labels[0]})": np.repeat(data.train[:1], 1000, 0),
+        f"training images of classes 1, 7, 9 only ({len(three):,})": three,
+        "the mean validation image x 500 (blur)": np.repeat(data.valid.mean(0, keepdims=True), 500, 0),
+        "uniform noise (1,000)": rng.uniform(size=(1000, *data.shape)).astype(np.float32),
+    }
+    lines = [f"{'':<56} {'FD':>9} {'classes':>8} {'TVD':>6} {'confidence':>11}"]
+    for name, images in sets.items():
+        q = model.score(images)
+        covered = f"{q.classes_covered}/{model.num_classes}"
+        lines.append(f"{name:<56} {q.fd:>9.2f} {covered:>8} {q.tvd:>6.3f} {q.confidence:>11.3f}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         f"reference: FD {ref.fd:.2f}, classes {ref.classes_covered}/{model.num_classes}, "
         f"TVD {ref.tvd:.3f}, confidence {ref.confidence:.3f} (validation split)"
     )
+    print()
+    print("\n".join(readings(model, data)))
     print(f"# load average after: {os.getloadavg()[0]:.2f} (other processes share these cores: read CPU s too)")
     return 0
 
