@@ -210,3 +210,18 @@ def test_unlabelled_data_set_keeps_parzen_and_says_why_once(tmp_path, capsys):
     assert main(["--dataset", "ring-8", "--samples", str(points), "--num-samples", "200", "--quality"]) == 2
     err = errors_of(capsys)
     assert len(err) == 1 and err[0].startswith("error: ") and "no class labels" in err[0]
+
+
+@pytest.mark.slow
+def test_corrupt_classifier_cache_is_retrained_not_a_crash(
+    samples_file, mnist5k_labelled, quality_cache_dir, tmp_path, capsys
+):
+    from raygan import quality
+
+    cached = quality.cache_path(mnist5k_labelled, quality_cache_dir)
+    (tmp_path / cached.name).write_bytes(cached.read_bytes()[:1000])
+    assert main(["--samples", str(samples_file), "--num-samples", "100", "--cache-dir", str(tmp_path), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["quality"]["classes_covered"] == 10
+    err = captured.err.strip().splitlines()
+    assert len(err) == 2 and "unusable" in err[0] and "accuracy" in err[1], err
