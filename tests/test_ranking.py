@@ -62,3 +62,26 @@ def test_ranking_at_the_final_sample_count_is_fair_to_a_diverse_generator():
     from raygan.config import EvalConfig
 
     assert EvalConfig().ranking_samples == EvalConfig().num_samples
+
+
+def test_a_collapsed_trial_with_the_higher_parzen_score_ranks_below_a_diverse_one(mnist5k_labelled, mnist5k_quality):
+    """The population's evaluator on real mnist5k: 2,000 copies of real 1s and 7s (collapsed onto
+    two classes) beat noisy but varied real digits on Parzen, and still rank below them."""
+    from raygan import keys
+    from raygan.config import EvalConfig
+    from raygan.evaluator import ParzenEvaluator
+    from raygan.report import TrialRow, sort_leaderboard
+
+    data = mnist5k_labelled
+    rng = np.random.default_rng(0)
+    ones_and_sevens = data.train[np.isin(data.train_labels, [1, 7])]
+    collapsed = ones_and_sevens[rng.integers(len(ones_and_sevens), size=2000)]
+    noise = 0.35 * rng.standard_normal((2000, 1, 28, 28)).astype(np.float32)
+    diverse = np.clip(data.train[rng.integers(len(data.train), size=2000)] + noise, 0, 1)
+
+    evaluator = ParzenEvaluator(data.valid, data.test, None, EvalConfig(num_samples=2000), quality=mnist5k_quality)
+    scores = {name: evaluator.score_valid(s) for name, s in (("collapsed", collapsed), ("diverse", diverse))}
+    assert scores["collapsed"][keys.PARZEN_VALID_LL] > scores["diverse"][keys.PARZEN_VALID_LL] + 50
+    assert scores["collapsed"][keys.CLASSES_COVERED] == 2 and scores["diverse"][keys.CLASSES_COVERED] == 10
+    rows = [TrialRow(name, s[keys.PARZEN_VALID_LL], {}, 8, "OK", rank_score=s[keys.RANK_SCORE]) for name, s in scores.items()]
+    assert [row.trial_id for row in sort_leaderboard(rows)] == ["diverse", "collapsed"]
