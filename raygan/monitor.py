@@ -40,11 +40,13 @@ from torch.utils.tensorboard import SummaryWriter
 from raygan import hyperparameters, keys
 from raygan.config import SearchConfig
 from raygan.files import atomic_write_text
+from raygan.report import fmt as _fmt
+from raygan.report import nats as _nats
 
 # Result-dict keys with these prefixes are logged; the rest (Tune's bookkeeping, flags) is not.
 TAG_GROUPS = ("loss/", "d/", "eval/", "perf/", "hparams/")
 # What the HParams dashboard sets each trial's configuration against.
-HPARAMS_METRICS = (keys.PARZEN_VALID_LL, keys.D_REAL, keys.D_FAKE)
+HPARAMS_METRICS = (keys.PARZEN_VALID_LL, keys.FD, keys.CLASSES_COVERED, keys.TVD, keys.D_REAL, keys.D_FAKE)
 SAMPLES_TAG = "samples/fixed_z"
 FLUSH_SECS = 10  # how stale a live TensorBoard may be; flushing is done by the writer's own thread
 MAX_QUEUE = 100  # events buffered before add_* waits for the writer thread (one step writes ~15)
@@ -273,6 +275,7 @@ def write_experiment_summary(
         "best/parzen_valid_ll": summary.get("parzen_valid_ll"),
         "best/sigma": summary.get("sigma"),
         "reference/parzen_test_ll": reference.get("parzen_test_ll"),
+        **{f"best/{m}": (summary.get("quality") or {}).get(m) for m in ("fd", "classes_covered", "tvd")},
     }
     with SummaryWriter(str(logdir), flush_secs=FLUSH_SECS) as writer:
         writer.add_text("summary/leaderboard", table, step)
@@ -290,12 +293,13 @@ def leaderboard_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row.get("config", {}) if k not in keys]
-    header = ["#", "trial", "valid LL (nats)", "steps", "status", *keys]
+    measures = [m for m in ("fd", "classes_covered", "tvd") if any(m in (row.get("quality") or {}) for row in rows)]
+    header = ["#", "trial", "valid LL (nats)", *measures, "steps", "status", *keys]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, row in enumerate(rows, 1):
-        config = row.get("config", {})
-        cells = [rank, row.get("trial_id", ""), _nats(row.get("parzen_valid_ll")), row.get("iterations", ""),
-                 row.get("status", ""), *(_fmt(config.get(k)) for k in keys)]
+        config, quality = row.get("config", {}), row.get("quality") or {}
+        cells = [rank, row.get("trial_id", ""), _nats(row.get("parzen_valid_ll")), *(_fmt(quality.get(m)) for m in measures),
+                 row.get("iterations", ""), row.get("status", ""), *(_fmt(config.get(k)) for k in keys)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -313,6 +317,14 @@ def best_trial_markdown(summary: Mapping[str, Any]) -> str:
             f"Held-out-data reference (real training images as Parzen centres): "
             f"{_nats(reference.get('parzen_test_ll'))} ± {_nats(reference.get('parzen_test_se'))} nats "
             f"(sigma {_fmt(reference.get('sigma'))})."
+        )
+    quality = summary.get("quality")
+    if quality:
+        ref = quality.get("reference") or {}
+        lines.append(
+            f"Domain classifier: FD {_fmt(quality.get('fd'))}, classes covered {quality.get('classes_covered')}, "
+            f"TVD {_fmt(quality.get('tvd'))} (held-out data: FD {_fmt(ref.get('fd'))}, "
+            f"classes covered {ref.get('classes_covered')}, TVD {_fmt(ref.get('tvd'))})."
         )
     config = summary.get("config")
     if config:
@@ -347,12 +359,6 @@ def _hparams_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summa
     return summary
 
 
-def _nats(value: Any) -> str:
-    if _is_number(value) and math.isfinite(value):
-        return f"{float(value):.2f}"
-    return _fmt(value)
-
-
 def _image_summary(tag: str, image: torch.Tensor) -> summary_pb2.Summary:
     """An image summary of ``image`` (C, H, W) in [0, 1], C = 1 or 3, as PNG.
 
@@ -371,9 +377,3 @@ def _image_summary(tag: str, image: torch.Tensor) -> summary_pb2.Summary:
     summary.value.add(tag=tag, image=summary_pb2.Summary.Image(
         height=height, width=width, colorspace=channels, encoded_image_string=buffer.getvalue()))
     return summary
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return "" if value is None else str(value)
