@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -54,6 +56,8 @@ GPUS_PER_TRIAL = 0.25  # the fraction the README tells cluster users to pass
 # The fake provider tags its head node with this type name (and has no setting for another).
 FAKE_HEAD_TYPE = "ray.head.default"
 FAKE_NODE_ID_ENV = "RAY_OVERRIDE_NODE_ID_FOR_TESTING"  # each fake node's processes carry its id
+# Each worker node is labelled with its node type: the GCS forgets a dead node's resources, not its labels.
+NODE_TYPE_LABEL = "raygan/node-type"
 OBJECT_STORE_BYTES = 256 * 1024**2  # per node: only the data set (~20 MB) travels through it
 # A killed node is declared dead after 3 missed checks 1 s apart (Ray's default: 5 checks 3 s
 # apart), so the rehearsal's lost trials restart within seconds; on the loaded 2-core machine a
@@ -89,7 +93,8 @@ def local_cluster_config(cluster: dict, gcs_address: str, max_gpu_workers: int |
     Kept from ``cluster``: every node type's resources and min/max workers, the cluster's
     max_workers, upscaling speed and idle timeout. Replaced: the provider (fake_multinode, node
     ids as addresses, no SSH updaters), each ``node_config`` (empty: nothing to launch), the head
-    type's name (the fake provider's fixed one). Dropped: docker, auth, file mounts and setup
+    type's name (the fake provider's fixed one). Added: a small object store per node, and a
+    label with the node type on each worker. Dropped: docker, auth, file mounts and setup
     commands, which the fake nodes (processes sharing this checkout) do not run.
 
     Args:
@@ -109,6 +114,8 @@ def local_cluster_config(cluster: dict, gcs_address: str, max_gpu_workers: int |
             "min_workers": 0 if head else node_type.get("min_workers", 0),
             "max_workers": 0 if head else node_type.get("max_workers", cluster["max_workers"]),
         }
+        if not head:
+            local["labels"] = {NODE_TYPE_LABEL: name}
         if not head and max_gpu_workers is not None and node_type.get("resources", {}).get("GPU", 0) > 0:
             local["max_workers"] = min(local["max_workers"], max_gpu_workers)
         types[FAKE_HEAD_TYPE if head else name] = local
@@ -121,6 +128,7 @@ def local_cluster_config(cluster: dict, gcs_address: str, max_gpu_workers: int |
             "type": "fake_multinode",
             "gcs_address": gcs_address,
             "use_node_id_as_ip": True,
+            "launch_multiple": True,  # n nodes when the autoscaler asks for n, as a cloud provider does
             "disable_node_updaters": True,  # no SSH: a node is up when its raylet is
             "disable_launch_config_check": True,
         },
@@ -173,6 +181,14 @@ def iterations_redone(rows: Sequence[dict]) -> int:
         if after["training_iteration"] <= before["training_iteration"]:
             redone += before["training_iteration"] - (after["training_iteration"] - 1)
     return redone
+
+
+def resume_step(rows: Sequence[dict], lost_node: str) -> int | None:
+    """The checkpoint step a trial resumed from after leaving ``lost_node`` (None: it never left it)."""
+    for before, after in zip(rows, rows[1:]):
+        if before["node_id"] == lost_node and after["node_id"] != lost_node:
+            return after["training_iteration"] - 1
+    return None
 
 
 def trials_per_node(trials: dict[str, list[dict]]) -> dict[str, int]:
@@ -338,8 +354,19 @@ class Rehearsal:
         self.env = self._environment()
 
     def _environment(self) -> dict[str, str]:
+        """Every process's environment: none of the caller's RAY_* settings, this cluster's own.
+
+        Token authentication is on, as on cluster.yaml's nodes, with a token of this cluster's own
+        in its temp dir: a token in ~/.ray/auth_token (which `ray start` would otherwise pick up
+        and a driver would not) is never read or written.
+        """
+        token = self.temp / "auth_token"
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         env.update(
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN_PATH=str(token),
             RAY_TMPDIR=str(self.temp),  # Ray's files, and where `--address auto` looks
             RAY_FAKE_CLUSTER="1",
             AUTOSCALER_UPDATE_INTERVAL_S=str(AUTOSCALER_UPDATE_S),
@@ -445,7 +472,7 @@ class Rehearsal:
         code, tune_s, kill = self.run_tune()
         trials = read_results(self.experiment)
         facts = self.cluster_facts() if code == 0 or trials else None
-        report = summarise(trials, facts, self.max_iterations, self.checkpoint_every, kill)
+        report = summarise(trials, facts, gpu_worker_types(self.cluster), self.max_iterations, self.checkpoint_every, kill)
         report.update(tune_exit_code=code, tune_wall_s=round(tune_s, 1), wall_s=round(time.monotonic() - start, 1))
         report["cpu_fallback_trials"] = count_device_notes(self.experiment)
         if code != 0:
@@ -470,27 +497,38 @@ def cluster_facts(address: str) -> dict[str, Any]:
         actors = ray._private.state.actors().values()  # Ray's state API needs the dashboard, which is off
     finally:
         ray.shutdown()
-    workers = [n for n in nodes if n["NodeID"] != FAKE_HEAD_NODE_ID]
     return {
         "head": FAKE_HEAD_NODE_ID,
-        "gpu_nodes": sorted(n["NodeID"] for n in workers if n["Resources"].get("GPU", 0) > 0),
-        "worker_nodes": sorted(n["NodeID"] for n in workers),
+        "nodes": {
+            n["NodeID"]: {"alive": n["Alive"], "type": n.get("Labels", {}).get(NODE_TYPE_LABEL), "gpus": n["Resources"].get("GPU", 0)}
+            for n in nodes
+        },
         "evaluator_nodes": sorted({a["Address"]["NodeID"] for a in actors if a.get("Name") == evaluator_name(NAME)}),
     }
 
 
+def gpu_nodes(facts: dict, gpu_types: Sequence[str]) -> list[str]:
+    """The GPU workers among the nodes the cluster ever had, dead ones included (known by their type label)."""
+    return sorted(n for n, info in facts["nodes"].items() if n != facts["head"] and (info["gpus"] > 0 or info["type"] in gpu_types))
+
+
 def summarise(
-    trials: dict[str, list[dict]], facts: dict | None, max_iterations: int, checkpoint_every: int, kill: dict | None
+    trials: dict[str, list[dict]],
+    facts: dict | None,
+    gpu_types: Sequence[str],
+    max_iterations: int,
+    checkpoint_every: int,
+    kill: dict | None,
 ) -> dict[str, Any]:
     """The report: nodes started, trials per node, where the evaluator ran, finished trials, a lost node's cost."""
     per_node = trials_per_node(trials)
-    gpu_nodes = facts["gpu_nodes"] if facts else []
+    gpus = gpu_nodes(facts, gpu_types) if facts else []
     report: dict[str, Any] = {
-        "gpu_nodes_started": len(gpu_nodes),
+        "gpu_nodes_started": len(gpus),
         "trials": len(trials),
         "trials_finished": sum(rows[-1]["training_iteration"] >= max_iterations for rows in trials.values()),
-        "trials_per_node": {short(n): per_node.get(n, 0) for n in gpu_nodes} if facts else {short(n): c for n, c in per_node.items()},
-        "max_trials_per_gpu_node": max((per_node.get(n, 0) for n in gpu_nodes), default=0),
+        "trials_per_node": {short(n): per_node.get(n, 0) for n in gpus} if facts else {short(n): c for n, c in per_node.items()},
+        "max_trials_per_gpu_node": max((per_node.get(n, 0) for n in gpus), default=0),
         "trials_on_head": per_node.get(facts["head"], 0) if facts else None,
         "evaluator_on_head": bool(facts) and facts["evaluator_nodes"] == [facts["head"]],
         "evaluator_nodes": [short(n) for n in facts["evaluator_nodes"]] if facts else [],
@@ -504,6 +542,7 @@ def summarise(
         report["killed_at_s"] = kill["at_s"]
         report["killed_trials"] = len(affected)
         report["iterations_lost"] = lost
+        report["resumed_from_step"] = {t: resume_step(trials.get(t, []), kill["node"]) for t in affected}
         report["max_iterations_lost"] = max(lost.values(), default=0)
         report["lost_trials_resumed_on"] = sorted(
             {short(r["node_id"]) for t in affected for r in trials.get(t, []) if r["node_id"] != kill["node"]}
@@ -520,6 +559,7 @@ def count_device_notes(experiment: Path) -> int:
 
     from raygan.monitor import NOTES_PREFIX
 
+    logging.getLogger("tensorboard").setLevel(logging.ERROR)  # a restored trial's events make it warn
     count = 0
     for trial_dir in sorted(p for p in experiment.glob("*") if p.is_dir() and list(p.glob("events.out.tfevents.*"))):
         events = EventAccumulator(str(trial_dir), size_guidance={TENSORS: 0})
