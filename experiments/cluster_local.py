@@ -68,7 +68,7 @@ FAST_NODE_DEATH = {
     "health_check_timeout_ms": 5000,
     "health_check_failure_threshold": 3,
 }
-AUTOSCALER_UPDATE_S = 1  # the autoscaler's loop period (Ray's default 5 s): faster scale-up here
+AUTOSCALER_UPDATE_S = 5  # the autoscaler's loop period: Ray's default, as on the real cluster
 STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL for what is still alive after this long
 POLL_S = 1.0
 
