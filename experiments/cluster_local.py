@@ -31,6 +31,7 @@ is stopped by its id (SIGTERM, then SIGKILL), and none is left behind.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -42,9 +43,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import yaml
 
@@ -177,7 +179,7 @@ def iterations_redone(rows: Sequence[dict]) -> int:
     steps were redone.
     """
     redone = 0
-    for before, after in zip(rows, rows[1:]):
+    for before, after in itertools.pairwise(rows):
         if after["training_iteration"] <= before["training_iteration"]:
             redone += before["training_iteration"] - (after["training_iteration"] - 1)
     return redone
@@ -185,7 +187,7 @@ def iterations_redone(rows: Sequence[dict]) -> int:
 
 def resume_step(rows: Sequence[dict], lost_node: str) -> int | None:
     """The checkpoint step a trial resumed from after leaving ``lost_node`` (None: it never left it)."""
-    for before, after in zip(rows, rows[1:]):
+    for before, after in itertools.pairwise(rows):
         if before["node_id"] == lost_node and after["node_id"] != lost_node:
             return after["training_iteration"] - 1
     return None
@@ -399,8 +401,8 @@ class Rehearsal:
             f"--system-config={json.dumps(FAST_NODE_DEATH, separators=(',', ':'))}",
             "--disable-usage-stats",
         ]  # fmt: skip
-        log = open(self.temp / "head.log", "w")
-        process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.temp / "head.log", "w") as log:  # the child keeps its own copy of the descriptor
+            process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.sessions.ids.add(process.pid)
         deadline = time.monotonic() + 120
         while not port_in_use(self.host, self.port):
@@ -419,9 +421,10 @@ class Rehearsal:
             command += ["--num-trials", str(self.options.num_trials)]
         env = {**self.env, "RAY_ADDRESS": self.address}
         del env["RAY_FAKE_CLUSTER"]
-        out = None if self.options.verbose else open(self.temp / "tune.log", "w")
         start = time.monotonic()
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.temp / "tune.log", "w") as log:
+            out = None if self.options.verbose else log
+            process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.sessions.ids.add(process.pid)
         first_result, kill = None, None
         while process.poll() is None:
@@ -451,7 +454,7 @@ class Rehearsal:
     def cluster_facts(self) -> dict[str, Any]:
         """The nodes (live and dead) and where the evaluator ran, from the GCS (see :func:`cluster_facts`)."""
         command = [sys.executable, str(Path(__file__).resolve()), "--cluster-facts", self.address]
-        done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=120, start_new_session=True)
+        done = subprocess.run(command, check=False, env=self.env, capture_output=True, text=True, timeout=120, start_new_session=True)
         if done.returncode != 0:
             raise RehearsalError(f"could not read the cluster's nodes: {done.stderr.strip()[-2000:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
@@ -595,12 +598,14 @@ def format_report(report: dict[str, Any]) -> str:
         f"GPU worker nodes started by the autoscaler (from 0): {report['gpu_nodes_started']}",
         f"Trials per GPU node: {report['trials_per_node']} (most on one node: {report['max_trials_per_gpu_node']})",
         f"Parzen evaluator on the head: {report['evaluator_on_head']} (nodes {report['evaluator_nodes']})",
-        f"Trials finished: {report['trials_finished']} of {report['trials']} ({report['max_iterations']} steps each);"
-        f" trained on the CPU with a note that their GPU is not visible: {report['cpu_fallback_trials']}",
+        (
+            f"Trials finished: {report['trials_finished']} of {report['trials']} ({report['max_iterations']} steps each);"
+            f" trained on the CPU with a note that their GPU is not visible: {report['cpu_fallback_trials']}"
+        ),
     ]
     if "killed_node" in report:
         lines.append(
-            f"Killed GPU node {report['killed_node']} at {report['killed_at_s']} s with {report['killed_trials']} trials;"
+            f"Killed GPU node {report['killed_node']} {report['killed_at_s']} s into raygan.tune, with {report['killed_trials']} trials;"
             f" they resumed on {report['lost_trials_resumed_on']}, {report['lost_trials_finished']} finished;"
             f" steps trained again: {report['iterations_lost']} (checkpoint every {report['checkpoint_every']})"
         )
@@ -618,7 +623,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iterations", type=int, help="Tune steps per trial (default: the YAML's)")
     p.add_argument("--max-gpu-workers", type=int, help="cap the GPU workers below cluster.yaml's max_workers")
     p.add_argument("--kill-worker-after", type=float, metavar="S", help="kill one GPU worker S seconds after the first trial result")
-    p.add_argument("--timeout-s", type=float, default=600.0, help="give up (and clean up) after this many seconds of training")
+    p.add_argument("--timeout-s", type=float, default=600.0, help="give up (and clean up) when raygan.tune runs longer than this")
     p.add_argument("--storage-path", help="keep Tune's results here (default: a temp dir, deleted at the end)")
     p.add_argument("--verbose", action="store_true", help="show raygan.tune's output as it runs")
     p.add_argument("--cluster-facts", metavar="ADDRESS", help=argparse.SUPPRESS)  # internal: see cluster_facts()

@@ -22,7 +22,7 @@ import yaml
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
 
-import cluster_local  # noqa: E402
+import cluster_local
 
 CLUSTER = yaml.safe_load(cluster_local.CLUSTER_YAML.read_text())
 GPU_TYPE = "ray.worker.gpu"
