@@ -331,7 +331,7 @@ class Options:
     max_iterations: int | None = None  # Tune steps per trial; None: the YAML's
     max_gpu_workers: int | None = None  # cap on GPU workers (None: cluster.yaml's max_workers)
     kill_worker_after: float | None = None  # seconds after the first trial result; None: no node lost
-    timeout_s: float = 600.0  # the whole run, cluster start to stop
+    timeout_s: float = 600.0  # the tune run; past it the rehearsal stops everything and fails
     storage_path: str | None = None  # where Tune's results go (None: the rehearsal's temp dir, deleted)
     verbose: bool = False  # stream the tune driver's output instead of keeping it in a log
 
@@ -454,7 +454,8 @@ class Rehearsal:
     def cluster_facts(self) -> dict[str, Any]:
         """The nodes (live and dead) and where the evaluator ran, from the GCS (see :func:`cluster_facts`)."""
         command = [sys.executable, str(Path(__file__).resolve()), "--cluster-facts", self.address]
-        done = subprocess.run(command, check=False, env=self.env, capture_output=True, text=True, timeout=120, start_new_session=True)
+        # In this script's own session: a Ctrl-C reaches it, and it starts no processes of its own.
+        done = subprocess.run(command, check=False, env=self.env, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise RehearsalError(f"could not read the cluster's nodes: {done.stderr.strip()[-2000:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
@@ -543,6 +544,7 @@ def summarise(
         report["killed_node"] = short(kill["node"])
         report["killed_at_s"] = kill["at_s"]
         report["killed_trials"] = len(affected)
+        report["killed_processes"] = kill.get("processes_killed", 0)
         report["iterations_lost"] = lost
         report["resumed_from_step"] = {t: resume_step(trials.get(t, []), kill["node"]) for t in affected}
         report["max_iterations_lost"] = max(lost.values(), default=0)
