@@ -48,6 +48,7 @@ TAG_GROUPS = ("loss/", "d/", "eval/", "perf/", "hparams/")
 # What the HParams dashboard sets each trial's configuration against.
 HPARAMS_METRICS = (keys.PARZEN_VALID_LL, keys.FD, keys.CLASSES_COVERED, keys.TVD, keys.D_REAL, keys.D_FAKE)
 SAMPLES_TAG = "samples/fixed_z"
+NOTES_PREFIX = "notes/"  # one-off text notes of a trial (TrialMonitor.log_note)
 FLUSH_SECS = 10  # how stale a live TensorBoard may be; flushing is done by the writer's own thread
 MAX_QUEUE = 100  # events buffered before add_* waits for the writer thread (one step writes ~15)
 SUMMARY_FILE = "leaderboard.md"
@@ -193,6 +194,11 @@ class TrialMonitor:
             if value is not None and tag not in self._logged_at_last_step:
                 self._writer.add_scalar(tag, float(value), self._last_step)
                 self._mark(self._last_step, [tag])
+
+    def log_note(self, name: str, text: str, step: int = 0) -> None:
+        """Write a one-off text note under ``notes/<name>`` (TensorBoard's Text tab), e.g. why a
+        trial that was given a GPU trains on the CPU."""
+        self._writer.add_text(f"{NOTES_PREFIX}{name}", text, step)
 
     def resume_at(self, step: int) -> None:
         """Mark a restore: TensorBoard hides what earlier sessions of this run logged at ``step`` or later.

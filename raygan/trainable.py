@@ -44,11 +44,27 @@ def experiment_from_trial_config(config: dict[str, Any]) -> ExperimentConfig:
     return hyperparameters.apply(build(ExperimentConfig, config["experiment"]), config)
 
 
-def trial_device() -> torch.device:
-    """The GPU Ray assigned to this actor, or the CPU."""
-    if ray.get_gpu_ids() and torch.cuda.is_available():
-        return torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU
-    return torch.device("cpu")
+def trial_device(gpu_ids: list | None = None, cuda_available: bool | None = None) -> tuple[torch.device, str | None]:
+    """The GPU Ray assigned to this actor, or the CPU; and why not the GPU, where Ray assigned one.
+
+    A node can declare a GPU that torch cannot see: a fake GPU of Ray's fake multi-node provider
+    (experiments/cluster_local.py), or a real node whose driver is broken. Such a trial trains on
+    the CPU rather than failing, and the returned note says so.
+
+    Args:
+        gpu_ids: the GPUs Ray assigned (default: ``ray.get_gpu_ids()``).
+        cuda_available: whether torch sees a CUDA device (default: ``torch.cuda.is_available()``).
+
+    Returns:
+        The device, and None or a one-sentence note of the fallback to the CPU.
+    """
+    gpu_ids = ray.get_gpu_ids() if gpu_ids is None else gpu_ids
+    cuda_available = torch.cuda.is_available() if cuda_available is None else cuda_available
+    if gpu_ids and cuda_available:
+        return torch.device("cuda", 0), None  # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU
+    if gpu_ids:
+        return torch.device("cpu"), f"Ray assigned GPU {gpu_ids} to this trial but torch sees no CUDA device: training on the CPU"
+    return torch.device("cpu"), None
 
 
 def trial_log_dir(trainable: tune.Trainable) -> str:
@@ -86,7 +102,7 @@ class GANTrainable(tune.Trainable):
         self.experiment = experiment_from_trial_config(config)
         cpus = self.experiment.tune.cpus_per_trial
         torch.set_num_threads(max(1, int(cpus)))
-        self.device = trial_device()
+        self.device, device_note = trial_device()
         with warnings.catch_warnings():  # the object store's arrays are read-only; we never write them
             warnings.simplefilter("ignore", UserWarning)
             train = torch.from_numpy(data["train"]).to(self.device)  # zero-copy on the CPU
@@ -101,6 +117,9 @@ class GANTrainable(tune.Trainable):
         # (containers on one host, test clusters), and it shows where a trial went after a node loss.
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         self.monitor = self._open_monitor(config)
+        if device_note:  # said once per trial actor: in its log and in TensorBoard
+            warnings.warn(device_note, RuntimeWarning, stacklevel=1)
+            self.monitor.log_note("device", device_note)
 
     def _forget_scores(self) -> None:
         self.scores: dict[str, Any] = dict(NOT_SCORED)
