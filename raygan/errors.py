@@ -11,3 +11,7 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint or samples file that is missing, corrupt, or of the wrong kind."""
+
+
+class QualityError(UserError):
+    """Sample-quality measures asked for where they cannot be computed (a data set without labels)."""

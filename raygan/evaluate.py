@@ -1,44 +1,78 @@
-"""``python -m raygan.evaluate``: the paper's Parzen-window score for a generator or any model's samples.
+"""``python -m raygan.evaluate``: the paper's Parzen-window score for a generator or any model's samples,
+beside the domain classifier's sample-quality measures.
 
 Goodfellow et al. (2014), Section 5 / Table 1: sigma chosen on the validation split over the
 grid logspace(-1, 0, 10), then the mean test log-likelihood ± its standard error. Printed beside
 it, the held-out-data reference: the same protocol with real training images as the centres.
 
-    python -m raygan.evaluate --dataset mnist5k --checkpoint <best>/generator.pt
-    python -m raygan.evaluate --dataset mnist5k --samples other_model.npy --num-samples 10000
+On a labelled data set the same samples are also read by the data set's domain classifier
+(:mod:`raygan.quality`: FD, classes covered, TVD to the training labels, confidence), beside
+what the validation split scores. Parzen rewards blur and barely sees mode collapse; these see it.
 
-No Ray here: this calls :mod:`raygan.parzen` directly.
+    python -m raygan.evaluate --dataset mnist5k --checkpoint <best>/generator.pt
+    python -m raygan.evaluate --dataset mnist5k --samples other_model.npy --num-samples 10000 --json
+
+No Ray here: this calls :mod:`raygan.parzen` and :mod:`raygan.quality` directly.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import pickle
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from raygan import parzen
+from raygan import parzen, quality
 from raygan.config import DATASETS
 from raygan.data import Dataset, load_dataset
-from raygan.errors import CheckpointError, UserError
+from raygan.errors import CheckpointError, QualityError, UserError
 from raygan.models import generate, load_generator
 
 
 @dataclass(frozen=True)
 class Report:
-    """A model's Parzen score beside the held-out-data reference, on one data set."""
+    """A model's Parzen score and quality measures beside the held-out-data references, on one data set."""
 
     dataset: str
     source: str  # the samples file or checkpoint scored
-    num_samples: int  # the model's Parzen centres
+    num_samples: int  # the model's Parzen centres (and the samples the classifier reads)
     num_reference: int  # training images used as the reference's centres
     model: parzen.ParzenResult
     reference: parzen.ParzenResult
+    quality: quality.QualityScores | None = None  # the samples read by the domain classifier
+    quality_reference: quality.QualityScores | None = None  # the validation split, read the same way
+    classifier_accuracy: float | None = None  # the classifier's held-out (test split) accuracy
+    quality_note: str | None = None  # why quality is absent, when it is
+
+    def as_json(self) -> dict:
+        """One JSON-ready object; the keys of ``best/summary.json`` (``parzen_test_ll``, ``quality``, ...)."""
+        scores = None
+        if self.quality is not None:
+            scores = {**self.quality.as_dict(), "reference": self.quality_reference.as_dict()}
+            scores["classifier_accuracy"] = self.classifier_accuracy
+        return {
+            "dataset": self.dataset,
+            "source": self.source,
+            "num_samples": self.num_samples,
+            "sigma": self.model.sigma,
+            "parzen_valid_ll": self.model.valid_ll,
+            "parzen_test_ll": self.model.test_ll,
+            "parzen_test_se": self.model.test_se,
+            "reference": {
+                "num_samples": self.num_reference,
+                "sigma": self.reference.sigma,
+                "parzen_valid_ll": self.reference.valid_ll,
+                "parzen_test_ll": self.reference.test_ll,
+                "parzen_test_se": self.reference.test_se,
+            },
+            "quality": scores,
+        }
 
 
 def read_samples(path: str | Path) -> np.ndarray:
@@ -129,6 +163,9 @@ def evaluate_samples(
     num_samples: int = parzen.DEFAULT_NUM_SAMPLES,
     seed: int = 0,
     chunk_size: int = parzen.DEFAULT_CHUNK_SIZE,
+    with_quality: bool | None = None,
+    cache_dir: str | Path | None = None,
+    log: Callable[[str], None] = print,
 ) -> Report:
     """Score a samples file or a generator with the Parzen protocol, beside the held-out-data reference.
 
@@ -141,12 +178,18 @@ def evaluate_samples(
         num_samples: Parzen centres for the model, and at most this many training images for the reference.
         seed: seeds the generator's noise and the reference's subset of training images.
         chunk_size: points per distance block (bounds memory).
+        with_quality: also read the samples with the domain classifier: True (a data set without
+            labels is an error), False, or None (where the data set has labels).
+        cache_dir: where the classifier is cached (None: ``$RAYGAN_CACHE_DIR`` or
+            ``~/.cache/raygan/classifiers``); it is trained there on first use.
+        log: gets the classifier's training line (its held-out accuracy).
 
     Returns:
         The :class:`Report`.
 
     Raises:
-        UserError: a bad argument, a missing or damaged file, or samples that do not fit the data set.
+        UserError: a bad argument, a missing or damaged file, or samples that do not fit the data
+            set; QualityError where ``with_quality`` is True and the data set has no labels.
     """
     if (samples is None) == (checkpoint is None):
         raise UserError("give exactly one of --samples FILE.npy and --checkpoint generator.pt")
@@ -162,13 +205,27 @@ def evaluate_samples(
         centres = generate_samples(checkpoint, data, num_samples, seed)
     model = parzen.evaluate(centres, data.valid, data.test, chunk_size=chunk_size)
     reference = parzen.reference(data.train, data.valid, data.test, num_samples, seed=seed, chunk_size=chunk_size)
-    return Report(
+    report = Report(
         dataset=dataset,
         source=str(samples if samples is not None else checkpoint),
         num_samples=len(centres),
         num_reference=min(num_samples, len(data.train)),
         model=model,
         reference=reference,
+    )
+    if with_quality is False:
+        return report
+    try:
+        classifier = quality.load_or_train(data, cache_dir=cache_dir, seed=0, log=log)
+    except QualityError as e:
+        if with_quality:
+            raise
+        return replace(report, quality_note=str(e))
+    return replace(
+        report,
+        quality=classifier.score(centres),
+        quality_reference=classifier.reference(data.valid),
+        classifier_accuracy=classifier.accuracy,
     )
 
 
@@ -184,6 +241,31 @@ def format_report(report: Report) -> str:
     rows.append(
         f"Parzen-window log-likelihood on {report.dataset} (Goodfellow et al. 2014, Table 1); "
         "sigma chosen on the validation split."
+    )
+    if report.quality is not None:
+        rows += ["", format_quality(report)]
+    elif report.quality_note is not None:
+        rows += ["", f"quality measures not computed: {report.quality_note}."]
+    return "\n".join(rows)
+
+
+def format_quality(report: Report) -> str:
+    """The domain classifier's reading of the samples beside the validation split's, as the CLI prints it."""
+    header = f"{'':<24} {'samples':>8} {'FD':>9} {'classes':>8} {'TVD':>6} {'confidence':>11}"
+    rows = [header]
+    for name, n, q in (
+        (Path(report.source).name, report.num_samples, report.quality),
+        ("held-out data (valid)", None, report.quality_reference),
+    ):
+        k = len(q.histogram)
+        count = "" if n is None else n
+        rows.append(
+            f"{name[:24]:<24} {count:>8} {q.fd:>9.2f} {f'{q.classes_covered}/{k}':>8} {q.tvd:>6.3f} {q.confidence:>11.3f}"
+        )
+    rows.append(
+        f"Read by {report.dataset}'s domain classifier (held-out accuracy {report.classifier_accuracy:.1%}): "
+        "FD to the training split's features, classes with >= 2% of the samples, TVD to the training "
+        "labels, mean top-class probability."
     )
     return "\n".join(rows)
 
@@ -205,6 +287,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--num-samples", type=int, default=parzen.DEFAULT_NUM_SAMPLES, help="Parzen centres (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="seeds the generator's noise and the reference's subset")
     p.add_argument("--chunk-size", type=int, default=parzen.DEFAULT_CHUNK_SIZE, help="points per distance block")
+    p.add_argument(
+        "--quality",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="read the samples with the data set's domain classifier (FD, classes covered, TVD, confidence); "
+        "default: where the data set has labels",
+    )
+    p.add_argument("--cache-dir", default=None, help="where the classifier is cached (default ~/.cache/raygan/classifiers)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     args = p.parse_args(argv)
     try:
         report = evaluate_samples(
@@ -215,11 +306,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_samples=args.num_samples,
             seed=args.seed,
             chunk_size=args.chunk_size,
+            with_quality=args.quality,
+            cache_dir=args.cache_dir,
+            log=lambda line: print(line, file=sys.stderr),  # stdout stays one table or one JSON object
         )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_report(report))
+    if args.json:
+        if report.quality_note is not None:
+            print(f"quality measures not computed: {report.quality_note}.", file=sys.stderr)
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print(format_report(report))
     return 0
 
 

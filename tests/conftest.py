@@ -152,3 +152,36 @@ def evaluator(ray_local):
     handle = get_or_create_evaluator(data.valid, data.test, data.train, config.eval, name=evaluator_name(config.tune.name))
     yield handle
     ray_local.kill(handle)
+
+
+@pytest.fixture(scope="session")
+def mnist5k_labelled():
+    """mnist5k with its labels, loaded once for the quality tests."""
+    from raygan.data import load_dataset
+
+    return load_dataset("mnist5k")
+
+
+@pytest.fixture(scope="session")
+def quality_cache_dir(tmp_path_factory):
+    """A classifier cache for this session only (never ~/.cache)."""
+    return tmp_path_factory.mktemp("classifiers")
+
+
+@pytest.fixture(scope="session")
+def mnist5k_quality(mnist5k_labelled, quality_cache_dir):
+    """The mnist5k domain classifier, trained once per session into ``quality_cache_dir`` (about 20 s);
+    every quality test and the evaluate CLI's tests share it."""
+    import torch
+
+    from raygan import quality
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same thread count as the tests, so a retrain reproduces it bit for bit
+    try:
+        lines: list[str] = []
+        model = quality.load_or_train(mnist5k_labelled, cache_dir=quality_cache_dir, log=lines.append)
+    finally:
+        torch.set_num_threads(before)
+    assert len(lines) == 1 and "accuracy" in lines[0], lines
+    return model

