@@ -4,17 +4,18 @@ A population ends with several generators that are each good at part of the data
 (Schmiedlechner et al. 2018; Toutouh et al. 2019, "Spatial evolutionary generative adversarial
 networks") samples from a weighted mixture of its generators, the weights evolved to lower the
 mixture's FID; on MNIST the mixture's class-histogram TVD and FID fall well below one
-generator's. Here the weights are fitted once, at the end of a run, on validation data only:
+generator's. Here the weights are fitted once, at the end of a run, never on the test split:
 
 - ``parzen``: the mixture's Parzen density is the weighted sum of the members' Parzen densities,
   so the weights that maximise the mean validation log-likelihood solve a concave problem on the
   simplex, max_w (1/P) sum_i log sum_j w_j p_j(x_i). EM (Dempster et al. 1977; the mixture-
   weights-only case) climbs it: r_ji = w_j p_j(x_i) / sum_k w_k p_k(x_i), then w_j = mean_i r_ji.
   Each member's p_j is its own Parzen window at its own sigma, chosen on the validation split.
-- ``fd`` (or ``tvd``): the mixture's feature mean and covariance in the domain classifier's
-  feature space are closed-form mixtures of the members' moments, and its class histogram is the
-  weighted sum of theirs, so a small search on the simplex (a grid, then local moves of shrinking
-  size) needs no resampling per candidate.
+- ``fd`` (or ``tvd``), to the training split's features (labels), which every FD and TVD in
+  raygan is measured against: the mixture's feature mean and covariance in the domain
+  classifier's feature space are closed-form mixtures of the members' moments, and its class
+  histogram is the weighted sum of theirs, so a small search on the simplex (a grid, then local
+  moves of shrinking size) needs no resampling per candidate.
 
 Sampling draws each sample's component by weight, then z from that component's own prior.
 The mixture saves as one self-describing file (``best/mixture.pt``, format ``raygan-mixture/1``)
@@ -48,6 +49,11 @@ from raygan.models import GENERATOR_FORMAT, Generator, generate, generator_from_
 
 FORMAT = "raygan-mixture/1"
 FIT_TO = ("parzen", "fd", "tvd")  # what the weights are fitted to (fd, tvd: the domain classifier's)
+FITTED_ON = {  # what each fit reads, as the CLI says it; none reads the test split
+    "parzen": "the Parzen log-likelihood of the validation split",
+    "fd": "the FD to the training split's features",
+    "tvd": "the TVD to the training split's labels",
+}
 DEFAULT_MEMBERS = 4  # the top trials that are not diverged
 MIXTURE_FILE = "mixture.pt"  # written into the run's best/ directory
 WEIGHT_TOL = 1e-6  # weights must sum to 1 within this
@@ -407,7 +413,7 @@ def fit(
     sigmas: Sequence[float] | None = None,
     chunk_size: int = parzen.DEFAULT_CHUNK_SIZE,
 ) -> GeneratorMixture:
-    """Fit the mixture's weights on validation data only (the test split is never read); deterministic.
+    """Fit the mixture's weights, never on the test split; deterministic (the same inputs, the same weights).
 
     Args:
         members: the generators.
@@ -656,7 +662,7 @@ def format_comparison(c: Comparison) -> str:
         rows.append(cells)
     weights = ", ".join(f"{m.trial_id} {w:.3f}" for m, w in zip(c.members, c.mixture.weights))
     rows += [
-        f"weights (fitted to {c.mixture.fit['fit_to']} on the validation split): {weights}",
+        f"weights (fitted to {FITTED_ON[c.mixture.fit['fit_to']]}): {weights}",
         f"Parzen test LL in nats on {c.dataset}, sigma chosen on validation (held-out data: training images as centres);"
         " FD, classes and TVD read by the domain classifier (held-out data: the validation split).",
         f"mixture saved to {c.out}",
