@@ -45,7 +45,13 @@ import torch
 from raygan import keys, parzen, quality
 from raygan.errors import CheckpointError, UserError
 from raygan.files import atomic_torch_save
-from raygan.models import GENERATOR_FORMAT, Generator, generate, generator_from_state, generator_state
+from raygan.models import (
+    GENERATOR_FORMAT,
+    Generator,
+    generate,
+    generator_from_state,
+    generator_state,
+)
 
 FORMAT = "raygan-mixture/1"
 FIT_TO = ("parzen", "fd", "tvd")  # what the weights are fitted to (fd, tvd: the domain classifier's)
@@ -211,7 +217,7 @@ def _read(path: str | Path, what: str) -> Any:
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # on arbitrary bytes the unpickler also raises KeyError, IndexError, struct.error...
+    except Exception as e:  # noqa: BLE001 - on arbitrary bytes the unpickler also raises KeyError, struct.error...
         raise CheckpointError(f"{str(path)!r} is not a raygan {what} checkpoint ({e.__class__.__name__})") from None
 
 
@@ -633,7 +639,10 @@ def build_from_run(
     mixture.save(out)
     log(f"mixture: saved to {str(out)!r}; scoring it beside the best single trial")
     e = config.eval
-    measure = lambda s: score(s, data, e.sigmas, e.chunk_size, model, e.min_class_share)  # noqa: E731
+
+    def measure(samples: Any) -> Scores:
+        return score(samples, data, e.sigmas, e.chunk_size, model, e.min_class_share)
+
     reference = parzen.reference(data.train, data.valid, data.test, n, e.sigmas, seed=e.seed, chunk_size=e.chunk_size)
     reference_quality = None if model is None else model.reference(data.valid, min_share=e.min_class_share)
     return Comparison(
@@ -656,15 +665,16 @@ def format_comparison(c: Comparison) -> str:
     for name, s in ((f"mixture of {len(c.members)}", c.scores), (f"best single ({c.members[0].trial_id})", c.best),
                     ("held-out data", c.reference)):
         p, q = s.parzen, s.quality
-        cells = f"{name[:26]:<26} {s.num_samples:>8} {p.sigma:>7.4f} {p.valid_ll:>9.2f} {p.test_ll:>9.2f} ± {p.test_se:<4.2f}"
+        cells = (f"{name[:26]:<26} {s.num_samples:>8} {p.sigma:>7.4f} {p.valid_ll:>9.2f}"
+                 f" {p.test_ll:>9.2f} ± {p.test_se:<4.2f}")
         if q is not None:
             cells += f" {q.fd:>8.2f} {f'{q.classes_covered}/{len(q.histogram)}':>8} {q.tvd:>6.3f}"
         rows.append(cells)
     weights = ", ".join(f"{m.trial_id} {w:.3f}" for m, w in zip(c.members, c.mixture.weights))
     rows += [
         f"weights (fitted to {FITTED_ON[c.mixture.fit['fit_to']]}): {weights}",
-        f"Parzen test LL in nats on {c.dataset}, sigma chosen on validation (held-out data: training images as centres);"
-        " FD, classes and TVD read by the domain classifier (held-out data: the validation split).",
+        (f"Parzen test LL in nats on {c.dataset}, sigma chosen on validation (held-out data: training images as "
+         "centres); FD, classes and TVD read by the domain classifier (held-out data: the validation split)."),
         f"mixture saved to {c.out}",
     ]
     return "\n".join(rows)

@@ -16,7 +16,13 @@ from raygan import parzen
 from raygan.config import EvalConfig, ExperimentConfig, ModelConfig, to_dict
 from raygan.errors import CheckpointError
 from raygan.evaluate import evaluate_samples
-from raygan.models import GENERATOR_FORMAT, Generator, generate, generator_state, save_generator
+from raygan.models import (
+    GENERATOR_FORMAT,
+    Generator,
+    generate,
+    generator_state,
+    save_generator,
+)
 
 
 def constant_generator(image: np.ndarray, bounded: bool = True) -> Generator:
@@ -42,7 +48,7 @@ def points_mixture(values=(0.1, 0.5, 0.9), weights=(0.2, 0.5, 0.3)) -> mx.Genera
 def _two_component_optimum(a: np.ndarray, b: np.ndarray) -> float:
     """The w maximising sum_i log(w a_i + (1-w) b_i): the root of its derivative
     sum_i (a_i - b_i) / (w a_i + (1-w) b_i), which decreases in w, by bisection in float64."""
-    grad = lambda w: np.sum((a - b) / (w * a + (1 - w) * b))  # noqa: E731
+    grad = lambda w: np.sum((a - b) / (w * a + (1 - w) * b))
     assert grad(0.0) > 0 > grad(1.0)  # the optimum is interior
     lo, hi = 0.0, 1.0
     for _ in range(200):
@@ -195,7 +201,7 @@ def test_a_member_draws_from_its_own_prior():
     torch.manual_seed(0)
     gs = [Generator(ModelConfig(noise_dim=3, g_hidden=(8,), prior=p), (1, 2, 2)) for p in ("uniform", "gaussian")]
     m = mx.GeneratorMixture(gs, [0.0, 1.0])
-    comps, seeds = m._draw(20, seed=5)
+    _, seeds = m._draw(20, seed=5)
     torch.testing.assert_close(m.sample(20, seed=5), generate(gs[1], 20, seed=seeds[1]), atol=0, rtol=0)
 
 
@@ -424,3 +430,13 @@ def test_the_cli_refuses_bad_input_with_one_sentence(run_dir, tmp_path, capsys):
         assert mx.main(argv) == 2, argv
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == len(cases) and all(e.startswith("error: ") for e in errors), errors
+
+
+def test_as_a_user_runs_it_there_is_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "raygan.mixture", "--run", str(tmp_path)],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 2
+    assert run.stderr.startswith("error: ") and run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
