@@ -10,6 +10,7 @@ On a labelled data set the same samples are also read by the data set's domain c
 what the validation split scores. Parzen rewards blur and barely sees mode collapse; these see it.
 
     python -m raygan.evaluate --dataset mnist5k --checkpoint <best>/generator.pt
+    python -m raygan.evaluate --dataset mnist5k --checkpoint <best>/mixture.pt   # raygan.mixture's
     python -m raygan.evaluate --dataset mnist5k --samples other_model.npy --num-samples 10000 --json
 
 No Ray here: this calls :mod:`raygan.parzen` and :mod:`raygan.quality` directly.
@@ -32,7 +33,7 @@ from raygan import parzen, quality
 from raygan.config import DATASETS
 from raygan.data import Dataset, load_dataset
 from raygan.errors import CheckpointError, QualityError, UserError
-from raygan.models import generate, load_generator
+from raygan.mixture import draw, load_samplable
 
 
 @dataclass(frozen=True)
@@ -133,10 +134,10 @@ def check_samples(array: np.ndarray, dataset: Dataset, source: str = "the sample
 
 
 def generate_samples(checkpoint: str | Path, dataset: Dataset, num: int, seed: int = 0) -> np.ndarray:
-    """Draw ``num`` samples from a raygan generator file, checking it was trained on ``dataset``'s shape.
+    """Draw ``num`` samples from a raygan generator or mixture file, checking it was trained on ``dataset``'s shape.
 
     Args:
-        checkpoint: a ``generator.pt`` written by raygan.
+        checkpoint: a ``generator.pt`` or ``mixture.pt`` written by raygan.
         dataset: the data set the generator models.
         num: number of samples.
         seed: seeds the noise.
@@ -145,13 +146,13 @@ def generate_samples(checkpoint: str | Path, dataset: Dataset, num: int, seed: i
         float32 samples of shape (num, C, H, W).
 
     Raises:
-        CheckpointError: the file is missing, not a raygan generator, or for another shape.
+        CheckpointError: the file is missing, neither a raygan generator nor a mixture, or for another shape.
     """
-    generator = load_generator(checkpoint, device="cpu")
-    if tuple(generator.data_shape) != dataset.shape:
-        shape = tuple(generator.data_shape)
+    model = load_samplable(checkpoint, device="cpu")
+    if tuple(model.data_shape) != dataset.shape:
+        shape = tuple(model.data_shape)
         raise CheckpointError(f"{str(checkpoint)!r} generates {shape} samples, but {dataset.name} is {dataset.shape}")
-    return generate(generator, num, seed=seed).numpy()
+    return draw(model, num, seed=seed).numpy()
 
 
 def evaluate_samples(
@@ -173,7 +174,7 @@ def evaluate_samples(
         dataset: a data set name (see :data:`raygan.config.DATASETS`).
         samples: a .npy file of samples (exactly one of ``samples`` and ``checkpoint``); its first
             ``num_samples`` rows are the centres.
-        checkpoint: a raygan ``generator.pt``; ``num_samples`` samples are drawn from it.
+        checkpoint: a raygan ``generator.pt`` or ``mixture.pt``; ``num_samples`` samples are drawn from it.
         data_root: where the data set's files are (None: its default place).
         num_samples: Parzen centres for the model, and at most this many training images for the reference.
         seed: seeds the generator's noise and the reference's subset of training images.
@@ -192,7 +193,7 @@ def evaluate_samples(
             set; QualityError where ``with_quality`` is True and the data set has no labels.
     """
     if (samples is None) == (checkpoint is None):
-        raise UserError("give exactly one of --samples FILE.npy and --checkpoint generator.pt")
+        raise UserError("give exactly one of --samples FILE.npy and --checkpoint generator.pt (or mixture.pt)")
     if num_samples < 1:
         raise UserError(f"--num-samples must be at least 1, got {num_samples}")
     if chunk_size < 1:
@@ -279,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dataset", default="mnist5k", choices=DATASETS, help="default mnist5k")
     p.add_argument("--data-root", default=None, help="where the data set's files are (default: its usual place)")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a raygan generator.pt")
+    source.add_argument("--checkpoint", help="a raygan generator.pt or mixture.pt")
     source.add_argument(
         "--samples", help="a .npy of any model's samples: N x 784 or N x C x H x W, in [0, 1] for images"
     )

@@ -218,11 +218,24 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Gene
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # on arbitrary bytes the unpickler also raises KeyError, IndexError, struct.error...
         raise CheckpointError(f"{str(path)!r} is not a raygan generator checkpoint ({e.__class__.__name__})") from None
+    return generator_from_state(state, repr(str(path))).to(device)
+
+
+def generator_from_state(state: Any, source: str) -> Generator:
+    """Rebuild a generator, on the CPU and in eval mode, from a :func:`generator_state` dict.
+
+    Args:
+        state: what :func:`generator_state` returned, as read back with ``weights_only=True``.
+        source: where it came from, for messages (a quoted path).
+
+    Raises:
+        CheckpointError: ``state`` is not a raygan generator's, or is damaged.
+    """
     if not isinstance(state, dict) or state.get("format") != GENERATOR_FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a raygan generator checkpoint (expected format {GENERATOR_FORMAT})")
+        raise CheckpointError(f"{source} is not a raygan generator checkpoint (expected format {GENERATOR_FORMAT})")
     try:
         generator = Generator(build(ModelConfig, state["model"], "model"), tuple(state["data_shape"]), state["bounded"])
         generator.load_state_dict(state["state_dict"])
     except (KeyError, TypeError, RuntimeError, ConfigError) as e:
-        raise CheckpointError(f"{str(path)!r} holds a damaged generator ({e.__class__.__name__})") from None
-    return generator.to(device).eval()
+        raise CheckpointError(f"{source} holds a damaged generator ({e.__class__.__name__})") from None
+    return generator.eval()

@@ -1,4 +1,4 @@
-"""``python -m raygan.sample``: draw samples from a saved generator, as .npy or an image grid."""
+"""``python -m raygan.sample``: draw samples from a saved generator or mixture, as .npy or an image grid."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import torch
 
 from raygan.errors import UserError
 from raygan.files import atomic_write_bytes
-from raygan.models import generate, load_generator
+from raygan.mixture import draw, load_samplable
 
 
 def write_samples(checkpoint: str | Path, out: str | Path, num: int = 100, seed: int = 0) -> torch.Tensor:
-    """Draw ``num`` samples from the generator in ``checkpoint`` and write them to ``out``.
+    """Draw ``num`` samples from the generator or mixture in ``checkpoint`` and write them to ``out``.
 
     Args:
-        checkpoint: a ``generator.pt`` written by raygan (loaded with weights_only=True).
+        checkpoint: a ``generator.pt`` or ``mixture.pt`` written by raygan (loaded with weights_only=True).
         out: ``.npy`` for the raw samples (N, C, H, W) in [0, 1], ``.png`` for an image grid.
         num: number of samples.
         seed: seeds the noise.
@@ -37,7 +37,7 @@ def write_samples(checkpoint: str | Path, out: str | Path, num: int = 100, seed:
         raise UserError(f"--num must be at least 1, got {num}")
     if out.suffix not in (".npy", ".png"):
         raise UserError(f"--out must end in .npy (raw samples) or .png (an image grid), got {str(out)!r}")
-    samples = generate(load_generator(checkpoint), num, seed=seed)
+    samples = draw(load_samplable(checkpoint), num, seed=seed)
     if out.suffix == ".npy":
         buffer = io.BytesIO()
         np.save(buffer, samples.numpy())
@@ -55,8 +55,8 @@ def write_samples(checkpoint: str | Path, out: str | Path, num: int = 100, seed:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m raygan.sample``; returns the exit code."""
-    p = argparse.ArgumentParser(prog="python -m raygan.sample", description="Draw samples from a raygan generator checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="generator.pt (e.g. <storage>/<name>/best/generator.pt)")
+    p = argparse.ArgumentParser(prog="python -m raygan.sample", description="Draw samples from a raygan generator or mixture checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="generator.pt or mixture.pt (e.g. <storage>/<name>/best/generator.pt)")
     p.add_argument("--num", type=int, default=100, help="number of samples (default 100)")
     p.add_argument("--out", required=True, help="FILE.npy for raw samples in [0, 1], FILE.png for an image grid")
     p.add_argument("--seed", type=int, default=0)

@@ -70,3 +70,31 @@ def test_as_a_user_runs_it(tmp_path):
     )
     assert run.returncode == 2
     assert "Traceback" not in run.stderr and run.stderr.count("\n") == 1
+
+
+def test_a_mixture_file_samples_like_the_mixture(tmp_path):
+    from raygan.mixture import GeneratorMixture
+
+    torch.manual_seed(1)
+    members = [Generator(ModelConfig(noise_dim=8, g_hidden=(16,), prior=p), (1, 28, 28)) for p in ("uniform", "gaussian")]
+    mixture = GeneratorMixture(members, [0.3, 0.7], names=["a", "b"])
+    path = tmp_path / "mixture.pt"
+    mixture.save(path)
+    out = tmp_path / "m.npy"
+    assert main(["--checkpoint", str(path), "--num", "9", "--out", str(out), "--seed", "5"]) == 0
+    np.testing.assert_array_equal(np.load(out), mixture.sample(9, seed=5).numpy())
+    assert main(["--checkpoint", str(path), "--num", "16", "--out", str(tmp_path / "m.png")]) == 0
+    assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_tampered_mixture_file_is_one_sentence_and_exit_2(tmp_path, capsys):
+    from raygan.mixture import GeneratorMixture
+
+    members = [Generator(ModelConfig(noise_dim=8, g_hidden=(16,)), (1, 28, 28)) for _ in range(2)]
+    state = GeneratorMixture(members, [0.5, 0.5]).state()
+    state["weights"] = torch.tensor([0.9, 0.9], dtype=torch.float64)
+    torch.save(state, tmp_path / "mixture.pt")
+    assert main(["--checkpoint", str(tmp_path / "mixture.pt"), "--out", str(tmp_path / "x.npy")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "mixture" in err
+    assert not (tmp_path / "x.npy").exists()
