@@ -333,15 +333,37 @@ def fit(config: ExperimentConfig, path: str, dataset: Any, quality: Any = None, 
 # Step 3: report. Rank the trials' ranked states, score the best on the test split once, write best/.
 
 
+def _latest_checkpoint(result: Any) -> Any:
+    """The trial's most recent checkpoint that still holds its scored generator, or None.
+
+    Tune's ``result.checkpoint`` can name a checkpoint that is gone (a trial that errored after
+    PBT's exploit); then the newest one kept on storage serves.
+    """
+    import pyarrow.fs
+
+    from raygan.trainable import SCORES_FILE
+
+    kept = [c for c, _ in (result.best_checkpoints or [])]  # oldest first
+    for checkpoint in [result.checkpoint, *reversed(kept)]:
+        if checkpoint is None:
+            continue
+        info = checkpoint.filesystem.get_file_info(f"{checkpoint.path}/{SCORES_FILE}")
+        if info.type == pyarrow.fs.FileType.File:
+            return checkpoint
+    return None
+
+
 def _trial_row(result: Any) -> tuple[TrialRow, Any]:
-    """A leaderboard row from the scores of the generator in the trial's latest checkpoint."""
+    """A leaderboard row from the scores of the generator in the trial's latest checkpoint, and
+    that checkpoint (None where the trial has none)."""
     from raygan import hyperparameters
     from raygan.trainable import read_scores
 
     metrics = result.metrics or {}
     scores = dict(metrics)
-    if result.checkpoint is not None:
-        with result.checkpoint.as_directory() as checkpoint_dir:
+    checkpoint = _latest_checkpoint(result)
+    if checkpoint is not None:
+        with checkpoint.as_directory() as checkpoint_dir:
             scores = read_scores(checkpoint_dir)
     row = TrialRow(
         trial_id=metrics.get(keys.TRIAL_ID, Path(result.path).name),
@@ -352,7 +374,7 @@ def _trial_row(result: Any) -> tuple[TrialRow, Any]:
         rank_score=finite_or(scores.get(keys.RANK_SCORE, scores.get(keys.PARZEN_VALID_LL))),
         quality={k.removeprefix("eval/"): scores[k] for k in (keys.FD, keys.CLASSES_COVERED, keys.TVD) if k in scores},
     )
-    return row, result
+    return row, checkpoint
 
 
 PARZEN_KEYS = ("parzen_valid_ll", "parzen_test_ll", "parzen_test_se", "sigma")
@@ -390,24 +412,24 @@ def report_best(config: ExperimentConfig, path: str, results: Any, evaluator: An
     Raises:
         UserError: every trial diverged, or none was scored or checkpointed.
     """
-    import ray
     import torch
 
     from raygan.models import generate, load_generator
     from raygan.monitor import write_experiment_summary
     from raygan.trainable import GENERATOR_FILE, experiment_from_trial_config
 
-    ranked = [_trial_row(result) for result in results]
-    leaderboard = sort_leaderboard([row for row, _ in ranked])
+    ranked = [(*_trial_row(result), result) for result in results]  # (row, checkpoint, result)
+    leaderboard = sort_leaderboard([row for row, _, _ in ranked])
     if not any(math.isfinite(row.rank_score) for row in leaderboard):
         # Nothing to rank (Tune would still name a lone trial "best", NaN generator and all).
         if any((r.metrics or {}).get(keys.DIVERGED) for r in results):
             raise UserError("every trial diverged (NaN or infinite losses); lower the learning rates (search.lr_d, search.lr_g)")
         raise UserError("no trial was scored; give the experiment more time (--time-budget-s, --max-iterations)")
-    best_row, best = max(ranked, key=lambda pair: (pair[0].rank_score, pair[0].parzen_valid_ll))
-    if best.checkpoint is None:
+    with_checkpoint = [entry for entry in ranked if entry[1] is not None]
+    if not with_checkpoint:
         raise UserError("no trial produced a checkpoint; give the experiment more time (--time-budget-s, --max-iterations)")
-    with best.checkpoint.as_directory() as checkpoint_dir:
+    best_row, best_checkpoint, best = max(with_checkpoint, key=lambda entry: (entry[0].rank_score, entry[0].parzen_valid_ll))
+    with best_checkpoint.as_directory() as checkpoint_dir:
         generator = load_generator(Path(checkpoint_dir) / GENERATOR_FILE)
         samples = generate(generator, config.eval.num_samples, seed=config.eval.seed)
         summary = _best_summary(config, best_row, best.config, samples.numpy(), evaluator)
@@ -422,7 +444,7 @@ def report_best(config: ExperimentConfig, path: str, results: Any, evaluator: An
 
                 pyarrow.fs.copy_files(str(local_best), f"{path}/best")
                 pyarrow.fs.copy_files(str(local_best.parent / "summary"), f"{path}/summary")
-    return Report(leaderboard, summary, reference, path, f"{path}/best")
+    return Report(leaderboard, summary, summary["reference"], path, f"{path}/best")
 
 
 def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int = 1, callbacks: Sequence[Any] = ()) -> Report:
