@@ -242,7 +242,7 @@ class GANTrainer:
                 sums[2] += torch.sigmoid(real_logits).mean() / k
                 sums[3] += torch.sigmoid(fake_logits).mean() / k
 
-        # one step on G, with a fresh noise minibatch
+        # one step on G, with a fresh noise minibatch (the released code steps D and G at once, on one draw)
         g_loss = generator_loss(D(G(self._noise(gen))), self.train.g_loss)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward(inputs=list(G.parameters()))  # D's gradients are not needed here

@@ -131,10 +131,10 @@ class TrainConfig:
     """
 
     k: int = 1  # discriminator steps per generator step; the paper used k = 1
-    batch_size: int = 64  # the minibatch size m (the paper's: 100)
+    batch_size: int = 32  # the minibatch size m (the paper's: 100)
     optimizer: str = "adam"  # the learning rule of both nets: "adam" or "sgd" (momentum SGD, the paper's)
-    lr_d: float = 2e-4  # D's learning rate (the paper's SGD: 0.1)
-    lr_g: float = 2e-4  # G's learning rate (the paper's SGD: 0.1)
+    lr_d: float = 1e-3  # D's learning rate (the paper's SGD: 0.1)
+    lr_g: float = 1e-3  # G's learning rate (the paper's SGD: 0.1)
     # The momentum: SGD's momentum, or Adam's beta1 (its running mean of gradients is a momentum).
     # It moves linearly from `momentum` to `final_momentum` over momentum_ramp_epochs (paper: 0.5 -> 0.7).
     momentum: float = 0.5
