@@ -1,8 +1,10 @@
 """Every setting of raygan as a frozen dataclass, YAML loading, and validation.
 
-Config is data: the dataclasses below are the one source of settings. Their defaults are the
-paper's where the paper gives one (Goodfellow et al., 2014, Section 5 and the released
-pylearn2 configs), and otherwise the setting that trains stably on the default data set.
+Config is data: the dataclasses below are the one source of settings. The model and training
+defaults are the recipe that learns every digit of the default data set on a CPU within
+minutes (a small conv pair trained by Adam; experiments/README.md, "Recipes on mnist5k"); the
+paper's own setting (Goodfellow et al., 2014, Section 5, as its released pylearn2 config ran
+it) is experiments/mnist_paper.yaml, and each field's comment names the paper's value.
 YAML files and command-line flags only fill them in. Validation lives beside each class and
 raises :class:`ConfigError` with one sentence that says what is wrong and what is allowed.
 """
