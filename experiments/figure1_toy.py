@@ -33,10 +33,12 @@ from raygan.data import TOY_1D_MEAN, TOY_1D_STD, load_dataset, toy_1d_density
 from raygan.models import generate
 
 # tests/test_algorithm.py::test_algorithm1_learns_the_1d_gaussian: G 4-32-32-1, D maxout 32x3 twice.
-MODEL = ModelConfig(noise_dim=4, prior="uniform", g_hidden=(32, 32), d_hidden=(32, 32), d_pieces=3,
+MODEL = ModelConfig(arch="mlp", noise_dim=4, prior="uniform", g_hidden=(32, 32), d_hidden=(32, 32), d_pieces=3,
                     d_input_dropout=0.0, d_hidden_dropout=0.0, d_max_norm=None)
-TRAIN = TrainConfig(k=3, batch_size=256, lr_d=0.05, lr_g=0.05, momentum=0.5, final_momentum=0.7,
-                    momentum_ramp_iters=2000, lr_decay=1.0015, min_lr=1e-6, g_loss="non-saturating", seed=0)
+# The momentum ramp: 2,000 iterations of 256 of toy-1d's 20,000 training points.
+TRAIN = TrainConfig(k=3, batch_size=256, optimizer="sgd", lr_d=0.1, lr_g=0.05, momentum=0.5, final_momentum=0.7,
+                    momentum_ramp_epochs=2000 * 256 / 20_000, lr_decay=1.0015, min_lr=1e-6, g_loss="non-saturating",
+                    seed=0)
 GRID = (-1.0, 7.0)
 
 

@@ -8,10 +8,12 @@
         update G by descending 1/m sum log(1 - D(G(z)))        (minimax, Eq. 1)
                  or ascending  1/m sum log D(G(z))              (non-saturating, Section 3)
 
-Both updates are SGD with momentum, with the schedules of the paper's released configs
-(momentum ramped linearly, learning rates decayed exponentially). The losses are computed on
-D's logits, using log sigmoid(l) = -softplus(-l) and log(1 - sigmoid(l)) = -softplus(l), so
-they stay finite when D saturates.
+The paper's updates are SGD with momentum; Algorithm 1 allows any gradient-based rule, and
+``train.optimizer`` picks momentum SGD or Adam (whose beta1 is the momentum). Both follow the
+schedules of the paper's released configs: the momentum ramped linearly over epochs, the
+learning rates decayed exponentially per iteration. The losses are computed on D's logits,
+using log sigmoid(l) = -softplus(-l) and log(1 - sigmoid(l)) = -softplus(l), so they stay
+finite when D saturates.
 
 All randomness (minibatch indices, noise, dropout masks) comes from one random stream owned by
 the :class:`GANTrainer`, saved in its state dict, so a resumed run continues identically.
@@ -34,8 +36,13 @@ from raygan.priors import sample_noise
 
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """-(mean log D(x) + mean log(1 - D(G(z)))): D descends this, i.e. ascends Eq. 1's value."""
-    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+    """-(mean log D(x) + mean log(1 - D(G(z)))) / 2: D descends this, i.e. ascends Eq. 1's value.
+
+    The factor 1/2 is the released code's: its D cost is the mean of the cost on the real and
+    on the generated half of the batch, so a learning rate moves D half as far as on the sum.
+    log 2 at the fixed point D = 1/2.
+    """
+    return 0.5 * (F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean())
 
 
 def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
@@ -53,11 +60,18 @@ def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
     raise ValueError(f"unknown generator loss {kind!r}")
 
 
+def _optimizer(net: torch.nn.Module, train: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """The learning rule of ``train.optimizer`` for ``net``; the schedule sets lr and momentum every iteration."""
+    if train.optimizer == "adam":
+        return torch.optim.Adam(net.parameters(), lr=lr, betas=(train.momentum, train.beta2))
+    return torch.optim.SGD(net.parameters(), lr=lr, momentum=train.momentum)
+
+
 @dataclass(frozen=True)
 class IterationMetrics:
     """Means over the iterations of one :meth:`GANTrainer.run` call.
 
-    d_loss: -(log D(x) + log(1 - D(G(z)))), averaged over the k D-steps (2 log 2 at the fixed point).
+    d_loss: -(log D(x) + log(1 - D(G(z)))) / 2, averaged over the k D-steps (log 2 at the fixed point).
     g_loss: the generator loss of the G-step.
     d_real: mean D(x); d_fake: mean D(G(z)) (both 1/2 at the fixed point, Proposition 1 with p_g = p_data).
     """
@@ -79,9 +93,10 @@ class GANTrainer:
 
     Args:
         model: sizes, architecture and the noise prior.
-        train: k, minibatch size, learning rates, momentum and schedules, G loss, seed.
+        train: k, minibatch size, learning rule, learning rates, momentum and schedules, G loss, seed.
         data: the training set, float32 (N, C, H, W), on the device to train on.
-        bounded: whether data points lie in [0, 1] (sigmoid output for G).
+        bounded: whether data points lie in [0, 1] (sigmoid output for G; with
+            ``model.g_marginal_bias`` G's output bias starts at logit(mean training pixel)).
     """
 
     def __init__(self, model: ModelConfig, train: TrainConfig, data: torch.Tensor, bounded: bool = True) -> None:
@@ -97,11 +112,13 @@ class GANTrainer:
             if self.device.type == "cuda":
                 self._stream().manual_seed(train.seed)
             self.generator = Generator(model, shape, bounded).to(self.device)
+            if bounded and model.g_marginal_bias:
+                self.generator.set_output_bias(data.mean(dim=0))  # the released code's init_bias_target_marginals
             self.discriminator = Discriminator(model, shape).to(self.device)
             self.discriminator.apply_max_norm()
             self._rng_state = self._capture_rng()
-        self.opt_d = torch.optim.SGD(self.discriminator.parameters(), lr=train.lr_d, momentum=train.momentum)
-        self.opt_g = torch.optim.SGD(self.generator.parameters(), lr=train.lr_g, momentum=train.momentum)
+        self.opt_d = _optimizer(self.discriminator, train, train.lr_d)
+        self.opt_g = _optimizer(self.generator, train, train.lr_g)
         self.iteration = 0
 
     # ---- hyperparameters -----------------------------------------------------------------
@@ -111,7 +128,13 @@ class GANTrainer:
         return self.generator.config
 
     def set_hyperparameters(self, train: TrainConfig, prior: str | None = None) -> None:
-        """Apply new settings in place (a PBT mutation): networks and optimiser states are kept."""
+        """Apply new settings in place (a PBT mutation): networks and optimiser states are kept.
+
+        Raises:
+            ValueError: ``train.optimizer`` differs: the learning rule's state belongs to its weights.
+        """
+        if train.optimizer != self.train.optimizer:
+            raise ValueError(f"the learning rule is fixed for a trainer ({self.train.optimizer}), got {train.optimizer}")
         self.train = train
         if prior is not None and prior != self.model.prior:
             from raygan.config import (
@@ -122,11 +145,17 @@ class GANTrainer:
             self.generator.config = new_model
             self.discriminator.config = new_model
 
+    @property
+    def epoch(self) -> float:
+        """Epochs done so far: iterations times minibatch size over the training set's size."""
+        return self.iteration * self.train.batch_size / self.data.shape[0]
+
     def _schedule(self) -> tuple[float, float, float]:
         """(lr_d, lr_g, momentum) at the current iteration, per the paper's configs."""
         t, c = self.iteration, self.train
-        decay = c.lr_decay ** (-t)
-        ramp = min(1.0, t / c.momentum_ramp_iters) if c.momentum_ramp_iters else 1.0
+        decay = c.lr_decay ** (-t)  # pylearn2's ExponentialDecay, per minibatch
+        # pylearn2's MomentumAdjustor steps once per epoch from epoch 1; this ramp moves every iteration from epoch 0.
+        ramp = min(1.0, self.epoch / c.momentum_ramp_epochs) if c.momentum_ramp_epochs else 1.0
         momentum = c.momentum + ramp * (c.final_momentum - c.momentum)
         return max(c.lr_d * decay, c.min_lr), max(c.lr_g * decay, c.min_lr), momentum
 
@@ -134,7 +163,11 @@ class GANTrainer:
         lr_d, lr_g, momentum = self._schedule()
         for opt, lr in ((self.opt_d, lr_d), (self.opt_g, lr_g)):
             for group in opt.param_groups:
-                group["lr"], group["momentum"] = lr, momentum
+                group["lr"] = lr
+                if self.train.optimizer == "adam":
+                    group["betas"] = (momentum, self.train.beta2)  # beta1 is Adam's momentum
+                else:
+                    group["momentum"] = momentum
 
     def current_hyperparameters(self) -> dict[str, float]:
         """The values in force now (after schedules): for logging, so PBT's mutations show as steps."""
@@ -163,6 +196,18 @@ class GANTrainer:
             if self.device.type == "cuda":
                 torch.cuda.set_rng_state(self._rng_state["cuda"], self.device)
             yield
+
+    def reseed(self, seed: int) -> None:
+        """Give the trainer a fresh random stream (minibatches, noise, dropout masks) from ``seed``.
+
+        For a copy of another trainer (PBT's exploit): drawing the donor's stream would make it
+        no new sample. Weights, optimiser states and the iteration counter are kept.
+        """
+        with self._forked_rng():
+            torch.default_generator.manual_seed(seed)
+            if self.device.type == "cuda":
+                self._stream().manual_seed(seed)
+            self._rng_state = self._capture_rng()
 
     def _stream(self) -> torch.Generator:
         """The generator that noise and minibatch indices are drawn from (the device's default one)."""
@@ -200,7 +245,7 @@ class GANTrainer:
                 sums[2] += torch.sigmoid(real_logits).mean() / k
                 sums[3] += torch.sigmoid(fake_logits).mean() / k
 
-        # one step on G, with a fresh noise minibatch
+        # one step on G, with a fresh noise minibatch (the released code steps D and G at once, on one draw)
         g_loss = generator_loss(D(G(self._noise(gen))), self.train.g_loss)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward(inputs=list(G.parameters()))  # D's gradients are not needed here

@@ -1,8 +1,10 @@
 """Every setting of raygan as a frozen dataclass, YAML loading, and validation.
 
-Config is data: the dataclasses below are the one source of settings. Their defaults are the
-paper's where the paper gives one (Goodfellow et al., 2014, Section 5 and the released
-pylearn2 configs), and otherwise the setting that trains stably on the default data set.
+Config is data: the dataclasses below are the one source of settings. The model and training
+defaults are the recipe that learns every digit of the default data set on a CPU within
+minutes (a small conv pair trained by Adam; experiments/README.md, "Recipes on mnist5k"); the
+paper's own setting (Goodfellow et al., 2014, Section 5, as its released pylearn2 config ran
+it) is experiments/mnist_paper.yaml, and each field's comment names the paper's value.
 YAML files and command-line flags only fill them in. Validation lives beside each class and
 raises :class:`ConfigError` with one sentence that says what is wrong and what is allowed.
 """
@@ -27,6 +29,7 @@ PRIORS = ("uniform", "gaussian", "truncated-normal", "hypersphere")
 G_LOSSES = ("non-saturating", "minimax")
 ARCHS = ("mlp", "conv")
 INITS = ("paper", "torch")
+OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("pbt", "asha", "random")
 RANK_BY = ("parzen", "fd")  # raygan.ranking's
 
@@ -74,25 +77,35 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The generator, its noise prior p_z, and the discriminator (paper Section 5, MNIST)."""
+    """The generator, its noise prior p_z, and the discriminator.
 
-    arch: str = "mlp"  # "mlp": the paper's MNIST pair; "conv": the CIFAR-10 pair of Figure 2d
+    The defaults are the pair that learns every digit of mnist5k on a CPU within minutes (a
+    small DCGAN-style conv pair; experiments/README.md, "Recipes on mnist5k"); the paper's
+    MNIST pair (Section 5) is ``arch: mlp`` with the sizes in experiments/mnist_paper.yaml.
+    """
+
+    # "conv": a DCGAN-style pair (transposed convolutions with batch norm in G, LeakyReLU
+    # convolutions in D), one stride-2 layer per halving of the image side down to 4-7 pixels;
+    # "mlp": the paper's MNIST pair (ReLU MLP G, maxout D), also the one for point sets.
+    arch: str = "conv"
     noise_dim: int = 100
-    prior: str = "uniform"  # the paper's p_z: uniform on [-1, 1], into the bottom layer only
-    g_hidden: tuple[int, ...] = (1200, 1200)  # ReLU units
-    d_hidden: tuple[int, ...] = (240, 240)  # maxout units
-    d_pieces: int = 5  # linear pieces per maxout unit
-    d_input_dropout: float = 0.2
-    d_hidden_dropout: float = 0.5
-    # Max L2 norm of each D unit's weight vector (pylearn2's max_col_norm 1.9365). In one probe
-    # on mnist5k (2,400 iterations, seed 0) lr 0.05 without it collapsed G onto one digit while lr
-    # 0.1 with it gave varied digits; other seeds collapse anyway (experiments/README.md): GANs
-    # are fragile, which is what the population search is for.
-    d_max_norm: float | None = 1.9365
-    conv_width: int = 64  # base channel count of the conv pair
-    # "paper": pylearn2's uniform ranges (G +-0.05, D +-0.005), tuned for 784-d images; "torch":
-    # PyTorch's fan-in scaled defaults, which small nets on 1-D/2-D points need (with the paper's
-    # ranges G collapses to a point on toy-1d).
+    # Unit-variance priors; "uniform" is the released code's U[-sqrt 3, sqrt 3] per coordinate.
+    prior: str = "uniform"
+    g_hidden: tuple[int, ...] = (1200, 1200)  # mlp: G's ReLU units
+    d_hidden: tuple[int, ...] = (240, 240)  # mlp: D's maxout units
+    d_pieces: int = 5  # mlp: linear pieces per maxout unit
+    d_input_dropout: float = 0.0  # dropout on D's input (the paper's maxout D: 0.2)
+    d_hidden_dropout: float = 0.0  # dropout on D's last hidden layer (the paper's maxout D: 0.5)
+    # Max L2 norm of each of D's linear units' weight vectors (pylearn2's max_col_norm). None:
+    # unconstrained, as in the released MNIST config (its 1.9365 belongs to the TFD config).
+    d_max_norm: float | None = None
+    conv_width: int = 32  # conv: channels of D's first layer and G's last hidden layer, doubled per layer inwards
+    # For images in [0, 1]: G's output bias starts at logit(mean training pixel), clamped to
+    # [1e-7, 1 - 1e-7] (pylearn2's init_bias_target_marginals), so G starts at the data's mean image.
+    g_marginal_bias: bool = True
+    # mlp only (the conv pair keeps PyTorch's init). "paper": pylearn2's uniform ranges (G
+    # +-0.05, D +-0.005), tuned for 784-d images; "torch": PyTorch's fan-in scaled defaults, which
+    # small nets on 1-D/2-D points need (with the paper's ranges G collapses to a point on toy-1d).
     init: str = "paper"
 
     def __post_init__(self) -> None:
@@ -117,16 +130,25 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Algorithm 1's settings: k, minibatch size, momentum SGD and its schedules, the G loss."""
+    """Algorithm 1's settings: k, minibatch size, the learning rule and its schedules, the G loss.
+
+    The defaults are the recipe that learns every digit of mnist5k on a CPU (Adam, as DCGAN
+    trains; experiments/README.md, "Recipes on mnist5k"); the paper's momentum SGD with its
+    schedules is experiments/mnist_paper.yaml. Algorithm 1 allows any gradient-based rule.
+    """
 
     k: int = 1  # discriminator steps per generator step; the paper used k = 1
-    batch_size: int = 100  # the paper's minibatch size m
-    lr_d: float = 0.1  # the paper's MNIST learning rate, for both nets
-    lr_g: float = 0.1
-    momentum: float = 0.5  # initial momentum (paper: 0.5, ramped to 0.7)
-    final_momentum: float = 0.7
-    momentum_ramp_iters: int = 10_000  # linear ramp from momentum to final_momentum
-    lr_decay: float = 1.000004  # the learning rates are divided by this every iteration
+    batch_size: int = 32  # the minibatch size m (the paper's: 100)
+    optimizer: str = "adam"  # the learning rule of both nets: "adam" or "sgd" (momentum SGD, the paper's)
+    lr_d: float = 1e-3  # D's learning rate (the paper's SGD: 0.1)
+    lr_g: float = 1e-3  # G's learning rate (the paper's SGD: 0.1)
+    # The momentum: SGD's momentum, or Adam's beta1 (its running mean of gradients is a momentum).
+    # It moves linearly from `momentum` to `final_momentum` over momentum_ramp_epochs (paper: 0.5 -> 0.7).
+    momentum: float = 0.5
+    final_momentum: float = 0.5
+    momentum_ramp_epochs: float = 250.0  # the released code's MomentumAdjustor saturates at epoch 250
+    beta2: float = 0.999  # Adam's running mean of squared gradients (unused by SGD)
+    lr_decay: float = 1.0  # the learning rates are divided by this every iteration (paper: 1.000004)
     min_lr: float = 1e-6
     g_loss: str = "non-saturating"  # Section 3: maximise log D(G(z)) instead of minimising log(1 - D(G(z)))
     seed: int = 0
@@ -136,12 +158,14 @@ class TrainConfig:
             raise ConfigError(f"train.k must be at least 1 (k discriminator steps per generator step), got {self.k}")
         if self.batch_size < 1:
             raise ConfigError(f"train.batch_size must be at least 1, got {self.batch_size}")
+        _choice(self.optimizer, OPTIMIZERS, "optimizer")
         _positive(self.lr_d, "train.lr_d")
         _positive(self.lr_g, "train.lr_g")
         _in_unit_interval(self.momentum, "train.momentum")
         _in_unit_interval(self.final_momentum, "train.final_momentum")
-        if self.momentum_ramp_iters < 0:
-            raise ConfigError(f"train.momentum_ramp_iters must be non-negative, got {self.momentum_ramp_iters}")
+        if not (self.momentum_ramp_epochs >= 0 and math.isfinite(self.momentum_ramp_epochs)):
+            raise ConfigError(f"train.momentum_ramp_epochs must be a non-negative number, got {self.momentum_ramp_epochs!r}")
+        _in_unit_interval(self.beta2, "train.beta2")
         if not (self.lr_decay >= 1 and math.isfinite(self.lr_decay)):
             raise ConfigError(f"train.lr_decay must be a finite number >= 1 (1 = no decay), got {self.lr_decay!r}")
         if not self.min_lr >= 0:

@@ -3,8 +3,10 @@
 MNIST pair ("mlp"): G is an MLP with ReLU hidden units and a sigmoid output, the noise fed
 into the bottom layer only; D is a maxout MLP with dropout and one output logit (D(x) is the
 sigmoid of that logit; the losses in :mod:`raygan.algorithm` work on logits for stability).
-CIFAR-10 pair ("conv", Figure 2d): a transposed-convolution ("deconvolutional") G and a
-convolutional D. Sizes come from :class:`raygan.config.ModelConfig`.
+Conv pair ("conv", the idea of Figure 2d's "deconvolutional" G, in the DCGAN form of Radford
+et al., 2016): a transposed-convolution G with batch norm and a LeakyReLU convolutional D, one
+stride-2 layer per halving of the image side (28x28: 7 -> 14 -> 28; 32x32: 4 -> 8 -> 16 -> 32).
+Sizes come from :class:`raygan.config.ModelConfig`.
 """
 
 from __future__ import annotations
@@ -56,6 +58,25 @@ class Generator(nn.Module):
         x = self.net(z)
         x = torch.sigmoid(x) if self.bounded else x
         return x.view(-1, *self.data_shape)  # (N, noise_dim) -> (N, C, H, W)
+
+    @torch.no_grad()
+    def set_output_bias(self, marginals: torch.Tensor) -> None:
+        """Set the output layer's bias to logit(marginals): G(z) starts near the data's mean image.
+
+        pylearn2's init_bias_target_marginals, which the released MNIST config used, with its
+        clamp to [1e-7, 1 - 1e-7] (border pixels that are never on would give -inf).
+
+        Args:
+            marginals: the mean training point, (C, H, W), values in [0, 1]. The MLP takes it
+                per pixel; the conv G's last layer has one bias per channel and takes the
+                channel's mean.
+        """
+        if not self.bounded:
+            raise ValueError("an output bias from pixel marginals needs bounded data (a sigmoid output)")
+        out = self.net[-2] if self.config.arch == "conv" else self.net[-1]  # conv: before Flatten
+        mean = marginals.reshape(self.data_shape)
+        mean = mean.mean(dim=(1, 2)) if self.config.arch == "conv" else mean.reshape(-1)
+        out.bias.copy_(torch.logit(mean.clamp(1e-7, 1 - 1e-7)).to(out.bias))
 
 
 class Discriminator(nn.Module):
@@ -113,44 +134,54 @@ def _uniform_init(net: nn.Module, bound: float) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _conv_base(shape: Shape) -> int:
-    channels, height, width = shape
-    if height != width or height % 8:
-        raise ConfigError(f"the conv architecture needs square images with a side divisible by 8, got {height}x{width}")
-    return height // 8
+def _conv_layers(shape: Shape) -> tuple[int, int]:
+    """(number of stride-2 layers, base side): halve the side while it stays even and >= 4."""
+    _, height, width = shape
+    side, layers = height, 0
+    while side % 2 == 0 and side // 2 >= 4:
+        side, layers = side // 2, layers + 1
+    if height != width or layers == 0:
+        raise ConfigError(
+            f"the conv architecture needs square images with an even side of at least 8 pixels, got "
+            f"{height}x{width}; use model.arch: mlp for other shapes and for point sets"
+        )
+    return layers, side
 
 
 def _conv_generator(c: ModelConfig, shape: Shape) -> nn.Sequential:
-    base, w = _conv_base(shape), c.conv_width
+    layers, base = _conv_layers(shape)
+    top = c.conv_width * 2 ** (layers - 1)  # channels at the base side, halved per up layer
 
     def up(cin: int, cout: int) -> list[nn.Module]:  # doubles height and width
         return [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
+    hidden: list[nn.Module] = []
+    for i in range(layers - 1):
+        hidden += up(top >> i, top >> (i + 1))  # -> (N, top / 2^(i+1), 2^(i+1) base, ...)
     return nn.Sequential(
-        nn.Linear(c.noise_dim, 4 * w * base * base),
-        nn.Unflatten(1, (4 * w, base, base)),  # (N, noise) -> (N, 4w, H/8, W/8)
-        nn.BatchNorm2d(4 * w),
+        nn.Linear(c.noise_dim, top * base * base, bias=False),
+        nn.Unflatten(1, (top, base, base)),  # (N, noise) -> (N, top, base, base)
+        nn.BatchNorm2d(top),
         nn.ReLU(),
-        *up(4 * w, 2 * w),  # -> (N, 2w, H/4, W/4)
-        *up(2 * w, w),  # -> (N, w, H/2, W/2)
-        nn.ConvTranspose2d(w, shape[0], 4, 2, 1),  # -> (N, C, H, W)
+        *hidden,  # -> (N, conv_width, H/2, W/2)
+        nn.ConvTranspose2d(c.conv_width, shape[0], 4, 2, 1),  # -> (N, C, H, W)
         nn.Flatten(),
     )
 
 
 def _conv_discriminator(c: ModelConfig, shape: Shape) -> nn.Sequential:
-    base, w = _conv_base(shape), c.conv_width
+    layers, base = _conv_layers(shape)
+    convs: list[nn.Module] = []
+    channels = shape[0]
+    for i in range(layers):
+        convs += [nn.Conv2d(channels, c.conv_width << i, 4, 2, 1), nn.LeakyReLU(0.2)]  # halves H and W
+        channels = c.conv_width << i
     return nn.Sequential(
         nn.Dropout(c.d_input_dropout),
-        nn.Conv2d(shape[0], w, 4, 2, 1),  # -> (N, w, H/2, W/2)
-        nn.LeakyReLU(0.2),
-        nn.Conv2d(w, 2 * w, 4, 2, 1),  # -> (N, 2w, H/4, W/4)
-        nn.LeakyReLU(0.2),
-        nn.Conv2d(2 * w, 4 * w, 4, 2, 1),  # -> (N, 4w, H/8, W/8)
-        nn.LeakyReLU(0.2),
+        *convs,  # -> (N, conv_width * 2^(layers-1), base, base)
         nn.Flatten(),
         nn.Dropout(c.d_hidden_dropout),
-        nn.Linear(4 * w * base * base, 1),
+        nn.Linear(channels * base * base, 1),
     )
 
 

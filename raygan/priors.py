@@ -1,7 +1,8 @@
 """Noise priors p_z, by name (paper Section 3: "a prior on input noise variables p_z(z)").
 
-Every prior draws through an explicit ``torch.Generator`` so that a run, and a run resumed
-from a checkpoint, sees the same noise.
+Every prior has zero mean and unit variance per coordinate (the truncated normal: 0.77), so a
+change of prior hardly rescales G's input. Every prior draws through an explicit
+``torch.Generator`` so that a run, and a run resumed from a checkpoint, sees the same noise.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from raygan.config import PRIORS, ConfigError
 
 
 def _uniform(n: int, dim: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    # The paper's p_z: uniform on [-1, 1] in every coordinate.
-    return torch.rand(n, dim, generator=gen, device=device).mul_(2).sub_(1)
+    # The released code's p_z: uniform on [-sqrt 3, sqrt 3] in every coordinate (unit variance,
+    # like the other priors).
+    return torch.rand(n, dim, generator=gen, device=device).mul_(2).sub_(1).mul_(math.sqrt(3))
 
 
 def _gaussian(n: int, dim: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:

@@ -5,6 +5,7 @@ Everything here is pure PyTorch on the CPU, on small nets, so the file runs in s
 
 from __future__ import annotations
 
+import copy as copy_module
 import math
 
 import numpy as np
@@ -25,15 +26,17 @@ from raygan.models import generate
 LOG2 = math.log(2.0)
 
 # A small MNIST-like pair: dropout on (the paper's 0.2 / 0.5), maxout, max-norm off unless asked.
-SMALL = ModelConfig(noise_dim=8, g_hidden=(16, 16), d_hidden=(16, 16), d_pieces=2, d_max_norm=None)
+SMALL = ModelConfig(arch="mlp", noise_dim=8, g_hidden=(16, 16), d_hidden=(16, 16), d_pieces=2, d_input_dropout=0.2,
+                    d_hidden_dropout=0.5, d_max_norm=None)
 SMALL_TRAIN = TrainConfig(
     k=1,
     batch_size=16,
+    optimizer="sgd",
     lr_d=0.1,
     lr_g=0.1,
     momentum=0.5,
     final_momentum=0.7,
-    momentum_ramp_iters=10,
+    momentum_ramp_epochs=1.25,  # 10 iterations: 8 minibatches of 16 make an epoch of _data()'s 128 points
     lr_decay=1.01,
     min_lr=1e-6,
     g_loss="non-saturating",
@@ -71,7 +74,9 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
 
 
 def _momentum_buffers(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
-    return [opt.state[p]["momentum_buffer"].clone() for g in opt.param_groups for p in g["params"] if p in opt.state]
+    """Every tensor of the optimiser's state (SGD's momentum buffers; Adam's moments and step counts)."""
+    return [v.clone() for g in opt.param_groups for p in g["params"] if p in opt.state
+            for v in opt.state[p].values() if isinstance(v, torch.Tensor)]
 
 
 # ---- the losses ---------------------------------------------------------------------------
@@ -124,20 +129,33 @@ def test_minimax_saturates_and_non_saturating_does_not():
 
 
 def test_discriminator_loss_values_and_gradient():
-    """D descends -(mean log D(x) + mean log(1 - D(G(z)))): 2 log 2 at logits 0 (D = 1/2), and
-    d/dl_real = -(1 - sigmoid(l)), d/dl_fake = sigmoid(l) (per sample)."""
+    """D descends -(mean log D(x) + mean log(1 - D(G(z)))) / 2: log 2 at logits 0 (D = 1/2), and
+    d/dl_real = -(1 - sigmoid(l)) / 2, d/dl_fake = sigmoid(l) / 2 (per sample)."""
     zeros = torch.zeros(7)
-    assert discriminator_loss(zeros, zeros).item() == pytest.approx(2 * LOG2, rel=1e-7)
-    expected = -(torch.log(torch.sigmoid(MODERATE)).mean() + torch.log1p(-torch.sigmoid(MODERATE.flip(0))).mean())
+    assert discriminator_loss(zeros, zeros).item() == pytest.approx(LOG2, rel=1e-7)
+    expected = -(torch.log(torch.sigmoid(MODERATE)).mean() + torch.log1p(-torch.sigmoid(MODERATE.flip(0))).mean()) / 2
     assert discriminator_loss(MODERATE, MODERATE.flip(0)).item() == pytest.approx(expected.item(), rel=1e-9)
     real = LOGITS.clone().requires_grad_(True)
     fake = LOGITS.flip(0).clone().requires_grad_(True)
     discriminator_loss(real, fake).backward()
     n = len(LOGITS)
-    torch.testing.assert_close(real.grad * n, -(1 - torch.sigmoid(LOGITS)))
-    torch.testing.assert_close(fake.grad * n, torch.sigmoid(LOGITS.flip(0)))
+    torch.testing.assert_close(real.grad * n, -(1 - torch.sigmoid(LOGITS)) / 2)
+    torch.testing.assert_close(fake.grad * n, torch.sigmoid(LOGITS.flip(0)) / 2)
     extreme = torch.tensor([-100.0, 100.0])
     assert torch.isfinite(discriminator_loss(extreme, extreme))
+
+
+def test_discriminator_loss_is_the_released_codes_halved_objective():
+    """The released code's D cost: 0.5 * (cross-entropy on the real half + on the generated half),
+    each a mean over its half. Golden value: with D(x) in {1/2, 3/4} and D(G(z)) in {1/2, 1/4}
+    each half costs (log 2 + log 4/3) / 2, so the cost is log(8/3) / 2."""
+    third = math.log(3.0)
+    real, fake = torch.tensor([0.0, third], dtype=torch.float64), torch.tensor([0.0, -third], dtype=torch.float64)
+    assert discriminator_loss(real, fake).item() == pytest.approx(0.5 * math.log(8 / 3), rel=1e-12)
+    bce = torch.nn.functional.binary_cross_entropy
+    released = 0.5 * (bce(torch.sigmoid(MODERATE), torch.ones_like(MODERATE))
+                      + bce(torch.sigmoid(MODERATE.flip(0)), torch.zeros_like(MODERATE)))
+    torch.testing.assert_close(discriminator_loss(MODERATE, MODERATE.flip(0)), released, rtol=1e-9, atol=1e-12)
 
 
 def test_unknown_generator_loss_is_rejected():
@@ -253,12 +271,12 @@ def test_d_step_ascends_value_and_g_step_raises_d_of_g_z():
 
 
 def test_first_iteration_metrics_are_the_symmetric_start():
-    """The paper's init (D weights within +-0.005) starts D at 1/2 everywhere: D loss 2 log 2,
+    """The paper's init (D weights within +-0.005) starts D at 1/2 everywhere: D loss log 2,
     non-saturating G loss log 2, minimax G loss -log 2 (tolerance 0.02)."""
     for g_loss, expected_g in (("non-saturating", LOG2), ("minimax", -LOG2)):
         metrics = _trainer(g_loss=g_loss).run(1)
         assert isinstance(metrics, IterationMetrics) and metrics.iterations == 1 and metrics.finite
-        assert metrics.d_loss == pytest.approx(2 * LOG2, abs=0.02)
+        assert metrics.d_loss == pytest.approx(LOG2, abs=0.02)
         assert metrics.g_loss == pytest.approx(expected_g, abs=0.02)
         assert metrics.d_real == pytest.approx(0.5, abs=0.01)
         assert metrics.d_fake == pytest.approx(0.5, abs=0.01)
@@ -290,9 +308,10 @@ def _record_groups(trainer: GANTrainer) -> list[tuple[str, float, float]]:
 
 
 def test_learning_rate_decays_per_iteration_to_its_floor_and_momentum_ramps():
-    """At iteration t: lr = max(lr0 / lr_decay^t, min_lr); momentum = m0 + min(1, t / ramp) (m1 - m0)."""
+    """At iteration t: lr = max(lr0 / lr_decay^t, min_lr); momentum = m0 + min(1, t / ramp) (m1 - m0),
+    ramp = 4 iterations (half an epoch of 128 points in minibatches of 16)."""
     trainer = _trainer(k=2, lr_d=0.2, lr_g=0.1, lr_decay=1.5, min_lr=0.01, momentum=0.5, final_momentum=0.9,
-                       momentum_ramp_iters=4)
+                       momentum_ramp_epochs=0.5)
     log = _record_groups(trainer)
     trainer.run(10)
     assert len(log) == 30
@@ -311,10 +330,92 @@ def test_learning_rate_decays_per_iteration_to_its_floor_and_momentum_ramps():
 
 
 def test_no_decay_and_no_ramp_keep_the_settings():
-    trainer = _trainer(lr_decay=1.0, momentum=0.6, final_momentum=0.6, momentum_ramp_iters=0)
+    trainer = _trainer(lr_decay=1.0, momentum=0.6, final_momentum=0.6, momentum_ramp_epochs=0)
     log = _record_groups(trainer)
     trainer.run(5)
     assert {(lr, mom) for name, lr, mom in log if name == "d"} == {(0.1, 0.6)}
+
+
+def test_adam_beta1_follows_the_momentum_schedule_and_the_ramp_counts_epochs():
+    """For Adam the momentum is beta1: beta1 = m0 + min(1, epoch / ramp) (m1 - m0), beta2 fixed.
+    The ramp is counted in epochs: 1 epoch is 8 iterations on 128 points and 16 on 256 (minibatch 16)."""
+    for n, per_epoch in ((128, 8), (256, 16)):
+        train = replace(SMALL_TRAIN, optimizer="adam", lr_d=1e-3, lr_g=1e-3, lr_decay=1.0, momentum=0.5,
+                        final_momentum=0.9, momentum_ramp_epochs=1.0, beta2=0.99)
+        trainer = GANTrainer(SMALL, train, _data(n))
+        assert isinstance(trainer.opt_d, torch.optim.Adam) and isinstance(trainer.opt_g, torch.optim.Adam)
+        betas: list[tuple[float, float]] = []
+        original = trainer.opt_g.step
+
+        def step(*args, _original=original, _opt=trainer.opt_g, **kwargs):
+            betas.append(_opt.param_groups[0]["betas"])
+            return _original(*args, **kwargs)
+
+        trainer.opt_g.step = step
+        trainer.run(per_epoch + 3)
+        expected = [(0.5 + min(1.0, t / per_epoch) * 0.4, 0.99) for t in range(per_epoch + 3)]
+        torch.testing.assert_close(torch.tensor(betas, dtype=torch.float64),
+                                   torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=0)
+        assert trainer.opt_d.param_groups[0]["betas"] == pytest.approx((0.9, 0.99), rel=1e-12)
+        assert trainer.epoch == pytest.approx((per_epoch + 3) / per_epoch, rel=1e-12)
+        assert trainer.current_hyperparameters()["momentum"] == pytest.approx(0.9, rel=1e-12)
+
+
+def test_the_learning_rule_is_fixed_for_a_trainer():
+    trainer = _trainer()
+    with pytest.raises(ValueError, match="learning rule is fixed"):
+        trainer.set_hyperparameters(replace(trainer.train, optimizer="adam"))
+    assert trainer.train.optimizer == "sgd" and isinstance(trainer.opt_d, torch.optim.SGD)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_generator_output_bias_is_the_logit_of_the_mean_training_pixel(arch):
+    """The released code's init_bias_target_marginals: b = logit(clamp(mean pixel, 1e-7, 1 - 1e-7)),
+    per pixel for the MLP, per channel for the conv G (one bias per output channel)."""
+    data = _data() * 0.6
+    data[:, :, 0, :] = 0.0  # a row never on: clamped, not -inf
+    model = replace(SMALL, arch=arch, conv_width=4)
+    trainer = GANTrainer(model, SMALL_TRAIN, data)
+    mean = data.mean(dim=0)  # (1, 8, 8)
+    if arch == "mlp":
+        bias = trainer.generator.net[-1].bias
+        want = torch.log(mean / (1 - mean)).reshape(-1)
+        want[:8] = math.log(1e-7 / (1 - 1e-7))
+    else:
+        bias = trainer.generator.net[-2].bias
+        m = mean.mean()
+        want = torch.log(m / (1 - m)).reshape(1)
+    torch.testing.assert_close(bias.detach(), want, rtol=1e-5, atol=1e-5)
+    off = GANTrainer(replace(model, g_marginal_bias=False), SMALL_TRAIN, data)
+    out = off.generator.net[-1] if arch == "mlp" else off.generator.net[-2]
+    assert not torch.allclose(out.bias, bias)  # the option decides
+    unbounded = GANTrainer(model, SMALL_TRAIN, data - 0.3, bounded=False)  # point sets keep their init
+    out = unbounded.generator.net[-1] if arch == "mlp" else unbounded.generator.net[-2]
+    torch.testing.assert_close(out.bias, off.generator.net[-1].bias if arch == "mlp" else off.generator.net[-2].bias)
+
+
+def test_reseed_gives_a_new_stream_and_keeps_weights_and_optimiser_state():
+    """A reseeded copy keeps what was learnt but draws new minibatches and noise: it no longer
+    follows the original; the same reseed twice gives the same stream."""
+    original = _trainer()
+    original.run(3)
+    state = original.state_dict()
+    copies = [_trainer(seed=99) for _ in range(3)]
+    for copy in copies:
+        copy.load_state_dict(copy_module.deepcopy(state))  # as from a file: no tensors shared with the original
+    weights, buffers = _params(copies[1]), _momentum_buffers(copies[1].opt_d)
+    copies[1].reseed(7)
+    copies[2].reseed(7)
+    _assert_same(weights, _params(copies[1]))
+    for a, b in zip(buffers, _momentum_buffers(copies[1].opt_d)):
+        assert torch.equal(a, b)
+    assert copies[1].iteration == 3
+    original.run(2)
+    for copy in copies:
+        copy.run(2)
+    _assert_same(_params(original), _params(copies[0]))  # an exact copy follows the original (crash resume)
+    assert not torch.equal(original.generator.net[0].weight, copies[1].generator.net[0].weight)
+    _assert_same(_params(copies[1]), _params(copies[2]))
 
 
 def test_set_hyperparameters_changes_k_lr_and_prior_in_place_without_touching_weights():
@@ -393,8 +494,10 @@ RESUME_CASES = {
         ModelConfig(noise_dim=8, prior="truncated-normal", g_hidden=(16,), d_hidden=(16,), d_pieces=3),
         dict(g_loss="minimax"),
     ),
-    # BatchNorm running statistics are state too
+    # BatchNorm running statistics are state too; Adam's moments and step counts too
     "conv": (ModelConfig(arch="conv", noise_dim=8, conv_width=4, prior="gaussian"), dict(k=1)),
+    "conv-adam": (ModelConfig(arch="conv", noise_dim=8, conv_width=4, d_input_dropout=0.2),
+                  dict(optimizer="adam", lr_d=1e-3, lr_g=1e-3, final_momentum=0.9)),
 }
 
 
@@ -491,10 +594,12 @@ def test_algorithm1_learns_the_1d_gaussian():
     dataset = load_dataset("toy-1d")
     assert not dataset.bounded
     data = torch.from_numpy(dataset.train)
-    model = ModelConfig(noise_dim=4, prior="uniform", g_hidden=(32, 32), d_hidden=(32, 32), d_pieces=3,
+    model = ModelConfig(arch="mlp", noise_dim=4, prior="uniform", g_hidden=(32, 32), d_hidden=(32, 32), d_pieces=3,
                         d_input_dropout=0.0, d_hidden_dropout=0.0, d_max_norm=None)
-    train = TrainConfig(k=3, batch_size=256, lr_d=0.05, lr_g=0.05, momentum=0.5, final_momentum=0.7,
-                        momentum_ramp_iters=2000, lr_decay=1.0015, min_lr=1e-6, g_loss="non-saturating", seed=0)
+    # lr_d 0.1 on the halved D loss takes the steps of lr 0.05 on the sum; the ramp is 2,000 iterations.
+    train = TrainConfig(k=3, batch_size=256, optimizer="sgd", lr_d=0.1, lr_g=0.05, momentum=0.5, final_momentum=0.7,
+                        momentum_ramp_epochs=2000 * 256 / len(data), lr_decay=1.0015, min_lr=1e-6,
+                        g_loss="non-saturating", seed=0)
     trainer = GANTrainer(model, train, data, bounded=False)
     with torch.random.fork_rng():
         torch.manual_seed(train.seed)

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from raygan.config import (
     ARCHS,
+    OPTIMIZERS,
     DATASETS,
     G_LOSSES,
     INITS,
@@ -77,6 +78,7 @@ VALID: dict[str, dict[str, st.SearchStrategy]] = {
         "d_hidden_dropout": unit,
         "d_max_norm": st.none() | positive,
         "conv_width": st.integers(1, 512),
+        "g_marginal_bias": st.booleans(),
         "init": st.sampled_from(INITS),
     },
     "train": {
@@ -86,7 +88,9 @@ VALID: dict[str, dict[str, st.SearchStrategy]] = {
         "lr_g": positive,
         "momentum": unit,
         "final_momentum": unit,
-        "momentum_ramp_iters": st.integers(0, 10**7),
+        "optimizer": st.sampled_from(OPTIMIZERS),
+        "momentum_ramp_epochs": st.floats(0.0, 1e6, **finite),
+        "beta2": unit,
         "lr_decay": st.floats(1.0, 2.0, **finite),
         "min_lr": st.floats(0.0, 1.0, **finite),
         "g_loss": st.sampled_from(G_LOSSES),
@@ -429,6 +433,7 @@ CHOICES = [
     ("model", "arch", ARCHS, "architecture"),
     ("model", "init", INITS, "initialisation"),
     ("train", "g_loss", G_LOSSES, "generator loss"),
+    ("train", "optimizer", OPTIMIZERS, "optimizer"),
     ("tune", "scheduler", SCHEDULERS, "scheduler"),
 ]
 
@@ -465,7 +470,7 @@ def test_search_lists_reject_unknown_names_too(key, choices):
         ("train", {"batch_size": 0}, "train.batch_size must be at least 1"),
         ("train", {"lr_decay": 0.99}, "train.lr_decay must be a finite number >= 1"),
         ("train", {"min_lr": -1e-9}, "train.min_lr must be non-negative"),
-        ("train", {"momentum_ramp_iters": -1}, "train.momentum_ramp_iters must be non-negative"),
+        ("train", {"momentum_ramp_epochs": -1}, "train.momentum_ramp_epochs must be a non-negative number"),
         ("eval", {"sigmas": []}, "eval.sigmas must be a non-empty list of positive numbers"),
         ("eval", {"sigmas": [0.1, 0.0]}, "eval.sigmas must be a non-empty list of positive numbers"),
         ("search", {"lr_d": [0.2, 0.1]}, r"search.lr_d must be \[low, high\] with low <= high"),

@@ -1,4 +1,4 @@
-"""The paper's networks (Section 5), the conv pair (Figure 2d), and the generator file."""
+"""The paper's networks (Section 5), the DCGAN-style conv pair, and the generator file."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def test_maxout_is_the_max_over_pieces():
 
 
 def test_sizes_are_configurable():
-    c = ModelConfig(noise_dim=7, g_hidden=(5, 6, 9), d_hidden=(4,), d_pieces=2)
+    c = ModelConfig(arch="mlp", noise_dim=7, g_hidden=(5, 6, 9), d_hidden=(4,), d_pieces=2)
     g, d = Generator(c, (2, 3, 3)), Discriminator(c, (2, 3, 3))
     assert [(l.in_features, l.out_features) for l in _linears(g)] == [(7, 5), (5, 6), (6, 9), (9, 18)]
     assert [(l.in_features, l.out_features) for l in _linears(d)] == [(18, 8), (4, 1)]
@@ -99,7 +99,7 @@ def test_sizes_are_configurable():
 
 def test_unbounded_generator_has_a_linear_output():
     torch.manual_seed(0)
-    c = ModelConfig(noise_dim=2, g_hidden=(8,))
+    c = ModelConfig(arch="mlp", noise_dim=2, g_hidden=(8,))
     g = Generator(c, (1, 1, 1), bounded=False)
     with torch.no_grad():
         _linears(g)[-1].bias.fill_(5.0)
@@ -108,8 +108,40 @@ def test_unbounded_generator_has_a_linear_output():
     assert g(z).min() > 1  # not squashed into [0, 1]
 
 
+@pytest.mark.parametrize(
+    "shape, g_channels, d_channels",
+    [
+        # 28x28: base side 7, two stride-2 layers; D 32 -> 64 channels, G 64 -> 32 -> 1
+        (MNIST, [(64, 7), (32, 14), (1, 28)], [(32, 14), (64, 7)]),
+        # 32x32: base side 4, three stride-2 layers; D 32 -> 64 -> 128, G 128 -> 64 -> 32 -> 3
+        (CIFAR, [(128, 4), (64, 8), (32, 16), (3, 32)], [(32, 16), (64, 8), (128, 4)]),
+    ],
+)
+def test_conv_pair_layer_shapes(shape, g_channels, d_channels):
+    """The DCGAN-style pair with conv_width 32: one stride-2 layer per halving of the side down
+    to 4-7 pixels, channels doubled per layer inwards; batch norm in G (not after its output
+    layer), LeakyReLU(0.2) in D, no batch norm in D."""
+    torch.manual_seed(0)
+    c = ModelConfig(arch="conv", noise_dim=100, conv_width=32)
+    g, d = Generator(c, shape), Discriminator(c, shape)
+    g_shapes: list[tuple[int, int]] = []
+    d_shapes: list[tuple[int, int]] = []
+    hooks = [m.register_forward_hook(lambda mod, i, out: g_shapes.append((out.shape[1], out.shape[2])))
+             for m in g.modules() if isinstance(m, (nn.Unflatten, nn.ConvTranspose2d))]
+    hooks += [m.register_forward_hook(lambda mod, i, out: d_shapes.append((out.shape[1], out.shape[2])))
+              for m in d.modules() if isinstance(m, nn.Conv2d)]
+    x = g(torch.randn(3, 100))
+    assert x.shape == (3, *shape) and d(x).shape == (3,)
+    assert g_shapes == g_channels and d_shapes == d_channels
+    assert [m.num_features for m in g.modules() if isinstance(m, nn.BatchNorm2d)] == [ch for ch, _ in g_channels[:-1]]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in d.modules())
+    assert [m.negative_slope for m in d.modules() if isinstance(m, nn.LeakyReLU)] == [0.2] * len(d_channels)
+    for h in hooks:
+        h.remove()
+
+
 def test_conv_pair_on_cifar_shapes():
-    """Figure 2d's pair on (3, 32, 32): G maps noise to images in [0, 1], D gives one logit each."""
+    """The conv pair on (3, 32, 32): G maps noise to images in [0, 1], D gives one logit each."""
     torch.manual_seed(0)
     c = ModelConfig(arch="conv", noise_dim=16, conv_width=8)
     g, d = Generator(c, CIFAR), Discriminator(c, CIFAR)
@@ -125,17 +157,19 @@ def test_conv_pair_on_cifar_shapes():
         assert p.grad is not None
 
 
-@pytest.mark.parametrize("shape", [MNIST, (3, 32, 24), (1, 12, 12)])
-def test_conv_arch_rejects_sides_not_divisible_by_8(shape):
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 32, 24), (1, 6, 6), (1, 7, 7)])
+def test_conv_arch_refuses_points_and_images_it_cannot_halve(shape):
+    """Point sets (1x1), non-square images and sides without one halving down to >= 4 pixels get one sentence."""
     c = ModelConfig(arch="conv")
-    with pytest.raises(ConfigError, match="divisible by 8"):
+    message = r"^the conv architecture needs square images with an even side of at least 8 pixels, got \d+x\d+; use model.arch: mlp"
+    with pytest.raises(ConfigError, match=message):
         Generator(c, shape)
-    with pytest.raises(ConfigError, match="divisible by 8"):
+    with pytest.raises(ConfigError, match=message):
         Discriminator(c, shape)
 
 
 def test_max_norm_clips_rows_and_leaves_short_rows_alone():
-    c = ModelConfig(noise_dim=2, d_hidden=(3,), d_pieces=2, d_input_dropout=0.0, d_hidden_dropout=0.0, d_max_norm=1.0)
+    c = ModelConfig(arch="mlp", noise_dim=2, d_hidden=(3,), d_pieces=2, d_input_dropout=0.0, d_hidden_dropout=0.0, d_max_norm=1.0)
     d = Discriminator(c, (1, 2, 2))
     with torch.no_grad():
         for l in _linears(d):
@@ -152,7 +186,7 @@ def test_max_norm_clips_rows_and_leaves_short_rows_alone():
 
 
 def test_max_norm_off_changes_nothing():
-    d = Discriminator(ModelConfig(d_max_norm=None, d_hidden=(4,)), (1, 2, 2))
+    d = Discriminator(ModelConfig(arch="mlp", d_max_norm=None, d_hidden=(4,)), (1, 2, 2))
     with torch.no_grad():
         for l in _linears(d):
             l.weight.fill_(10.0)
@@ -167,7 +201,7 @@ def test_max_norm_off_changes_nothing():
 
 def _small_generator(seed: int = 0, **changes) -> Generator:
     torch.manual_seed(seed)
-    return Generator(ModelConfig(noise_dim=6, g_hidden=(12,), **changes), (1, 4, 4))
+    return Generator(ModelConfig(arch="mlp", noise_dim=6, g_hidden=(12,), **changes), (1, 4, 4))
 
 
 def test_generate_is_deterministic_for_a_seed_and_varies_across_seeds():
@@ -203,7 +237,7 @@ def test_generate_leaves_the_global_rng_alone():
 @pytest.mark.parametrize("bounded", [True, False])
 def test_save_load_generator_round_trip(tmp_path, prior, bounded):
     torch.manual_seed(0)
-    g = Generator(ModelConfig(noise_dim=6, g_hidden=(12, 5), prior=prior), (2, 3, 3), bounded=bounded)
+    g = Generator(ModelConfig(arch="mlp", noise_dim=6, g_hidden=(12, 5), prior=prior), (2, 3, 3), bounded=bounded)
     path = tmp_path / "sub" / "generator.pt"
     save_generator(path, g)
     loaded = load_generator(path)

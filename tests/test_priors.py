@@ -53,14 +53,16 @@ def _ks_pvalue(z: torch.Tensor, dist) -> float:
     return stats.kstest(z.flatten().double().numpy()[:50_000], dist.cdf).pvalue
 
 
-def test_uniform_is_the_papers_prior_on_minus_one_one():
-    """Uniform on [-1, 1] per coordinate: mean 0, variance 1/3 (to 2 %), KS fit, coordinates uncorrelated."""
+def test_uniform_is_the_released_codes_prior_on_minus_sqrt3_sqrt3():
+    """Uniform on [-sqrt 3, sqrt 3] per coordinate (the released code's p_z): mean 0, variance 1
+    (to 2 %), KS fit, coordinates uncorrelated."""
+    root3 = math.sqrt(3)
     z = _draw("uniform")
-    assert z.min() >= -1 and z.max() <= 1
-    assert z.min() < -0.999 and z.max() > 0.999  # fills the interval
+    assert z.min() >= -root3 and z.max() <= root3
+    assert z.min() < -0.999 * root3 and z.max() > 0.999 * root3  # fills the interval
     assert z.mean().item() == pytest.approx(0.0, abs=0.01)
-    assert z.var().item() == pytest.approx(1 / 3, rel=0.02)
-    assert _ks_pvalue(z, stats.uniform(-1, 2)) > 1e-3
+    assert z.var().item() == pytest.approx(1.0, rel=0.02)
+    assert _ks_pvalue(z, stats.uniform(-root3, 2 * root3)) > 1e-3
     corr = np.corrcoef(z.numpy().T)
     assert np.abs(corr - np.eye(DIM)).max() < 0.05
 

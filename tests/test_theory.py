@@ -79,8 +79,8 @@ def test_prop1_tabular_discriminator_converges_to_optimum():
     d = torch.sigmoid(logits).detach().numpy()
     d_star = P_DATA / (P_DATA + P_G)
     np.testing.assert_allclose(d, d_star, atol=1e-6)
-    # and the value it reaches is Theorem 1's C(G)
-    v = -discriminator_loss(logits[real], logits[fake]).item()
+    # and the value it reaches is Theorem 1's C(G) (the loss is -V / 2, the released code's halving)
+    v = -2 * discriminator_loss(logits[real], logits[fake]).item()
     assert v == pytest.approx(-LOG4 + 2 * _jsd(P_DATA, P_G), abs=1e-8)
 
 
@@ -94,7 +94,7 @@ def test_prop1_tabular_discriminator_from_minibatches():
     gen = torch.Generator().manual_seed(0)
     p_data, p_g = torch.from_numpy(P_DATA), torch.from_numpy(P_G)
     logits = torch.zeros(len(P_DATA), requires_grad=True)
-    opt = torch.optim.SGD([logits], lr=5.0, momentum=0.5)
+    opt = torch.optim.SGD([logits], lr=10.0, momentum=0.5)  # steps of lr 5 on -V: the loss is -V / 2
     steps = 600
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.01 ** (t / steps))
     for _ in range(steps):
@@ -115,7 +115,7 @@ def _affine_gaussian_generator(mean: float, std: float) -> Generator:
     With a Gaussian prior z ~ N(0, 1), p_g is exactly N(mean, std^2): G is fixed on a known
     distribution. ReLU(z) - ReLU(-z) = z carries z through the two hidden layers.
     """
-    config = ModelConfig(noise_dim=1, prior="gaussian", g_hidden=(2, 2))
+    config = ModelConfig(arch="mlp", noise_dim=1, prior="gaussian", g_hidden=(2, 2))
     g = Generator(config, (1, 1, 1), bounded=False)
     first, second, out = [m for m in g.net if isinstance(m, torch.nn.Linear)]
     with torch.no_grad():
@@ -150,7 +150,7 @@ def test_prop1_maxout_discriminator_matches_optimum_on_gaussians():
     of C(G) (seeds 0-4: 1e-4 to 2.5e-4), and not above it.
     """
     torch.manual_seed(0)
-    config = ModelConfig(d_hidden=(32, 32), d_pieces=3, d_input_dropout=0.0, d_hidden_dropout=0.0)
+    config = ModelConfig(arch="mlp", d_hidden=(32, 32), d_pieces=3, d_input_dropout=0.0, d_hidden_dropout=0.0)
     disc = Discriminator(config, (1, 1, 1))
     for m in disc.modules():
         if isinstance(m, torch.nn.Linear):
@@ -219,17 +219,18 @@ def test_theorem1_equal_distributions_give_minus_log4():
     np.testing.assert_allclose(d_star, 0.5)
     assert _value(p, p, d_star) == pytest.approx(-LOG4, abs=1e-15)
     assert _jsd(p, p) == pytest.approx(0.0, abs=1e-15)
-    # through raygan's loss: D(x) = 1/2 everywhere (logit 0) gives V = -log 4
+    # through raygan's loss (-V / 2): D(x) = 1/2 everywhere (logit 0) gives V = -log 4
     idx = _exact_indices(p)
     logits = torch.zeros(len(p), dtype=torch.float64)
-    assert -discriminator_loss(logits[idx], logits[idx]).item() == pytest.approx(-LOG4, abs=1e-15)
+    assert -2 * discriminator_loss(logits[idx], logits[idx]).item() == pytest.approx(-LOG4, abs=1e-15)
 
 
 def test_theorem1_discrete_through_raygan_loss():
-    """-discriminator_loss at D* (logits log p_data/p_g) is C(G) = -log 4 + 2 JSD, to 1e-12."""
+    """-2 discriminator_loss at D* (logits log p_data/p_g) is C(G) = -log 4 + 2 JSD, to 1e-12
+    (raygan's D loss is the released code's -V / 2)."""
     real, fake = _exact_indices(P_DATA), _exact_indices(P_G)
     logits = torch.from_numpy(np.log(P_DATA / P_G))
-    v = -discriminator_loss(logits[real], logits[fake]).item()
+    v = -2 * discriminator_loss(logits[real], logits[fake]).item()
     assert v == pytest.approx(-LOG4 + 2 * _jsd(P_DATA, P_G), abs=1e-12)
 
 
