@@ -84,29 +84,30 @@ class ModelConfig:
     MNIST pair (Section 5) is ``arch: mlp`` with the sizes in experiments/mnist_paper.yaml.
     """
 
-    # "conv": a DCGAN-style pair (transposed convolutions with batch norm in G, LeakyReLU
-    # convolutions in D), one stride-2 layer per halving of the image side down to 4-7 pixels;
-    # "mlp": the paper's MNIST pair (ReLU MLP G, maxout D), also the one for point sets.
     arch: str = "conv"
+    """conv: a DCGAN-style pair (transposed convolutions with batch norm in G, LeakyReLU convolutions in D), one stride-2 layer per halving of the side down to 4-7 pixels; mlp: the paper's MNIST pair (ReLU MLP G, maxout D), also the one for point sets."""
     noise_dim: int = 100
-    # Unit-variance priors; "uniform" is the released code's U[-sqrt 3, sqrt 3] per coordinate.
+    """Dimension of z."""
     prior: str = "uniform"
-    g_hidden: tuple[int, ...] = (1200, 1200)  # mlp: G's ReLU units
-    d_hidden: tuple[int, ...] = (240, 240)  # mlp: D's maxout units
-    d_pieces: int = 5  # mlp: linear pieces per maxout unit
-    d_input_dropout: float = 0.0  # dropout on D's input (the paper's maxout D: 0.2)
-    d_hidden_dropout: float = 0.0  # dropout on D's last hidden layer (the paper's maxout D: 0.5)
-    # Max L2 norm of each of D's linear units' weight vectors (pylearn2's max_col_norm). None:
-    # unconstrained, as in the released MNIST config (its 1.9365 belongs to the TFD config).
+    """The noise prior p_z, unit variance per coordinate: uniform (the released code's U[-sqrt 3, sqrt 3]), gaussian, truncated-normal, hypersphere."""
+    g_hidden: tuple[int, ...] = (1200, 1200)
+    """mlp: G's ReLU layer widths (the paper's 1200, 1200)."""
+    d_hidden: tuple[int, ...] = (240, 240)
+    """mlp: D's maxout layer widths (the paper's 240, 240)."""
+    d_pieces: int = 5
+    """mlp: linear pieces per maxout unit (the paper's 5)."""
+    d_input_dropout: float = 0.0
+    """Dropout on D's input (the paper's maxout D: 0.2)."""
+    d_hidden_dropout: float = 0.0
+    """Dropout on D's last hidden layer (the paper's maxout D: 0.5)."""
     d_max_norm: float | None = None
-    conv_width: int = 32  # conv: channels of D's first layer and G's last hidden layer, doubled per layer inwards
-    # For images in [0, 1]: G's output bias starts at logit(mean training pixel), clamped to
-    # [1e-7, 1 - 1e-7] (pylearn2's init_bias_target_marginals), so G starts at the data's mean image.
+    """Max L2 norm of each of D's linear units' weight vectors (pylearn2's max_col_norm; None: unconstrained, as the released MNIST config; its 1.9365 belongs to the TFD config)."""
+    conv_width: int = 32
+    """conv: channels of D's first layer and G's last hidden layer, doubled per layer inwards."""
     g_marginal_bias: bool = True
-    # mlp only (the conv pair keeps PyTorch's init). "paper": pylearn2's uniform ranges (G
-    # +-0.05, D +-0.005), tuned for 784-d images; "torch": PyTorch's fan-in scaled defaults, which
-    # small nets on 1-D/2-D points need (with the paper's ranges G collapses to a point on toy-1d).
+    """For images in [0, 1]: G's output bias starts at the logit of the mean training pixel (pylearn2's init_bias_target_marginals), so G starts at the data's mean image."""
     init: str = "paper"
+    """mlp only: paper (pylearn2's uniform ranges, G +-0.05, D +-0.005, tuned for 784-d images) or torch (fan-in scaled defaults, which small nets on 1-D/2-D points need)."""
 
     def __post_init__(self) -> None:
         _choice(self.arch, ARCHS, "architecture")
@@ -137,21 +138,32 @@ class TrainConfig:
     schedules is experiments/mnist_paper.yaml. Algorithm 1 allows any gradient-based rule.
     """
 
-    k: int = 1  # discriminator steps per generator step; the paper used k = 1
-    batch_size: int = 32  # the minibatch size m (the paper's: 100)
-    optimizer: str = "adam"  # the learning rule of both nets: "adam" or "sgd" (momentum SGD, the paper's)
-    lr_d: float = 1e-3  # D's learning rate (the paper's SGD: 0.1)
-    lr_g: float = 1e-3  # G's learning rate (the paper's SGD: 0.1)
-    # The momentum: SGD's momentum, or Adam's beta1 (its running mean of gradients is a momentum).
-    # It moves linearly from `momentum` to `final_momentum` over momentum_ramp_epochs (paper: 0.5 -> 0.7).
+    k: int = 1
+    """Discriminator steps per generator step (Algorithm 1's k; the paper used 1)."""
+    batch_size: int = 32
+    """The minibatch size m (the paper's: 100)."""
+    optimizer: str = "adam"
+    """The learning rule of both nets: adam, or sgd (momentum SGD, the paper's)."""
+    lr_d: float = 1e-3
+    """D's learning rate (the paper's SGD: 0.1)."""
+    lr_g: float = 1e-3
+    """G's learning rate (the paper's SGD: 0.1)."""
     momentum: float = 0.5
+    """SGD's momentum, or Adam's beta1 (its running mean of gradients is a momentum), at the start of the ramp."""
     final_momentum: float = 0.5
-    momentum_ramp_epochs: float = 250.0  # the released code's MomentumAdjustor saturates at epoch 250
-    beta2: float = 0.999  # Adam's running mean of squared gradients (unused by SGD)
-    lr_decay: float = 1.0  # the learning rates are divided by this every iteration (paper: 1.000004)
+    """The momentum at the end of the ramp (the paper's: 0.5 -> 0.7). A searched momentum is constant: it sets both."""
+    momentum_ramp_epochs: float = 250.0
+    """Epochs over which the momentum moves linearly to final_momentum (the released code's MomentumAdjustor: 250)."""
+    beta2: float = 0.999
+    """Adam's running mean of squared gradients (unused by SGD)."""
+    lr_decay: float = 1.0
+    """The learning rates are divided by this every iteration (the paper's: 1.000004)."""
     min_lr: float = 1e-6
-    g_loss: str = "non-saturating"  # Section 3: maximise log D(G(z)) instead of minimising log(1 - D(G(z)))
+    """The floor of the decayed learning rates."""
+    g_loss: str = "non-saturating"
+    """non-saturating: G maximises log D(G(z)) (Section 3); minimax: G minimises log(1 - D(G(z))) (Eq. 1)."""
     seed: int = 0
+    """Seeds the networks' initialisation and the trainer's random stream."""
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -242,23 +254,26 @@ class SearchConfig:
     """The hyperparameters a population search explores, and how the scheduler moves them.
 
     One field per row of :mod:`raygan.hyperparameters`: ``[low, high]`` for a continuous one, a
-    list of values for a choice or a lineage setting; one value pins it.
+    list of values for a choice or a lineage setting; one value pins it; an empty list leaves it
+    at the experiment's own setting (model.* or train.*) in every trial.
     """
 
-    arch: tuple[str, ...] = ("mlp",)
-    """Architectures (per lineage: never mutated by PBT)."""
-    prior: tuple[str, ...] = PRIORS
+    arch: tuple[str, ...] = ()
+    """Architectures (per lineage: never mutated by PBT); empty: every trial runs model.arch."""
+    optimizer: tuple[str, ...] = ()
+    """Learning rules (per lineage); empty: every trial runs train.optimizer."""
+    prior: tuple[str, ...] = ("uniform", "gaussian")
     """Noise priors p_z (per lineage)."""
-    lr_d: tuple[float, float] = (0.02, 0.3)
+    lr_d: tuple[float, float] = (5e-4, 3e-3)
     """D's learning rate: a log-uniform range."""
-    lr_g: tuple[float, float] = (0.02, 0.3)
+    lr_g: tuple[float, float] = (5e-4, 3e-3)
     """G's learning rate: a log-uniform range."""
-    momentum: tuple[float, float] = (0.3, 0.9)
-    """The momentum in force (Adam's beta1): a uniform range."""
-    k: tuple[int, ...] = (1, 2, 3, 5)
+    momentum: tuple[float, float] = (0.3, 0.7)
+    """The momentum in force (Adam's beta1, SGD's momentum): a uniform range."""
+    k: tuple[int, ...] = (1, 2)
     """D steps per G step (Algorithm 1's k)."""
-    g_loss: tuple[str, ...] = G_LOSSES
-    """Generator losses: non-saturating (Section 3) or minimax (Eq. 1)."""
+    g_loss: tuple[str, ...] = ("non-saturating",)
+    """Generator losses: non-saturating (Section 3), minimax (Eq. 1)."""
     perturbation_interval: int = 4
     """PBT: exploit and explore every this many Tune steps (a multiple of eval.every)."""
     quantile_fraction: float = 0.25
@@ -279,8 +294,6 @@ class SearchConfig:
             values = h.values(self)
             if h.continuous and not (len(values) == 2 and values[0] <= values[1]):
                 raise ConfigError(f"search.{h.name} must be [low, high] with low <= high, got {list(values)}")
-            if not values:
-                raise ConfigError(f"search.{h.name} must name at least one value")
             section = _SECTIONS_OF_HYPERPARAMETERS[h.section]
             for value in values:  # every end or choice must be a setting its section accepts
                 try:

@@ -57,7 +57,8 @@ class Hyperparameter:
         return tuple(getattr(search, self.name))
 
     def searched(self, search: Any) -> bool:
-        """False where the search pins it to one value (a range ``[x, x]`` or a one-element list)."""
+        """False where the search pins it to one value (a range ``[x, x]`` or a one-element list)
+        or leaves it at the experiment's own setting (an empty list)."""
         return len(set(self.values(search))) > 1
 
     def base_value(self, config: Any) -> Any:
@@ -67,6 +68,7 @@ class Hyperparameter:
 
 TABLE: tuple[Hyperparameter, ...] = (
     Hyperparameter("arch", LINEAGE, "model"),
+    Hyperparameter("optimizer", LINEAGE, "train"),
     Hyperparameter("prior", LINEAGE, "model"),
     Hyperparameter("lr_d", LOG_UNIFORM, "train"),
     Hyperparameter("lr_g", LOG_UNIFORM, "train"),

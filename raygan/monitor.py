@@ -242,6 +242,7 @@ def search_domains(search: SearchConfig) -> dict[str, Domain]:
     return {
         h.name: hp.RealInterval(*map(float, h.values(search))) if h.continuous else hp.Discrete(list(h.values(search)))
         for h in hyperparameters.table()
+        if h.values(search)  # an empty list: not searched, each trial's own setting
     }
 
 

@@ -62,12 +62,18 @@ def param_space(config: ExperimentConfig) -> dict[str, Any]:
     """Tune's param_space: a domain per row of the hyperparameter table, plus the fixed experiment.
 
     A row whose search range is a single value is fixed to that value (so a YAML file can pin
-    any hyperparameter by giving ``[x, x]`` or a one-element list).
+    any hyperparameter by giving ``[x, x]`` or a one-element list); where that value is the
+    experiment's own setting the trial simply runs the experiment's settings (a pinned momentum
+    then keeps the experiment's ramp).
     """
     # Each trial draws its own initialisation seed; the draw itself is seeded (tune_config).
     space: dict[str, Any] = {"experiment": to_dict(config), TRIAL_SEED: tune.randint(0, 2**31 - 1)}
     for h in hyperparameters.table():
-        space[h.name] = _domain(h, config.search) if h.searched(config.search) else h.values(config.search)[0]
+        values = h.values(config.search)
+        if h.searched(config.search):
+            space[h.name] = _domain(h, config.search)
+        elif values and values[0] != h.base_value(config):
+            space[h.name] = values[0]
     return space
 
 

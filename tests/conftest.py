@@ -98,10 +98,10 @@ def _tiny_experiment(tmp_path, **tune_changes):
     )
     tune.update(tune_changes)
     return ExperimentConfig(
-        model=ModelConfig(noise_dim=4, g_hidden=(16,), d_hidden=(16,), d_pieces=2, d_input_dropout=0.0),
-        train=TrainConfig(batch_size=20),
+        model=ModelConfig(arch="mlp", noise_dim=4, g_hidden=(16,), d_hidden=(16,), d_pieces=2, d_input_dropout=0.0),
+        train=TrainConfig(batch_size=20, optimizer="sgd", lr_d=0.05, lr_g=0.05),
         eval=EvalConfig(num_samples=200, sigmas=(0.05, 0.1, 0.2, 0.5), every=1, cpus=1.0),
-        search=SearchConfig(perturbation_interval=2),
+        search=SearchConfig(lr_d=(0.02, 0.3), lr_g=(0.02, 0.3), perturbation_interval=2),
         tune=TuneConfig(**tune),
     )
 
@@ -129,8 +129,8 @@ def make_trainable(tmp_path):
 
     def make(path, **hyper):
         config = _tiny_experiment(path)
-        trial_config = {"experiment": to_dict(config), "k": 1, "lr_d": 0.05, "lr_g": 0.05, "momentum": 0.5,
-                        "prior": "uniform", "g_loss": "non-saturating", "seed": 0, **hyper}
+        trial_config = {"experiment": to_dict(config), "arch": "mlp", "optimizer": "sgd", "k": 1, "lr_d": 0.05,
+                        "lr_g": 0.05, "momentum": 0.5, "prior": "uniform", "g_loss": "non-saturating", "seed": 0, **hyper}
         data = _tiny_dataset()
         trainable = with_data({"train": data.train, "bounded": True}, cpus=1, gpus=0)(config=trial_config)
         made.append(trainable)

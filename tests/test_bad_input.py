@@ -166,7 +166,7 @@ def bad_files(tmp_path):
         "a zip that is not torch's": _zip_bytes(),
         "a truncated generator": _generator_bytes()[:700],
         "a trainer checkpoint": _torch_bytes({"generator": {}, "discriminator": {}, "iteration": 3}),
-        "a bare state_dict": _torch_bytes(Generator(ModelConfig(noise_dim=4, g_hidden=(8,)), (1, 1, 1)).state_dict()),
+        "a bare state_dict": _torch_bytes(Generator(ModelConfig(arch="mlp", noise_dim=4, g_hidden=(8,)), (1, 1, 1)).state_dict()),
         "a tensor": _torch_bytes(torch.zeros(3)),
     }
     paths = {}
@@ -186,7 +186,7 @@ def _torch_bytes(obj) -> bytes:
 
 def _generator_bytes() -> bytes:
     buffer = io.BytesIO()
-    g = Generator(ModelConfig(noise_dim=4, g_hidden=(64,)), (1, 1, 1), bounded=False)
+    g = Generator(ModelConfig(arch="mlp", noise_dim=4, g_hidden=(64,)), (1, 1, 1), bounded=False)
     from raygan.models import generator_state
 
     torch.save(generator_state(g), buffer)
@@ -223,7 +223,7 @@ def test_evaluate_refuses_what_is_not_a_generator(bad_files, capsys, which):
 
 def test_evaluate_refuses_a_generator_for_another_data_set(tmp_path, capsys):
     path = tmp_path / "generator.pt"
-    save_generator(path, Generator(ModelConfig(noise_dim=4, g_hidden=(8,)), (1, 28, 28)))
+    save_generator(path, Generator(ModelConfig(arch="mlp", noise_dim=4, g_hidden=(8,)), (1, 28, 28)))
     assert evaluate.main(["--dataset", "toy-1d", "--checkpoint", str(path), "--num-samples", "50"]) == 2
     assert "toy-1d" in _one_error_line(capsys.readouterr().err)
 

@@ -73,7 +73,7 @@ def test_flat_samples_score_like_images(samples_file, mnist5k, tmp_path):
 
 def test_checkpoint_is_sampled_and_scored(mnist5k, tmp_path, capsys):
     torch.manual_seed(0)
-    g = Generator(ModelConfig(noise_dim=8, g_hidden=(16,)), (1, 28, 28))
+    g = Generator(ModelConfig(arch="mlp", noise_dim=8, g_hidden=(16,)), (1, 28, 28))
     path = tmp_path / "generator.pt"
     save_generator(path, g)
     report = evaluate_samples("mnist5k", checkpoint=path, num_samples=100, seed=4)
@@ -83,7 +83,7 @@ def test_checkpoint_is_sampled_and_scored(mnist5k, tmp_path, capsys):
     assert "generator.pt" in capsys.readouterr().out
 
     other = tmp_path / "points.pt"
-    save_generator(other, Generator(ModelConfig(noise_dim=8, g_hidden=(16,)), (1, 8, 8)))
+    save_generator(other, Generator(ModelConfig(arch="mlp", noise_dim=8, g_hidden=(16,)), (1, 8, 8)))
     assert main(["--checkpoint", str(other)]) == 2
     assert "generates (1, 8, 8) samples" in errors_of(capsys)[0]
 

@@ -39,7 +39,7 @@ except ImportError:
 # Figures 1, PBT and mode collapse draw with matplotlib, which raygan does not install.
 needs_matplotlib = pytest.mark.skipif(matplotlib is None, reason="needs matplotlib (pip install matplotlib)")
 
-TINY = ModelConfig(noise_dim=8, g_hidden=(16,), d_hidden=(8,), d_pieces=2)
+TINY = ModelConfig(arch="mlp", noise_dim=8, g_hidden=(16,), d_hidden=(8,), d_pieces=2)
 
 
 def _png(path: Path) -> None:

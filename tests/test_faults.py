@@ -275,7 +275,7 @@ def test_a_killed_evaluator_restarts_and_answers_the_calls_in_flight(ray_local):
 
 DRIVER_CONFIG = """\
 data: {name: toy-1d}
-model: {noise_dim: 2, g_hidden: [16], d_hidden: [16], d_pieces: 2, d_input_dropout: 0.0, d_hidden_dropout: 0.0}
+model: {arch: mlp, noise_dim: 2, g_hidden: [16], d_hidden: [16], d_pieces: 2, d_input_dropout: 0.0, d_hidden_dropout: 0.0}
 train: {batch_size: 50}
 eval: {num_samples: 200, ranking_samples: 200, sigmas: [0.05, 0.1, 0.2, 0.5], every: 1, cpus: 1.0}
 search: {perturbation_interval: 2}
@@ -453,7 +453,7 @@ def test_a_failed_write_keeps_the_previous_generator_and_summary_and_leaves_no_t
     from raygan.files import atomic_write_json
     from raygan.models import Generator, load_generator, save_generator
 
-    old = Generator(ModelConfig(noise_dim=4, g_hidden=(8,)), (1, 2, 2))
+    old = Generator(ModelConfig(arch="mlp", noise_dim=4, g_hidden=(8,)), (1, 2, 2))
     save_generator(tmp_path / "generator.pt", old)
     atomic_write_json(tmp_path / "summary.json", {"version": 1})
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
@@ -473,7 +473,7 @@ def test_a_failed_write_keeps_the_previous_generator_and_summary_and_leaves_no_t
         monkeypatch.setattr(raygan.files.os, "fdopen", half_then_full)
     else:
         monkeypatch.setattr(raygan.files.os, failing, disk_full)
-    new = Generator(ModelConfig(noise_dim=4, g_hidden=(8,)), (1, 2, 2))
+    new = Generator(ModelConfig(arch="mlp", noise_dim=4, g_hidden=(8,)), (1, 2, 2))
     with pytest.raises(OSError):
         save_generator(tmp_path / "generator.pt", new)
     with pytest.raises(OSError):
@@ -495,7 +495,7 @@ def test_a_crash_while_writing_best_leaves_every_file_of_the_previous_best_whole
 
     def best_inputs(version: int):
         checkpoint = tmp_path / f"checkpoint_{version}"
-        save_generator(checkpoint / "generator.pt", Generator(ModelConfig(noise_dim=4, g_hidden=(8,)), (1, 4, 4)))
+        save_generator(checkpoint / "generator.pt", Generator(ModelConfig(arch="mlp", noise_dim=4, g_hidden=(8,)), (1, 4, 4)))
         trial_config = {"experiment": to_dict(ExperimentConfig()), "k": version, "lr_d": 0.1, "lr_g": 0.1,
                         "momentum": 0.5, "prior": "uniform", "g_loss": "minimax", "seed": version}
         return checkpoint, trial_config, {"version": version}, torch.rand(16, 1, 4, 4)

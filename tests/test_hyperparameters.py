@@ -61,9 +61,9 @@ def test_a_new_row_reaches_tensorboard_and_the_leaderboard(with_batch_size):
 
 
 def test_lineage_rows_are_never_mutated_and_continuous_rows_are_clipped():
-    config = ExperimentConfig(search=SearchConfig(arch=("mlp", "conv"), prior=("uniform", "gaussian")))
+    config = ExperimentConfig(search=SearchConfig(arch=("mlp", "conv"), optimizer=("adam", "sgd"), prior=("uniform", "gaussian")))
     lineage = {h.name for h in hyperparameters.table() if h.kind == LINEAGE}
-    assert lineage == {"arch", "prior"}
+    assert lineage == {"arch", "optimizer", "prior"}
     assert not lineage & set(search._mutations(config.search))
     clipped = search._clip_to_search({"momentum": 0.9 * 1.2, "lr_d": 1e-9, "k": 3}, config.search)
     assert clipped == {"momentum": config.search.momentum[1], "lr_d": config.search.lr_d[0], "k": 3}
@@ -74,6 +74,15 @@ def test_a_pinned_row_is_a_constant_and_stays_out_of_the_mutations():
     space = search.param_space(config)
     assert space["lr_d"] == 0.05 and space["k"] == 2
     assert {"lr_d", "k"}.isdisjoint(search._mutations(config.search))
+
+
+def test_an_empty_list_leaves_a_row_at_the_experiments_own_setting():
+    config = ExperimentConfig(search=SearchConfig(arch=(), optimizer=()))
+    space = search.param_space(config)
+    assert "arch" not in space and "optimizer" not in space  # every trial runs model.arch, train.optimizer
+    assert "arch" not in search._base_point(config)[0] and "arch" not in search_domains(config.search)
+    pinned_to_own = search.param_space(ExperimentConfig(search=SearchConfig(momentum=(0.5, 0.5))))
+    assert "momentum" not in pinned_to_own  # the experiment's own value: its momentum ramp stays
 
 
 def test_a_trials_momentum_is_the_momentum_in_force():

@@ -28,7 +28,7 @@ from raygan.models import (
 def constant_generator(image: np.ndarray, bounded: bool = True) -> Generator:
     """A generator whose every sample is ``image`` (C, H, W): last layer's weights zeroed, its bias set."""
     torch.manual_seed(0)
-    g = Generator(ModelConfig(noise_dim=2, g_hidden=(4,)), image.shape, bounded=bounded)
+    g = Generator(ModelConfig(arch="mlp", noise_dim=2, g_hidden=(4,)), image.shape, bounded=bounded)
     target = torch.as_tensor(image, dtype=torch.float32).reshape(-1)
     with torch.no_grad():
         g.net[-1].weight.zero_()
@@ -199,7 +199,7 @@ def test_a_zero_weight_member_is_never_drawn():
 
 def test_a_member_draws_from_its_own_prior():
     torch.manual_seed(0)
-    gs = [Generator(ModelConfig(noise_dim=3, g_hidden=(8,), prior=p), (1, 2, 2)) for p in ("uniform", "gaussian")]
+    gs = [Generator(ModelConfig(arch="mlp", noise_dim=3, g_hidden=(8,), prior=p), (1, 2, 2)) for p in ("uniform", "gaussian")]
     m = mx.GeneratorMixture(gs, [0.0, 1.0])
     _, seeds = m._draw(20, seed=5)
     torch.testing.assert_close(m.sample(20, seed=5), generate(gs[1], 20, seed=seeds[1]), atol=0, rtol=0)
@@ -222,7 +222,7 @@ def test_members_of_different_shapes_are_refused():
 
 def test_save_load_sample_give_identical_samples(tmp_path):
     torch.manual_seed(0)
-    gs = [Generator(ModelConfig(noise_dim=4, g_hidden=(16,), prior=p), (1, 3, 3)) for p in ("uniform", "hypersphere")]
+    gs = [Generator(ModelConfig(arch="mlp", noise_dim=4, g_hidden=(16,), prior=p), (1, 3, 3)) for p in ("uniform", "hypersphere")]
     m = mx.GeneratorMixture(gs, [0.35, 0.65], names=["a", "b"], fit={"fit_to": "parzen", "sigmas": [0.1, 0.2]})
     path = tmp_path / "best" / "mixture.pt"
     m.save(path)

@@ -17,7 +17,7 @@ from raygan.sample import main
 @pytest.fixture
 def generator_file(tmp_path):
     torch.manual_seed(0)
-    g = Generator(ModelConfig(noise_dim=8, g_hidden=(16,)), (1, 28, 28))
+    g = Generator(ModelConfig(arch="mlp", noise_dim=8, g_hidden=(16,)), (1, 28, 28))
     path = tmp_path / "generator.pt"
     save_generator(path, g)
     return path, g
@@ -76,7 +76,7 @@ def test_a_mixture_file_samples_like_the_mixture(tmp_path):
     from raygan.mixture import GeneratorMixture
 
     torch.manual_seed(1)
-    members = [Generator(ModelConfig(noise_dim=8, g_hidden=(16,), prior=p), (1, 28, 28)) for p in ("uniform", "gaussian")]
+    members = [Generator(ModelConfig(arch="mlp", noise_dim=8, g_hidden=(16,), prior=p), (1, 28, 28)) for p in ("uniform", "gaussian")]
     mixture = GeneratorMixture(members, [0.3, 0.7], names=["a", "b"])
     path = tmp_path / "mixture.pt"
     mixture.save(path)
@@ -90,7 +90,7 @@ def test_a_mixture_file_samples_like_the_mixture(tmp_path):
 def test_a_tampered_mixture_file_is_one_sentence_and_exit_2(tmp_path, capsys):
     from raygan.mixture import GeneratorMixture
 
-    members = [Generator(ModelConfig(noise_dim=8, g_hidden=(16,)), (1, 28, 28)) for _ in range(2)]
+    members = [Generator(ModelConfig(arch="mlp", noise_dim=8, g_hidden=(16,)), (1, 28, 28)) for _ in range(2)]
     state = GeneratorMixture(members, [0.5, 0.5]).state()
     state["weights"] = torch.tensor([0.9, 0.9], dtype=torch.float64)
     torch.save(state, tmp_path / "mixture.pt")
