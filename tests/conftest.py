@@ -47,7 +47,9 @@ def without_local_ray():
 
 @pytest.fixture(autouse=True)
 def _torch_threads():
-    """Keep each test's torch on few threads: the CI machine has 2 cores."""
+    """One torch thread per test: the CI machine has 2 cores, the nets in tests are small, and two
+    threads on two busy cores spin in OpenMP barriers (measured: 3 ms vs 240 ms per iteration of a
+    tiny GAN while another process used a core)."""
     import torch
 
     before = torch.get_num_threads()

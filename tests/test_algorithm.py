@@ -44,13 +44,6 @@ SMALL_TRAIN = TrainConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_torch_threads):
-    """These nets are tiny: one thread is fastest, and two threads on two busy cores spin in
-    OpenMP barriers (measured: 3 ms vs 240 ms per iteration while another process used a core)."""
-    torch.set_num_threads(1)
-
-
 def _data(n: int = 128, seed: int = 0) -> torch.Tensor:
     """Bounded 8x8 'images' in [0, 1], drawn directly (no data set needed)."""
     return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))

@@ -145,6 +145,7 @@ VALID: dict[str, dict[str, st.SearchStrategy]] = {
         "address": st.none() | st.sampled_from(["auto", "ray://head:10001"]),
         "seed": st.integers(0, 2**63 - 1),
     },
+    "mixture": {"members": st.integers(1, 64), "fit_to": st.none() | st.sampled_from(["parzen", "fd", "tvd"])},
 }
 
 
@@ -567,3 +568,16 @@ def test_gpu_requests_resolve_to_the_default_share_only_where_the_cluster_has_gp
     assert tune.gpus_for(None, cluster_gpus=0) == 0.0
     assert tune.gpus_for(0.125, cluster_gpus=0) == 0.125  # an explicit request stands (and is checked later)
     assert tune.gpus_for(0.0, cluster_gpus=8) == 0.0
+
+
+def test_every_setting_is_documented_and_the_readme_table_is_current():
+    """Each field's docstring is the one description of a setting: --help and the README reuse it."""
+    from pathlib import Path
+
+    from raygan.config import field_docs, settings_table
+
+    for section in typing.get_type_hints(ExperimentConfig).values():
+        missing = set(_fields(section)) - set(field_docs(section))
+        assert not missing, f"{section.__name__}: no docstring for {sorted(missing)}"
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert settings_table() in readme, "README.md's settings table is stale: paste python -m raygan.config's output"

@@ -29,12 +29,6 @@ PAPER = ModelConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_torch_threads):
-    """Small forward passes: one thread avoids OpenMP barrier spinning on busy shared cores."""
-    torch.set_num_threads(1)
-
-
 def _linears(module: nn.Module) -> list[nn.Linear]:
     return [m for m in module.modules() if isinstance(m, nn.Linear)]
 

@@ -15,11 +15,6 @@ from raygan.priors import sample_noise
 N, DIM = 20_000, 10  # 200k coordinates: the standard error of a variance is ~0.3 % of it
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_torch_threads):
-    torch.set_num_threads(1)
-
-
 def _draw(prior: str, n: int = N, dim: int = DIM, seed: int = 0) -> torch.Tensor:
     return sample_noise(prior, n, dim, torch.Generator().manual_seed(seed))
 

@@ -27,11 +27,6 @@ from raygan.priors import sample_noise
 LOG4 = math.log(4.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_torch_threads):
-    """Tiny nets: one thread is fastest, and two threads on two busy cores spin in OpenMP barriers."""
-    torch.set_num_threads(1)
-
 # Two distributions on six points, in multiples of 1/20 so that a list of 20 support indices
 # holds each one exactly: a mean over that list *is* the expectation.
 P_DATA = np.array([2, 4, 6, 5, 2, 1]) / 20

@@ -47,7 +47,7 @@ def test_end_to_end_tune_of_two_trials(ray_local, tmp_path, tiny_dataset, tiny_e
     assert summary["parzen_test_ll"] == pytest.approx(want.test_ll, abs=1e-3)
     assert summary["parzen_test_se"] == pytest.approx(want.test_se, abs=1e-3)
     assert summary["sigma"] == want.sigma
-    assert set(summary["config"]) >= {"k", "lr_d", "lr_g", "momentum", "prior", "g_loss"}
+    assert set(summary["config"]) >= {"k", "lr_d", "lr_g", "momentum", "prior"}  # what the tiny search varies
     assert math.isfinite(report.reference["parzen_test_ll"])
 
     state = torch.load(best / "generator.pt", weights_only=True)  # loads without unpickling code
