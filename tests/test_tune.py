@@ -14,6 +14,7 @@ import yaml
 from raygan.config import (
     EvalConfig,
     ExperimentConfig,
+    SearchConfig,
     TuneConfig,
     load_config,
 )
@@ -176,3 +177,64 @@ def test_yaml_configs_in_experiments_load():
         load_config(path)
     assert load_config(root / "mnist5k.yaml") == ExperimentConfig()  # the default run is the defaults
     assert yaml.safe_load((root / "mnist5k.yaml").read_text())["data"]["name"] == "mnist5k"
+
+
+def test_pbts_explore_never_changes_a_lineage_setting():
+    """PBT copies a donor's whole config and perturbs only the mutations raygan hands it: the
+    architecture, the learning rule and the prior travel with the weights, unchanged."""
+    import random
+
+    from ray.tune.schedulers.pbt import _explore
+
+    from raygan import search
+
+    config = ExperimentConfig(search=SearchConfig(arch=("conv", "mlp"), optimizer=("adam", "sgd"), prior=("uniform", "gaussian")))
+    mutations = search._mutations(config.search)
+    donor = {"arch": "mlp", "optimizer": "sgd", "prior": "gaussian", "lr_d": 1e-3, "lr_g": 1e-3, "momentum": 0.5, "k": 1}
+    random.seed(0)
+    for _ in range(200):
+        explored, _ = _explore(dict(donor), mutations, 0.25, [1.2, 0.8],
+                               custom_explore_fn=lambda c: search._clip_to_search(c, config.search))
+        assert {k: explored[k] for k in ("arch", "optimizer", "prior")} == {"arch": "mlp", "optimizer": "sgd", "prior": "gaussian"}
+        assert config.search.lr_d[0] <= explored["lr_d"] <= config.search.lr_d[1]
+
+
+def test_a_copy_of_another_trials_checkpoint_gets_a_new_random_stream(evaluator, tmp_path, make_trainable, monkeypatch):
+    """PBT's exploit (a checkpoint of another trial) reseeds the copy; a trial's own checkpoint
+    (crash recovery) continues its stream exactly."""
+    from raygan.trainable import GANTrainable
+
+    monkeypatch.setattr(GANTrainable, "trial_id", property(lambda self: f"trial-{self.config['seed']}"))
+    donor = make_trainable(tmp_path / "donor", seed=1)
+    donor.train()
+    checkpoint = donor.save(str(tmp_path / "ckpt"))
+    own, copy = make_trainable(tmp_path / "own", seed=1), make_trainable(tmp_path / "copy", seed=2)
+    own.restore(checkpoint)
+    copy.restore(checkpoint)
+    for t in (donor, own, copy):
+        t.train()
+    g = {name: t.trainer.generator.state_dict() for name, t in (("donor", donor), ("own", own), ("copy", copy))}
+    assert all(torch.equal(g["donor"][k], g["own"][k]) for k in g["donor"])  # the same stream
+    assert not all(torch.equal(g["donor"][k], g["copy"][k]) for k in g["donor"])  # a new one
+
+
+def test_a_checkpoint_holds_the_generator_that_was_scored(evaluator, tmp_path, make_trainable):
+    """Under a time budget Tune may stop a trial between evaluations: best/ must hold the state
+    its score belongs to, not the weights trained since."""
+    from raygan.models import generator_state
+    from raygan.trainable import read_scores
+
+    trial = make_trainable(tmp_path / "t")
+    from raygan.config import replace
+
+    trial.experiment = replace(trial.experiment, eval=replace(trial.experiment.eval, every=2))
+    trial.train()  # step 1: always scored
+    trial.train()  # step 2: (2) % 2 == 0, scored
+    scored = {k: v.clone() for k, v in generator_state(trial.trainer.generator)["state_dict"].items()}
+    trial.train()  # step 3: trained, not scored
+    path = trial.save(str(tmp_path / "ckpt")).checkpoint.path
+    saved = torch.load(Path(path) / "generator.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], scored[k]) for k in scored)
+    current = trial.trainer.generator.state_dict()
+    assert not all(torch.equal(saved[k], current[k]) for k in saved)
+    assert read_scores(path)["training_iteration"] == 2
