@@ -351,8 +351,8 @@ class TuneConfig:
     """Tune steps per trial."""
     iterations_per_step: int | None = 250
     """Algorithm 1 iterations per Tune step (None: one epoch)."""
-    checkpoint_every: int = 4
-    """Tune steps between checkpoints (PBT also checkpoints the donors it copies)."""
+    checkpoint_every: int = 2
+    """Tune steps between checkpoints (PBT also checkpoints the donors it copies). Each holds the generator last scored, and best/ is the best of those: a multiple of eval.every keeps every scored state."""
     checkpoints_kept: int = 4
     """The most recent checkpoints kept per trial (PBT restores a donor's latest)."""
     max_failures: int = 3

@@ -105,7 +105,7 @@ def _quality_cells(quality: dict[str, Any]) -> list[str]:
 def format_leaderboard(report: Report) -> list[str]:
     """The leaderboard's lines: rank, trial, validation LL, quality, steps, hyperparameters."""
     s = report.summary
-    names = list(hyperparameters.names())
+    names = [h for h in hyperparameters.names() if any(h in row.config for row in report.leaderboard)]
     cells = [[fmt(row.config.get(h), 3) for h in names] for row in report.leaderboard]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(names)]
     with_quality = any(row.quality for row in report.leaderboard)
