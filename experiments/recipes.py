@@ -31,7 +31,7 @@ from raygan import parzen
 from raygan.algorithm import GANTrainer
 from raygan.config import ModelConfig, TrainConfig, build, load_config, to_dict
 from raygan.data import load_dataset
-from raygan.models import generate
+from raygan.mixture import draw
 
 SAMPLES = 10_000  # the paper's Parzen centres
 SAMPLE_SEED = 1234  # fixed noise for every recipe
@@ -110,7 +110,7 @@ def run_recipe(name: str, iterations: int, dataset, knn: KNN, seed: int, out: Pa
 
 def read_generator(name: str, generator, dataset, knn: KNN, out: Path | None) -> dict[str, Any]:
     """10,000 samples of fixed noise read by the 3-NN (classes, TVD) and the Parzen protocol; the grid saved."""
-    samples = generate(generator, SAMPLES, seed=SAMPLE_SEED)
+    samples = draw(generator, SAMPLES, seed=SAMPLE_SEED)  # a generator or a mixture
     at2, at5, tvd = coverage(knn.predict(samples))
     flat = samples.reshape(SAMPLES, -1)
     result = parzen.evaluate(flat, dataset.valid.reshape(len(dataset.valid), -1), dataset.test.reshape(len(dataset.test), -1))
