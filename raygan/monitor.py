@@ -312,27 +312,11 @@ def leaderboard_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def best_trial_markdown(summary: Mapping[str, Any]) -> str:
-    """The best trial's test LL ± SE with its sigma, and the held-out-data reference, as markdown."""
-    lines = [
-        f"Best trial **{summary.get('trial_id')}**: Parzen test log-likelihood "
-        f"**{_nats(summary.get('parzen_test_ll'))} ± {_nats(summary.get('parzen_test_se'))}** nats "
-        f"(sigma {_fmt(summary.get('sigma'))} chosen on validation; validation LL {_nats(summary.get('parzen_valid_ll'))}).",
-    ]
-    reference = summary.get("reference")
-    if reference:
-        lines.append(
-            f"Held-out-data reference (real training images as Parzen centres): "
-            f"{_nats(reference.get('parzen_test_ll'))} ± {_nats(reference.get('parzen_test_se'))} nats "
-            f"(sigma {_fmt(reference.get('sigma'))})."
-        )
-    quality = summary.get("quality")
-    if quality:
-        ref = quality.get("reference") or {}
-        lines.append(
-            f"Domain classifier: FD {_fmt(quality.get('fd'))}, classes covered {quality.get('classes_covered')}, "
-            f"TVD {_fmt(quality.get('tvd'))} (held-out data: FD {_fmt(ref.get('fd'))}, "
-            f"classes covered {ref.get('classes_covered')}, TVD {_fmt(ref.get('tvd'))})."
-        )
+    """The best trial's test LL ± SE with its sigma, its classifier measures, and the held-out-data
+    reference, as markdown (the same lines the CLI prints)."""
+    from raygan.report import summary_lines
+
+    lines = summary_lines(dict(summary), strong=lambda text: f"**{text}**")
     config = summary.get("config")
     if config:
         lines.append("Configuration: " + ", ".join(f"`{k}={_fmt(v)}`" for k, v in config.items()) + ".")

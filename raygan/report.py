@@ -138,36 +138,44 @@ def _mixture_lines(m: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def format_report(report: Report) -> str:
-    """The leaderboard and the best trial's numbers, as the user sees them at the end."""
-    s, r = report.summary, report.reference
-    lines = ["", *format_leaderboard(report), ""]
-    lines.append(
-        f"Best trial {s['trial_id']} ({s['num_samples']:,} samples): Parzen test log-likelihood "
-        f"{nats(s['parzen_test_ll'])} ± {nats(s['parzen_test_se'])} nats (sigma {fmt(s['sigma'], 3)} chosen on validation; "
-        f"validation LL {nats(s['parzen_valid_ll'])})"
-    )
+def summary_lines(s: dict[str, Any], strong: Any = str) -> list[str]:
+    """The best trial's numbers beside the held-out-data reference: what the CLI prints and the
+    TensorBoard summary shows (``strong`` marks the headline numbers, e.g. markdown bold)."""
+    r = s.get("reference") or {}
+    headline = strong(f"{nats(s.get('parzen_test_ll'))} ± {nats(s.get('parzen_test_se'))}")
+    lines = [
+        f"Best trial {s.get('trial_id')} ({s.get('num_samples', 0):,} samples): Parzen test log-likelihood {headline} nats "
+        f"(sigma {fmt(s.get('sigma'), 3)} chosen on validation; validation LL {nats(s.get('parzen_valid_ll'))})"
+    ]
     matched = s.get("at_reference_size")
     if matched:
         lines.append(
             f"  the same generator with {matched['num_samples']:,} samples (as many centres as the reference): "
             f"{nats(matched['parzen_test_ll'])} ± {nats(matched['parzen_test_se'])} nats"
         )
-    lines.append(
-        f"Held-out-data reference ({r.get('num_samples', s['num_samples']):,} real training images as Parzen centres): "
-        f"{nats(r['parzen_test_ll'])} ± {nats(r['parzen_test_se'])} nats (sigma {fmt(r['sigma'], 3)})"
-    )
+    if r:
+        lines.append(
+            f"Held-out-data reference ({r.get('num_samples', s.get('num_samples', 0)):,} real training images as Parzen centres): "
+            f"{nats(r.get('parzen_test_ll'))} ± {nats(r.get('parzen_test_se'))} nats (sigma {fmt(r.get('sigma'), 3)})"
+        )
     quality = s.get("quality")
     if quality:
         ref = quality.get("reference") or {}
         lines.append(
-            f"Sample quality by the {s['dataset']} classifier: FD {fmt(quality['fd'], 3)}, classes covered "
-            f"{quality['classes_covered']}, TVD {fmt(quality['tvd'], 2)}, confidence {fmt(quality['confidence'], 3)}"
+            f"Sample quality by the {s.get('dataset')} classifier: FD {fmt(quality['fd'], 3)}, classes covered "
+            f"{strong(str(quality['classes_covered']))}, TVD {strong(fmt(quality['tvd'], 2))}, confidence {fmt(quality['confidence'], 3)}"
         )
         lines.append(
             f"Held-out-data reference (validation images): FD {fmt(ref.get('fd'), 3)}, classes covered "
             f"{ref.get('classes_covered')}, TVD {fmt(ref.get('tvd'), 2)}, confidence {fmt(ref.get('confidence'), 3)}"
         )
+    return lines
+
+
+def format_report(report: Report) -> str:
+    """The leaderboard and the best trial's numbers, as the user sees them at the end."""
+    s = report.summary
+    lines = ["", *format_leaderboard(report), "", *summary_lines(s)]
     lines += _mixture_lines(s.get("mixture"))
     if report.extra.get("mixture_note"):
         lines.append(report.extra["mixture_note"])
