@@ -72,7 +72,7 @@ def workspace(tmp_path, monkeypatch):
         "not-a-mapping.yaml": "- data\n- model\n",
         "out-of-range.yaml": "train:\n  momentum: 1.5\n",
         "infinite.yaml": "train:\n  lr_d: .inf\n",
-        "other-search.yaml": "search:\n  k: [1, 2]\n",
+        "other-search.yaml": "search:\n  k: [1, 3]\n",
     }.items():
         (configs / name).write_text(text)
     (configs / "binary.yaml").write_bytes(b"\xff\xfe\x00garbage")
