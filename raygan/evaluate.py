@@ -37,7 +37,7 @@ from raygan.mixture import draw, load_samplable
 
 
 @dataclass(frozen=True)
-class Report:
+class EvaluationReport:
     """A model's Parzen score and quality measures beside the held-out-data references, on one data set."""
 
     dataset: str
@@ -167,7 +167,7 @@ def evaluate_samples(
     with_quality: bool | None = None,
     cache_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
-) -> Report:
+) -> EvaluationReport:
     """Score a samples file or a generator with the Parzen protocol, beside the held-out-data reference.
 
     Args:
@@ -186,7 +186,7 @@ def evaluate_samples(
         log: gets the classifier's training line (its held-out accuracy).
 
     Returns:
-        The :class:`Report`.
+        The :class:`EvaluationReport`.
 
     Raises:
         UserError: a bad argument, a missing or damaged file, or samples that do not fit the data
@@ -206,7 +206,7 @@ def evaluate_samples(
         centres = generate_samples(checkpoint, data, num_samples, seed)
     model = parzen.evaluate(centres, data.valid, data.test, chunk_size=chunk_size)
     reference = parzen.reference(data.train, data.valid, data.test, num_samples, seed=seed, chunk_size=chunk_size)
-    report = Report(
+    report = EvaluationReport(
         dataset=dataset,
         source=str(samples if samples is not None else checkpoint),
         num_samples=len(centres),
@@ -230,7 +230,7 @@ def evaluate_samples(
     )
 
 
-def format_report(report: Report) -> str:
+def format_report(report: EvaluationReport) -> str:
     """The report as the table the CLI prints: sigma, validation LL, test LL ± SE, per row."""
     header = f"{'':<24} {'centres':>8} {'sigma':>7} {'valid LL':>10} {'test LL ± SE (nats)':>22}"
     rows = [header]
@@ -250,7 +250,7 @@ def format_report(report: Report) -> str:
     return "\n".join(rows)
 
 
-def format_quality(report: Report) -> str:
+def format_quality(report: EvaluationReport) -> str:
     """The domain classifier's reading of the samples beside the validation split's, as the CLI prints it."""
     header = f"{'':<24} {'samples':>8} {'FD':>9} {'classes':>8} {'TVD':>6} {'confidence':>11}"
     rows = [header]
