@@ -209,20 +209,18 @@ def test_corrupt_file_is_a_data_error(tmp_path, corrupt):
         load_dataset("fashion-mnist", root=tmp_path)
 
 
-def test_images_of_the_wrong_size_are_a_data_error(tmp_path):
+@pytest.mark.parametrize(
+    "file, images, says",
+    [("t10k-images-idx3-ubyte", np.zeros((4, 27, 27), np.uint8), "28x28"),
+     ("train-images-idx3-ubyte", np.zeros((50, 28, 28), np.uint8), "too few")],
+    ids=["images of the wrong size", "too few training images"],
+)
+def test_unusable_image_files_are_a_data_error(tmp_path, file, images, says):
     fake_idx_set(tmp_path, compress=False)
-    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((4, 27, 27), np.uint8))
+    write_idx(tmp_path / file, images)
     with pytest.raises(DataError) as err:
         load_dataset("fashion-mnist", root=tmp_path)
-    assert_one_sentence(err, "28x28")
-
-
-def test_too_few_training_images_is_a_data_error(tmp_path):
-    fake_idx_set(tmp_path, compress=False)
-    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((50, 28, 28), np.uint8))
-    with pytest.raises(DataError) as err:
-        load_dataset("fashion-mnist", root=tmp_path)
-    assert_one_sentence(err, "too few")
+    assert_one_sentence(err, says)
 
 
 def test_unknown_name_lists_the_choices():
