@@ -173,8 +173,10 @@ class GANTrainable(tune.Trainable):
         # A conditional G is asked for every class equally often, and scored on obeying the label.
         labels = None if generator.num_classes is None else class_grid_labels(num, generator.num_classes)
         samples = generate(generator, num, seed=self.experiment.eval.seed, labels=labels)
-        if shows_as_image(self.trainer.generator.data_shape):  # the same z at every evaluation
-            self.monitor.log_samples(self.iteration + 1, samples[:SAMPLE_GRID])
+        if shows_as_image(generator.data_shape):  # the same z at every evaluation
+            # a conditional G's first K * K samples are one row per class (class_grid_labels)
+            shown = SAMPLE_GRID if labels is None else generator.num_classes**2
+            self.monitor.log_samples(self.iteration + 1, samples[:shown])
         self.monitor.log_histograms(self.iteration + 1, self.trainer.generator, self.trainer.discriminator)
         evaluator = find_evaluator(evaluator_name(self.experiment.tune.name))
         labels = None if labels is None else labels.numpy()
