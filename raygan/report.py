@@ -123,6 +123,21 @@ def format_leaderboard(report: Report) -> list[str]:
     return lines
 
 
+def _mixture_lines(m: dict[str, Any] | None) -> list[str]:
+    """The mixture beside the best single trial, scored the same way (summary.json's "mixture")."""
+    if not m:
+        return []
+    weights = ", ".join(f"{member['trial_id']} {member['weight']:.2f}" for member in m["members"])
+    lines = [f"Mixture of the best {len(m['members'])} trials (weights fitted on validation to {m['fit']['fit_to']}: {weights}):"]
+    for name, scores in (("mixture", m["mixture"]), ("best single trial", m["best_single"])):
+        q = scores.get("quality") or {}
+        quality = (f", FD {fmt(q['fd'], 3)}, classes covered {q['classes_covered']}, TVD {fmt(q['tvd'], 2)}" if q else "")
+        lines.append(f"  {name:<18} Parzen test LL {nats(scores['parzen_test_ll'])} ± {nats(scores['parzen_test_se'])}"
+                     f" ({scores['num_samples']:,} samples){quality}")
+    lines.append(f"  saved as {m['file']}")
+    return lines
+
+
 def format_report(report: Report) -> str:
     """The leaderboard and the best trial's numbers, as the user sees them at the end."""
     s, r = report.summary, report.reference
@@ -153,6 +168,9 @@ def format_report(report: Report) -> str:
             f"Held-out-data reference (validation images): FD {fmt(ref.get('fd'), 3)}, classes covered "
             f"{ref.get('classes_covered')}, TVD {fmt(ref.get('tvd'), 2)}, confidence {fmt(ref.get('confidence'), 3)}"
         )
+    lines += _mixture_lines(s.get("mixture"))
+    if report.extra.get("mixture_note"):
+        lines.append(report.extra["mixture_note"])
     lines += [
         f"Best generator, config, summary and samples: {report.best_dir}/",
         f"TensorBoard: tensorboard --logdir {report.experiment_path}",

@@ -233,20 +233,25 @@ def _check_resources(config: ExperimentConfig) -> None:
             raise UserError(f"{who} asks for {amount:g} {resource}s but this machine's Ray has {have.get(resource, 0.0):g}; lower {setting}")
 
 
-def _progress_reporter() -> Any:
-    """The live table: each trial's hyperparameters, D(x), D(G(z)) and its scores."""
+def _progress_reporter(config: ExperimentConfig) -> Any:
+    """The live table: each trial's hyperparameters (those its Tune config carries), D(x),
+    D(G(z)) and its scores."""
     from ray.tune import CLIReporter
 
     from raygan import hyperparameters
+    from raygan.search import param_space
 
+    carried = param_space(config)
     return CLIReporter(
-        parameter_columns={name: name for name in hyperparameters.names()},
+        parameter_columns={name: name for name in hyperparameters.names() if name in carried},
         metric_columns={
             keys.TRAINING_ITERATION: "steps",
             keys.ALGORITHM_ITERATION: "iters",
             keys.D_REAL: "D(x)",
             keys.D_FAKE: "D(G(z))",
             keys.PARZEN_VALID_LL: "parzen_valid_ll",
+            keys.CLASSES_COVERED: "classes",
+            keys.FD: "FD",
             keys.ITERATIONS_PER_S: "iter/s",
         },
         sort_by_metric=True,  # metric and mode come from the TuneConfig
@@ -274,7 +279,7 @@ def _run_config(config: ExperimentConfig, path: str, verbose: int, callbacks: Se
             checkpoint_at_end=True,
         ),
         verbose=verbose,
-        progress_reporter=_progress_reporter(),
+        progress_reporter=_progress_reporter(config),
         callbacks=[*callbacks, CSVLoggerCallback(), JsonLoggerCallback(), NoteCtrlC()],
         # On remote storage the trials' TensorBoard events are written to their working directories
         # (raygan.trainable.trial_log_dir): Tune uploads those with each checkpoint.
@@ -467,7 +472,33 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
     """
     path, dataset, quality = preflight(config, dataset)
     results, evaluator, _data_refs = fit(config, path, dataset, quality, verbose, callbacks)
-    return report_best(config, path, results, evaluator)
+    report = report_best(config, path, results, evaluator)
+    return add_mixture(config, report, dataset)
+
+
+def add_mixture(config: ExperimentConfig, report: Report, dataset: Any = None) -> Report:
+    """The population as one generator: the best ``mixture.members`` trials mixed with weights
+    fitted on validation (raygan.mixture), scored like the best trial, saved as best/mixture.pt
+    and added to summary.json's "mixture". Skipped (with a note) on remote storage and where
+    fewer than two trials can be mixed."""
+    from raygan import mixture
+    from raygan.files import atomic_write_json
+
+    if config.mixture.members < 2:
+        return report
+    if _is_uri(report.experiment_path):
+        note = f"mixture: not built on remote storage; run python -m raygan.mixture --run DIR on a local copy of {report.experiment_path}"
+        return dataclasses.replace(report, extra={**report.extra, "mixture_note": note})
+    chosen = mixture.select_members(mixture.trial_checkpoints(report.experiment_path), config.mixture.members)
+    if len(chosen) < 2:
+        note = "mixture: fewer than two trials have a scored, finite generator; nothing to mix"
+        return dataclasses.replace(report, extra={**report.extra, "mixture_note": note})
+    comparison = mixture.build_from_run(report.experiment_path, members=config.mixture.members,
+                                       fit_to=config.mixture.fit_to, num_samples=config.eval.num_samples, log=lambda line: None,
+                                       data=dataset)
+    summary = {**report.summary, "mixture": comparison.as_json()}
+    atomic_write_json(Path(report.best_dir) / "summary.json", summary)
+    return dataclasses.replace(report, summary=summary)
 
 
 # --------------------------------------------------------------------------------------------

@@ -55,8 +55,24 @@ def test_end_to_end_tune_of_two_trials(ray_local, tmp_path, tiny_dataset, tiny_e
     saved = load_config(best / "config.yaml")
     assert saved.train.k == summary["config"]["k"] and saved.model.prior == summary["config"]["prior"]
     assert (best / "samples.png").stat().st_size > 0
+    assert oct((best / "summary.json").stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # the user's umask, not 0600
+
+    # The population as one generator: both trials mixed, weights on the simplex, scored like the best trial.
+    mixture = summary["mixture"]
+    weights = [m["weight"] for m in mixture["members"]]
+    assert len(weights) == 2 and all(w >= 0 for w in weights) and sum(weights) == pytest.approx(1, abs=1e-6)
+    assert mixture["best_single"]["trial_id"] == summary["trial_id"] and (best / "mixture.pt").is_file()
+    assert math.isfinite(mixture["mixture"]["parzen_test_ll"])
     text = format_report(report)
-    assert "Leaderboard" in text and "Held-out-data reference" in text
+    assert "Leaderboard" in text and "Held-out-data reference" in text and "Mixture of the best 2 trials" in text
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_existing_experiment_is_not_overwritten(ray_local, tmp_path, tiny_dataset, tiny_experiment):
