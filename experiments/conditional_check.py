@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from recipes import KNN, mnist5k_labels
+from recipes import KNN
 
 from raygan import quality
 from raygan.data import load_dataset
@@ -44,9 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {args.checkpoint} is not a conditional generator of mnist5k's {dataset.num_classes} classes")
         return 2
     model = quality.load_or_train(dataset)
-    train_labels, test_labels = mnist5k_labels(dataset)
-    knn = KNN(dataset.train, train_labels)
-    knn_test = float((knn.predict(dataset.test) == test_labels).mean())
+    knn = KNN(dataset.train, dataset.train_labels)
+    knn_test = float((knn.predict(dataset.test) == dataset.test_labels).mean())
     print(f"real test digits: raygan classifier {model.accuracy:.2%}, 3-NN on pixels {knn_test:.2%}")
 
     k, n = dataset.num_classes, args.per_class
