@@ -15,7 +15,12 @@ learning rates decayed exponentially per iteration. The losses are computed on D
 using log sigmoid(l) = -softplus(-l) and log(1 - sigmoid(l)) = -softplus(l), so they stay
 finite when D saturates.
 
-All randomness (minibatch indices, noise, dropout masks) comes from one random stream owned by
+A conditional pair (``model.conditional``, the paper's Section 7) plays the same game on
+D(x | c) and G(z | c): a real minibatch keeps each image's own label, and the labels of a fake
+minibatch are drawn from the training labels (by index, so they follow the training split's
+class shares).
+
+All randomness (minibatch indices, noise, fake labels, dropout masks) comes from one random stream owned by
 the :class:`GANTrainer`, saved in its state dict, so a resumed run continues identically.
 """
 
@@ -30,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from raygan.config import ModelConfig, TrainConfig
+from raygan.config import ConfigError, ModelConfig, TrainConfig
 from raygan.models import Discriminator, Generator
 from raygan.priors import sample_noise
 
@@ -97,11 +102,30 @@ class GANTrainer:
         data: the training set, float32 (N, C, H, W), on the device to train on.
         bounded: whether data points lie in [0, 1] (sigmoid output for G; with
             ``model.g_marginal_bias`` G's output bias starts at logit(mean training pixel)).
+        labels: for ``model.conditional``: the training labels, int64 (N,), aligned with
+            ``data``, on its device; ignored by an unconditional pair.
+        num_classes: K for a conditional pair (default: the largest training label + 1).
+
+    Raises:
+        ConfigError: a conditional model without labels.
     """
 
-    def __init__(self, model: ModelConfig, train: TrainConfig, data: torch.Tensor, bounded: bool = True) -> None:
+    def __init__(
+        self,
+        model: ModelConfig,
+        train: TrainConfig,
+        data: torch.Tensor,
+        bounded: bool = True,
+        labels: torch.Tensor | None = None,
+        num_classes: int | None = None,
+    ) -> None:
         self.data = data
         self.device = data.device
+        self.labels = labels.to(self.device, torch.int64) if model.conditional and labels is not None else None
+        if model.conditional and (self.labels is None or self.labels.shape != data.shape[:1]):
+            raise ConfigError("model.conditional needs the training labels, one per training point (a labelled data set)")
+        if self.labels is not None and num_classes is None:
+            num_classes = int(self.labels.max()) + 1
         self.train = train
         shape = tuple(data.shape[1:])
         with self._forked_rng():
@@ -111,10 +135,10 @@ class GANTrainer:
             torch.default_generator.manual_seed(train.seed)
             if self.device.type == "cuda":
                 self._stream().manual_seed(train.seed)
-            self.generator = Generator(model, shape, bounded).to(self.device)
+            self.generator = Generator(model, shape, bounded, num_classes).to(self.device)
             if bounded and model.g_marginal_bias:
                 self.generator.set_output_bias(data.mean(dim=0))  # the released code's init_bias_target_marginals
-            self.discriminator = Discriminator(model, shape).to(self.device)
+            self.discriminator = Discriminator(model, shape, num_classes).to(self.device)
             self.discriminator.apply_max_norm()
             self._rng_state = self._capture_rng()
         self.opt_d = _optimizer(self.discriminator, train, train.lr_d)
@@ -217,12 +241,24 @@ class GANTrainer:
 
     # ---- Algorithm 1 -----------------------------------------------------------------------
 
-    def _minibatch(self, gen: torch.Generator) -> torch.Tensor:
-        index = torch.randint(0, self.data.shape[0], (self.train.batch_size,), generator=gen, device=self.device)
-        return self.data[index]  # (m, C, H, W), drawn by index from the on-device tensor
+    def _index(self, gen: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, self.data.shape[0], (self.train.batch_size,), generator=gen, device=self.device)
+
+    def _minibatch(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """m training points (m, C, H, W), drawn by index from the on-device tensor, with their own labels."""
+        index = self._index(gen)
+        return self.data[index], None if self.labels is None else self.labels[index]
+
+    def _fake_labels(self, gen: torch.Generator) -> torch.Tensor | None:
+        """Classes for a fake minibatch: the labels of m training points drawn at random (the training class shares)."""
+        return None if self.labels is None else self.labels[self._index(gen)]
 
     def _noise(self, gen: torch.Generator) -> torch.Tensor:
         return sample_noise(self.model.prior, self.train.batch_size, self.model.noise_dim, gen)
+
+    @staticmethod
+    def _join(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+        return None if a is None else torch.cat([a, b])
 
     def _iteration(self, gen: torch.Generator, sums: torch.Tensor) -> None:
         """One iteration of Algorithm 1; adds (d_loss, g_loss, d_real, d_fake) to ``sums``."""
@@ -230,10 +266,11 @@ class GANTrainer:
         self._apply_schedule()
 
         for _ in range(k):  # k steps on D, each with a fresh data and a fresh noise minibatch
-            x = self._minibatch(gen)
+            x, c = self._minibatch(gen)
+            c_fake = self._fake_labels(gen)
             with torch.no_grad():
-                fake = G(self._noise(gen))
-            logits = D(torch.cat([x, fake]))  # one pass over real and fake: (2m,)
+                fake = G(self._noise(gen), c_fake)
+            logits = D(torch.cat([x, fake]), self._join(c, c_fake))  # one pass over real and fake: (2m,)
             real_logits, fake_logits = logits[:m], logits[m:]
             d_loss = discriminator_loss(real_logits, fake_logits)
             self.opt_d.zero_grad(set_to_none=True)
@@ -246,7 +283,8 @@ class GANTrainer:
                 sums[3] += torch.sigmoid(fake_logits).mean() / k
 
         # one step on G, with a fresh noise minibatch (the released code steps D and G at once, on one draw)
-        g_loss = generator_loss(D(G(self._noise(gen))), self.train.g_loss)
+        c_fake = self._fake_labels(gen)
+        g_loss = generator_loss(D(G(self._noise(gen), c_fake), c_fake), self.train.g_loss)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward(inputs=list(G.parameters()))  # D's gradients are not needed here
         self.opt_g.step()

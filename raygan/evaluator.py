@@ -89,11 +89,13 @@ class ParzenEvaluator:
                 self._calls += 1
                 self._busy_s += time.perf_counter() - start
 
-    def score_valid(self, samples: np.ndarray) -> dict[str, float]:
+    def score_valid(self, samples: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
         """Validation LL at the sigma chosen on validation: what trials are ranked on.
 
         Args:
             samples: generated samples, (N, C, H, W) or (N, D), e.g. passed by object reference.
+            labels: for a conditional generator's samples, the (N,) classes they were asked for:
+                adds the label accuracy and the mean per-class FD where there is a classifier.
 
         Returns:
             Result keys (:mod:`raygan.keys`): the Parzen validation LL, its sigma and the rank
@@ -113,6 +115,10 @@ class ParzenEvaluator:
             if quality is not None:
                 scores.update({keys.FD: quality.fd, keys.CLASSES_COVERED: quality.classes_covered,
                                keys.TVD: quality.tvd, keys.CONFIDENCE: quality.confidence})
+                conditional = self._conditional(centres, labels)
+                if conditional is not None:
+                    scores[keys.LABEL_ACCURACY] = conditional.label_accuracy
+                    scores[keys.CLASS_FD] = float(np.nanmean(conditional.per_class_fd))
             scores[keys.RANK_SCORE] = ranking.rank_score(
                 valid_ll, None if quality is None else quality.fd, None if quality is None else quality.classes_covered,
                 self.config.rank_by, self.min_classes,
@@ -126,15 +132,22 @@ class ParzenEvaluator:
             return None
         return self.quality.score(samples, min_share=self.config.min_class_share)
 
-    def score_test(self, samples: np.ndarray) -> dict[str, float]:
+    def _conditional(self, samples: torch.Tensor, labels: np.ndarray | None) -> Any:
+        if labels is None or self.quality is None or samples.ndim != 4:
+            return None
+        return self.quality.score_conditional(samples, labels)
+
+    def score_test(self, samples: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
         """The full protocol, test split included: for the final report only, never for ranking.
 
         Args:
             samples: generated samples, (N, C, H, W) or (N, D).
+            labels: for a conditional generator's samples, the (N,) classes they were asked for.
 
         Returns:
             ``parzen_valid_ll``, ``parzen_test_ll``, ``parzen_test_se`` and ``sigma``, and
-            ``quality`` (the classifier's measures, a dict) where the evaluator has a classifier.
+            ``quality`` (the classifier's measures, a dict) where the evaluator has a classifier;
+            with labels, ``quality`` also holds ``label_accuracy`` and ``per_class_fd`` (a list).
         """
 
         def run() -> dict[str, Any]:
@@ -145,6 +158,9 @@ class ParzenEvaluator:
             quality = self._quality(centres)
             if quality is not None:
                 scores["quality"] = quality.as_dict()
+                conditional = self._conditional(centres, labels)
+                if conditional is not None:
+                    scores["quality"].update(conditional.as_dict())
             return scores
 
         return self._timed(run)

@@ -17,6 +17,8 @@ FD = "eval/fd"  # Fréchet distance in the domain classifier's feature space
 CLASSES_COVERED = "eval/classes_covered"  # classes receiving at least eval.min_class_share of the samples
 TVD = "eval/tvd"  # total variation distance of the predicted-class histogram to the training labels'
 CONFIDENCE = "eval/confidence"  # mean top-class probability of the domain classifier
+LABEL_ACCURACY = "eval/label_accuracy"  # conditional G: share of samples classified as the class asked for
+CLASS_FD = "eval/class_fd"  # conditional G: mean over classes of the FD of a class's samples to its training features
 RANK_SCORE = "eval/rank_score"  # what the scheduler ranks on (see raygan.ranking)
 EVAL_SECONDS = "eval/seconds"  # time the step spent evaluating
 

@@ -49,6 +49,7 @@ from raygan.files import atomic_torch_save
 from raygan.models import (
     GENERATOR_FORMAT,
     Generator,
+    check_labels,
     generate,
     generator_from_state,
     generator_state,
@@ -99,6 +100,9 @@ class GeneratorMixture:
         shapes = {(tuple(g.data_shape), g.bounded) for g in members}
         if len(shapes) != 1:
             raise ValueError(f"members must make samples of one shape and kind, got {sorted(shapes)}")
+        classes = {g.num_classes for g in members}
+        if len(classes) != 1:
+            raise ValueError(f"members must be all unconditional or all conditional on the same classes, got {sorted(classes, key=str)}")
         names = [str(i) for i in range(len(members))] if names is None else [str(n) for n in names]
         if len(names) != len(members):
             raise ValueError(f"{len(members)} members but {len(names)} names")
@@ -108,24 +112,34 @@ class GeneratorMixture:
         self.fit = dict(fit or {})
         self.data_shape = tuple(members[0].data_shape)
         self.bounded = members[0].bounded
+        self.num_classes = members[0].num_classes  # conditional members: p(x | c) = sum_j w_j p_j(x | c)
 
     def components(self, n: int, seed: int = 0) -> torch.Tensor:
         """The component of each of ``n`` samples, (n,) int64, drawn by weight (what :meth:`sample` uses)."""
         return self._draw(n, seed)[0]
 
-    def sample(self, n: int, seed: int = 0, batch_size: int = 1000) -> torch.Tensor:
+    def sample(self, n: int, seed: int = 0, batch_size: int = 1000, labels: Any = None) -> torch.Tensor:
         """Draw ``n`` samples (n, C, H, W), in the order their components were drawn; the same seed, the same samples.
 
         One CPU stream seeded by ``seed`` draws the components (multinomial by weight) and then one
         noise seed per member; member j makes its share with :func:`raygan.models.generate`.
+        Conditional members: sample i is asked for class ``labels[i]`` whichever member draws it
+        (the weights do not depend on the class); without labels, every class equally often in
+        :func:`raygan.models.class_grid_labels`' order.
+
+        Raises:
+            LabelError: labels for unconditional members, or classes they do not have.
         """
+        labels = check_labels(self.members[0], labels, n)
         comps, seeds = self._draw(n, seed)
         device = next(self.members[0].parameters()).device
         out = torch.empty(n, *self.data_shape, device=device)
         for j, member in enumerate(self.members):
             where = (comps == j).nonzero().view(-1)
             if len(where):
-                out[where.to(device)] = generate(member, len(where), seed=seeds[j], batch_size=batch_size).to(device)
+                asked = None if labels is None else labels[where]
+                out[where.to(device)] = generate(member, len(where), seed=seeds[j], batch_size=batch_size,
+                                                 labels=asked).to(device)
         return out
 
     def _draw(self, n: int, seed: int) -> tuple[torch.Tensor, list[int]]:
@@ -207,9 +221,14 @@ def load_samplable(path: str | Path, device: str | torch.device = "cpu") -> Samp
     raise CheckpointError(f"{source} is neither a raygan generator nor a mixture checkpoint (format {tag!r})")
 
 
-def draw(model: Samplable, n: int, seed: int = 0) -> torch.Tensor:
-    """``n`` samples (n, C, H, W) from a generator or a mixture; the same seed, the same samples."""
-    return model.sample(n, seed=seed) if isinstance(model, GeneratorMixture) else generate(model, n, seed=seed)
+def draw(model: Samplable, n: int, seed: int = 0, labels: Any = None) -> torch.Tensor:
+    """``n`` samples (n, C, H, W) from a generator or a mixture; the same seed, the same samples.
+
+    ``labels``: the class of each sample for a conditional model (see :func:`raygan.models.generate`).
+    """
+    if isinstance(model, GeneratorMixture):
+        return model.sample(n, seed=seed, labels=labels)
+    return generate(model, n, seed=seed, labels=labels)
 
 
 def _read(path: str | Path, what: str) -> Any:

@@ -7,6 +7,11 @@ Conv pair ("conv", the idea of Figure 2d's "deconvolutional" G, in the DCGAN for
 et al., 2016): a transposed-convolution G with batch norm and a LeakyReLU convolutional D, one
 stride-2 layer per halving of the image side (28x28: 7 -> 14 -> 28; 32x32: 4 -> 8 -> 16 -> 32).
 Sizes come from :class:`raygan.config.ModelConfig`.
+
+Conditional pairs (``model.conditional``; the paper's Section 7: "adding c as input to both G
+and D"): the class c enters as a one-hot vector, concatenated to z in G (both archs), and to
+x in D, to the flat input for the maxout D and as K constant extra input channels for the conv
+D. The class count K belongs to the data and travels with the generator file.
 """
 
 from __future__ import annotations
@@ -16,14 +21,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from raygan.config import ConfigError, ModelConfig, build, to_dict
-from raygan.errors import CheckpointError
+from raygan.errors import CheckpointError, UserError
 from raygan.files import atomic_torch_save
 from raygan.priors import sample_noise
 
 Shape = tuple[int, int, int]  # (C, H, W) of one data point
+
+
+class LabelError(UserError):
+    """Labels asked of a generator that cannot take them (unconditional, or a class it does not have)."""
+
+
+def _classes(config: ModelConfig, num_classes: int | None) -> int:
+    """K for a conditional pair (at least 2), 0 for an unconditional one."""
+    if not config.conditional:
+        return 0
+    if num_classes is None or num_classes < 2:
+        raise ConfigError(f"model.conditional needs a labelled data set with at least 2 classes, got {num_classes}")
+    return int(num_classes)
+
+
+def one_hot(labels: torch.Tensor, num_classes: int, like: torch.Tensor) -> torch.Tensor:
+    """(N,) class indices -> (N, K) one-hot rows in ``like``'s dtype and device."""
+    return F.one_hot(labels.to(like.device, torch.int64), num_classes).to(like.dtype)
 
 
 class Maxout(nn.Module):
@@ -47,14 +71,24 @@ class Generator(nn.Module):
         data_shape: (C, H, W) of a data point.
         bounded: True for images in [0, 1] (sigmoid output, as in the paper), False for unbounded
             point sets such as the 1-D Gaussian of Figure 1 (linear output).
+        num_classes: K, for ``config.conditional`` (ignored otherwise).
+
+    Attributes:
+        num_classes: K for a conditional G, None for an unconditional one.
     """
 
-    def __init__(self, config: ModelConfig, data_shape: Shape, bounded: bool = True) -> None:
+    def __init__(self, config: ModelConfig, data_shape: Shape, bounded: bool = True, num_classes: int | None = None) -> None:
         super().__init__()
         self.config, self.data_shape, self.bounded = config, tuple(data_shape), bounded
-        self.net = _mlp_generator(config, data_shape) if config.arch == "mlp" else _conv_generator(config, data_shape)
+        k = _classes(config, num_classes)
+        self.num_classes = k or None
+        build_net = _mlp_generator if config.arch == "mlp" else _conv_generator
+        self.net = build_net(config, data_shape, k)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, noise_dim) noise, and (N,) class indices for a conditional G -> (N, C, H, W)."""
+        if self.num_classes:
+            z = torch.cat([z, one_hot(labels, self.num_classes, z)], dim=1)  # (N, noise_dim + K)
         x = self.net(z)
         x = torch.sigmoid(x) if self.bounded else x
         return x.view(-1, *self.data_shape)  # (N, noise_dim) -> (N, C, H, W)
@@ -80,15 +114,35 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """D(x; theta_d): one logit per data point; D(x) = sigmoid(logit) is the probability x is real."""
+    """D(x; theta_d): one logit per data point; D(x) = sigmoid(logit) is the probability x is real.
 
-    def __init__(self, config: ModelConfig, data_shape: Shape) -> None:
+    A conditional D (``config.conditional``, with ``num_classes``) reads D(x | c): the one-hot
+    class joins the input just before the first layer with weights (after input dropout, which
+    is for the pixels, not the label).
+    """
+
+    def __init__(self, config: ModelConfig, data_shape: Shape, num_classes: int | None = None) -> None:
         super().__init__()
         self.config, self.data_shape = config, tuple(data_shape)
-        self.net = _maxout_discriminator(config, data_shape) if config.arch == "mlp" else _conv_discriminator(config, data_shape)
+        k = _classes(config, num_classes)
+        self.num_classes = k or None
+        build_net = _maxout_discriminator if config.arch == "mlp" else _conv_discriminator
+        self.net = build_net(config, data_shape, k)
+        self._label_at = next(i for i, m in enumerate(self.net) if any(True for _ in m.parameters()))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).view(-1)  # (N, C, H, W) -> (N,) logits
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, C, H, W) data, and (N,) class indices for a conditional D -> (N,) logits."""
+        if not self.num_classes:
+            return self.net(x).view(-1)
+        h = x
+        for i, layer in enumerate(self.net):
+            if i == self._label_at:
+                c = one_hot(labels, self.num_classes, h)  # (N, K)
+                if h.ndim == 4:  # conv: K constant channels, (N, C + K, H, W)
+                    c = c[:, :, None, None].expand(-1, -1, *h.shape[2:])
+                h = torch.cat([h, c], dim=1)  # mlp: (N, C*H*W + K)
+            h = layer(h)
+        return h.view(-1)
 
     @torch.no_grad()
     def apply_max_norm(self) -> None:
@@ -101,9 +155,9 @@ class Discriminator(nn.Module):
                 module.weight.renorm_(2, 0, limit)  # rows of (out, in) are the units' weight vectors
 
 
-def _mlp_generator(c: ModelConfig, shape: Shape) -> nn.Sequential:
+def _mlp_generator(c: ModelConfig, shape: Shape, classes: int = 0) -> nn.Sequential:
     layers: list[nn.Module] = []
-    width = c.noise_dim  # noise enters the bottom layer only
+    width = c.noise_dim + classes  # noise (and the one-hot class) enter the bottom layer only
     for hidden in c.g_hidden:
         layers += [nn.Linear(width, hidden), nn.ReLU()]
         width = hidden
@@ -114,9 +168,9 @@ def _mlp_generator(c: ModelConfig, shape: Shape) -> nn.Sequential:
     return net
 
 
-def _maxout_discriminator(c: ModelConfig, shape: Shape) -> nn.Sequential:
+def _maxout_discriminator(c: ModelConfig, shape: Shape, classes: int = 0) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Flatten(), nn.Dropout(c.d_input_dropout)]
-    width = math.prod(shape)
+    width = math.prod(shape) + classes  # the flat image and the one-hot class
     for hidden in c.d_hidden:
         layers += [Maxout(width, hidden, c.d_pieces), nn.Dropout(c.d_hidden_dropout)]
         width = hidden
@@ -148,7 +202,7 @@ def _conv_layers(shape: Shape) -> tuple[int, int]:
     return layers, side
 
 
-def _conv_generator(c: ModelConfig, shape: Shape) -> nn.Sequential:
+def _conv_generator(c: ModelConfig, shape: Shape, classes: int = 0) -> nn.Sequential:
     layers, base = _conv_layers(shape)
     top = c.conv_width * 2 ** (layers - 1)  # channels at the base side, halved per up layer
 
@@ -159,8 +213,8 @@ def _conv_generator(c: ModelConfig, shape: Shape) -> nn.Sequential:
     for i in range(layers - 1):
         hidden += up(top >> i, top >> (i + 1))  # -> (N, top / 2^(i+1), 2^(i+1) base, ...)
     return nn.Sequential(
-        nn.Linear(c.noise_dim, top * base * base, bias=False),
-        nn.Unflatten(1, (top, base, base)),  # (N, noise) -> (N, top, base, base)
+        nn.Linear(c.noise_dim + classes, top * base * base, bias=False),
+        nn.Unflatten(1, (top, base, base)),  # (N, noise + K) -> (N, top, base, base)
         nn.BatchNorm2d(top),
         nn.ReLU(),
         *hidden,  # -> (N, conv_width, H/2, W/2)
@@ -169,10 +223,10 @@ def _conv_generator(c: ModelConfig, shape: Shape) -> nn.Sequential:
     )
 
 
-def _conv_discriminator(c: ModelConfig, shape: Shape) -> nn.Sequential:
+def _conv_discriminator(c: ModelConfig, shape: Shape, classes: int = 0) -> nn.Sequential:
     layers, base = _conv_layers(shape)
     convs: list[nn.Module] = []
-    channels = shape[0]
+    channels = shape[0] + classes  # the image's channels and K one-hot class planes
     for i in range(layers):
         convs += [nn.Conv2d(channels, c.conv_width << i, 4, 2, 1), nn.LeakyReLU(0.2)]  # halves H and W
         channels = c.conv_width << i
@@ -191,26 +245,79 @@ def _conv_discriminator(c: ModelConfig, shape: Shape) -> nn.Sequential:
 GENERATOR_FORMAT = "raygan-generator/1"
 
 
+def class_grid_labels(n: int, num_classes: int) -> torch.Tensor:
+    """Labels for ``n`` conditional samples spread evenly over the classes, in grid order.
+
+    Sample j asks for class (j // K) mod K: runs of K samples per class, cycling, so each class
+    gets n / K samples (within one) and the first K * K samples, shown K per row, make a grid
+    with one row per class (best/samples.png's first 100 on a 10-class set).
+
+    Returns:
+        (n,) int64 class indices.
+    """
+    return (torch.arange(n) // num_classes) % num_classes
+
+
+def check_labels(generator: Generator, labels: Any, n: int) -> torch.Tensor | None:
+    """The labels to condition ``n`` samples on, checked against the generator: a (n,) int64 tensor, or None.
+
+    Args:
+        generator: the network (its ``num_classes`` is None when it is unconditional).
+        labels: class indices (a sequence, array or tensor of n integers), or None: for a
+            conditional G, :func:`class_grid_labels` (every class equally often), for an
+            unconditional one, none.
+        n: number of samples.
+
+    Raises:
+        LabelError: labels for an unconditional generator, a class outside 0..K-1, or not n of them.
+    """
+    k = generator.num_classes
+    if labels is None:
+        return None if k is None else class_grid_labels(n, k)
+    if k is None:
+        raise LabelError("this generator is unconditional (trained without model.conditional), so it takes no class labels")
+    y = torch.as_tensor(labels)
+    if y.dtype.is_floating_point or y.dtype == torch.bool or y.ndim != 1 or len(y) != n:
+        raise LabelError(f"labels must be {n} integer class indices, got a {y.dtype} tensor of shape {tuple(y.shape)}")
+    bad = y[(y < 0) | (y >= k)]
+    if len(bad):
+        raise LabelError(f"class {int(bad[0])} is not one of this generator's {k} classes (0 to {k - 1})")
+    return y.to(torch.int64)
+
+
 @torch.no_grad()
-def generate(generator: Generator, n: int, seed: int = 0, batch_size: int = 1000) -> torch.Tensor:
-    """Draw ``n`` samples G(z), z ~ p_z, on the generator's device, in eval mode.
+def generate(
+    generator: Generator, n: int, seed: int = 0, batch_size: int = 1000, labels: Any = None
+) -> torch.Tensor:
+    """Draw ``n`` samples G(z) (or G(z | c)), z ~ p_z, on the generator's device, in eval mode.
 
     Args:
         generator: the network; its config names the prior.
         n: number of samples.
         seed: seeds the noise, so the same seed gives the same samples.
         batch_size: samples per forward pass (bounds memory).
+        labels: for a conditional G, the class of each sample ((n,) integers); None: every class
+            equally often, in :func:`class_grid_labels`' order (one row per class in a K-wide grid).
+            Must be None for an unconditional G.
 
     Returns:
         A float32 tensor (n, C, H, W).
+
+    Raises:
+        LabelError: labels an unconditional G cannot take, or classes the G does not have.
     """
+    y = check_labels(generator, labels, n)
     device = next(generator.parameters()).device
+    y = None if y is None else y.to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     was_training = generator.training
     generator.eval()
     try:
         out = [
-            generator(sample_noise(generator.config.prior, min(batch_size, n - i), generator.config.noise_dim, gen))
+            generator(
+                sample_noise(generator.config.prior, min(batch_size, n - i), generator.config.noise_dim, gen),
+                None if y is None else y[i : i + batch_size],
+            )
             for i in range(0, n, batch_size)
         ]
     finally:
@@ -219,14 +326,17 @@ def generate(generator: Generator, n: int, seed: int = 0, batch_size: int = 1000
 
 
 def generator_state(generator: Generator) -> dict[str, Any]:
-    """Everything needed to rebuild ``generator`` elsewhere: weights, sizes, data shape, output kind."""
-    return {
+    """Everything needed to rebuild ``generator`` elsewhere: weights, sizes, data shape, output kind, class count."""
+    state = {
         "format": GENERATOR_FORMAT,
         "model": to_dict(generator.config),
         "data_shape": list(generator.data_shape),
         "bounded": generator.bounded,
         "state_dict": {k: v.detach().cpu() for k, v in generator.state_dict().items()},
     }
+    if generator.num_classes is not None:  # unconditional files stay exactly as they were
+        state["num_classes"] = generator.num_classes
+    return state
 
 
 def save_generator(path: str | Path, generator: Generator) -> None:
@@ -265,7 +375,8 @@ def generator_from_state(state: Any, source: str) -> Generator:
     if not isinstance(state, dict) or state.get("format") != GENERATOR_FORMAT:
         raise CheckpointError(f"{source} is not a raygan generator checkpoint (expected format {GENERATOR_FORMAT})")
     try:
-        generator = Generator(build(ModelConfig, state["model"], "model"), tuple(state["data_shape"]), state["bounded"])
+        model = build(ModelConfig, state["model"], "model")
+        generator = Generator(model, tuple(state["data_shape"]), state["bounded"], state.get("num_classes"))
         generator.load_state_dict(state["state_dict"])
     except (KeyError, TypeError, RuntimeError, ConfigError) as e:
         raise CheckpointError(f"{source} holds a damaged generator ({e.__class__.__name__})") from None

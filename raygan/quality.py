@@ -13,6 +13,10 @@ et al. 2019), read three ways:
   split's label histogram (Lipizzaner's diversity measure);
 - ``confidence``: the mean top-class probability (low for blur or for images of no class).
 
+For a conditional generator (samples asked for by class), :meth:`QualityModel.score_conditional`
+adds ``label_accuracy``, the share of samples the classifier assigns to the class they were asked
+for, and ``per_class_fd``, each class's samples against that class's training features.
+
 Every score should be read against real data's: :meth:`QualityModel.reference` scores held-out
 images (the validation split) against the same training statistics.
 
@@ -43,7 +47,7 @@ from raygan.files import atomic_torch_save
 
 DEFAULT_CACHE_DIR = "~/.cache/raygan/classifiers"
 CACHE_DIR_ENV = "RAYGAN_CACHE_DIR"  # overrides DEFAULT_CACHE_DIR: the directory holding the classifier files
-FORMAT = "raygan-quality-classifier-v1"  # the cache file's format tag
+FORMAT = "raygan-quality-classifier-v2"  # the cache file's format tag (v2: per-class feature statistics)
 ARCH_VERSION = 1  # bump when DomainClassifier or the training recipe changes: old caches stop matching
 DEFAULT_MIN_SHARE = 0.02  # a class is covered when it receives at least this share of the samples
 
@@ -118,6 +122,19 @@ class QualityScores:
         return d
 
 
+@dataclass(frozen=True)
+class ConditionalScores:
+    """The classifier's reading of samples asked for by class."""
+
+    label_accuracy: float  # share of samples classified as the class they were asked for
+    per_class_fd: tuple[float, ...]  # per class: FD of its samples' features to its training features (NaN: none asked)
+
+    def as_dict(self) -> dict:
+        """Plain JSON-ready values (``per_class_fd`` as a list, NaN as the string "nan")."""
+        return {"label_accuracy": self.label_accuracy,
+                "per_class_fd": [fd if math.isfinite(fd) else "nan" for fd in self.per_class_fd]}
+
+
 class QualityModel:
     """A trained :class:`DomainClassifier` with the training split's cached statistics.
 
@@ -128,6 +145,8 @@ class QualityModel:
         feature_mean: (F,) float64 mean of the training split's features.
         feature_cov: (F, F) float64 covariance of the training split's features.
         label_histogram: (num_classes,) float64 shares of the training labels.
+        class_means: (num_classes, F) float64 feature means of each class's training images, or None.
+        class_covs: (num_classes, F, F) float64 feature covariances per class, or None.
     """
 
     def __init__(
@@ -137,6 +156,8 @@ class QualityModel:
         feature_mean: np.ndarray,
         feature_cov: np.ndarray,
         label_histogram: np.ndarray,
+        class_means: np.ndarray | None = None,
+        class_covs: np.ndarray | None = None,
     ) -> None:
         self.classifier = classifier.eval()
         self.num_classes = classifier.num_classes
@@ -144,6 +165,8 @@ class QualityModel:
         self.feature_mean = feature_mean
         self.feature_cov = feature_cov
         self.label_histogram = label_histogram
+        self.class_means = class_means
+        self.class_covs = class_covs
 
     @property
     def device(self) -> torch.device:
@@ -179,6 +202,37 @@ class QualityModel:
             confidence=float(probs.max(dim=1).values.double().mean()),
             histogram=tuple(float(h) for h in histogram),
         )
+
+    def score_conditional(
+        self, samples: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, batch_size: int = 1000
+    ) -> ConditionalScores:
+        """Score samples asked for by class: label accuracy and per-class FD.
+
+        Args:
+            samples: (N, C, H, W) images in [0, 1].
+            labels: (N,) the class each sample was asked for.
+            batch_size: images per forward pass.
+
+        Raises:
+            ValueError: labels not aligned with the samples, or outside the classes; a model
+                without per-class statistics.
+        """
+        y = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64).ravel()
+        if len(y) != len(samples) or (len(y) and (y.min() < 0 or y.max() >= self.num_classes)):
+            raise ValueError(f"need {len(samples)} labels in [0, {self.num_classes}), got {len(y)}")
+        if self.class_means is None or self.class_covs is None:
+            raise ValueError("this quality model has no per-class feature statistics")
+        features, probs = read(self.classifier, samples, batch_size)
+        accuracy = float((probs.argmax(dim=1).cpu().numpy() == y).mean())
+        per_class = []
+        for c in range(self.num_classes):
+            mine = features[torch.from_numpy(y == c).to(features.device)]
+            if len(mine) == 0:
+                per_class.append(math.nan)
+                continue
+            mu, cov = feature_statistics(mine)
+            per_class.append(frechet_distance(mu, cov, self.class_means[c], self.class_covs[c]))
+        return ConditionalScores(label_accuracy=accuracy, per_class_fd=tuple(per_class))
 
     def reference(self, images: np.ndarray | torch.Tensor, min_share: float = DEFAULT_MIN_SHARE) -> QualityScores:
         """What real data scores: held-out images (the validation split) against the training statistics.
@@ -382,7 +436,17 @@ def _with_statistics(classifier: DomainClassifier, dataset: Dataset) -> QualityM
     mean, cov = feature_statistics(features)
     label_histogram = class_histogram(dataset.train_labels, dataset.num_classes)
     test_accuracy = accuracy(classifier, dataset.test, dataset.test_labels)
-    return QualityModel(classifier, test_accuracy, mean, cov, label_histogram)
+    means, covs = class_feature_statistics(features, dataset.train_labels, dataset.num_classes)
+    return QualityModel(classifier, test_accuracy, mean, cov, label_histogram, means, covs)
+
+
+def class_feature_statistics(
+    features: torch.Tensor, labels: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per class: feature mean (K, F) and covariance (K, F, F), float64, of (N, F) features with (N,) labels."""
+    y = torch.as_tensor(np.asarray(labels), device=features.device)
+    stats = [feature_statistics(features[y == c]) for c in range(num_classes)]
+    return np.stack([m for m, _ in stats]), np.stack([c for _, c in stats])
 
 
 def _state(model: QualityModel, key: str) -> dict:
@@ -397,6 +461,8 @@ def _state(model: QualityModel, key: str) -> dict:
         "feature_mean": torch.from_numpy(model.feature_mean),
         "feature_cov": torch.from_numpy(model.feature_cov),
         "label_histogram": torch.from_numpy(model.label_histogram),
+        "class_means": torch.from_numpy(model.class_means),
+        "class_covs": torch.from_numpy(model.class_covs),
     }
 
 
@@ -410,14 +476,19 @@ def _load(path: Path, dataset: Dataset, key: str) -> QualityModel:
     classifier = DomainClassifier(dataset.shape, dataset.num_classes)
     classifier.load_state_dict(state["classifier"])  # strict: every tensor and shape must match
     f = classifier.head.in_features
-    mean, cov, hist = (state[k] for k in ("feature_mean", "feature_cov", "label_histogram"))
-    shapes = (tuple(mean.shape), tuple(cov.shape), tuple(hist.shape))
-    if shapes != ((f,), (f, f), (dataset.num_classes,)) or any(t.dtype != torch.float64 for t in (mean, cov, hist)):
+    names = ("feature_mean", "feature_cov", "label_histogram", "class_means", "class_covs")
+    mean, cov, hist, class_means, class_covs = (state[k] for k in names)
+    k = dataset.num_classes
+    shapes = tuple(tuple(t.shape) for t in (mean, cov, hist, class_means, class_covs))
+    if shapes != ((f,), (f, f), (k,), (k, f), (k, f, f)) or any(
+        t.dtype != torch.float64 for t in (mean, cov, hist, class_means, class_covs)
+    ):
         raise ValueError("statistics of the wrong shape or type")
-    tensors = [mean, cov, hist, *classifier.state_dict().values()]
+    tensors = [mean, cov, hist, class_means, class_covs, *classifier.state_dict().values()]
     if not all(torch.isfinite(t).all() for t in tensors) or not 0.0 <= float(state["accuracy"]) <= 1.0:
         raise ValueError("non-finite values")
-    return QualityModel(classifier, float(state["accuracy"]), mean.numpy(), cov.numpy(), hist.numpy())
+    return QualityModel(classifier, float(state["accuracy"]), mean.numpy(), cov.numpy(), hist.numpy(),
+                        class_means.numpy(), class_covs.numpy())
 
 
 def _symmetric(a: np.ndarray) -> np.ndarray:

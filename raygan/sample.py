@@ -1,4 +1,9 @@
-"""``python -m raygan.sample``: draw samples from a saved generator or mixture, as .npy or an image grid."""
+"""``python -m raygan.sample``: draw samples from a saved generator or mixture, as .npy or an image grid.
+
+A conditional generator (``model.conditional``) takes ``--label 3`` (every sample a 3) or
+``--labels 0,1,...`` (the samples shared out over those classes, one grid row per class); by
+default it draws every class, one grid row per class.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +20,36 @@ import torch
 from raygan.errors import UserError
 from raygan.files import atomic_write_bytes
 from raygan.mixture import draw, load_samplable
+from raygan.models import LabelError
 
 
-def write_samples(checkpoint: str | Path, out: str | Path, num: int = 100, seed: int = 0) -> torch.Tensor:
+def class_rows(num: int, classes: Sequence[int]) -> tuple[torch.Tensor, int]:
+    """Labels for ``num`` samples in one block per class (in the order given), and the grid's row length.
+
+    Each class gets ceil(num / len(classes)) samples (the last ones fewer when it does not divide),
+    a row of the grid; a single class makes a square-ish grid.
+    """
+    per = math.ceil(num / len(classes))
+    labels = torch.as_tensor(list(classes), dtype=torch.int64).repeat_interleave(per)[:num]
+    return labels, per if len(classes) > 1 else max(1, round(math.sqrt(num)))
+
+
+def parse_labels(text: str) -> list[int]:
+    """``"0,1,7"`` -> [0, 1, 7].
+
+    Raises:
+        LabelError: not a comma-separated list of whole numbers.
+    """
+    try:
+        labels = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise LabelError(f"--labels must be comma-separated class numbers such as 0,1,2, got {text!r}") from None
+    return labels
+
+
+def write_samples(
+    checkpoint: str | Path, out: str | Path, num: int = 100, seed: int = 0, classes: Sequence[int] | None = None
+) -> torch.Tensor:
     """Draw ``num`` samples from the generator or mixture in ``checkpoint`` and write them to ``out``.
 
     Args:
@@ -25,19 +57,27 @@ def write_samples(checkpoint: str | Path, out: str | Path, num: int = 100, seed:
         out: ``.npy`` for the raw samples (N, C, H, W) in [0, 1], ``.png`` for an image grid.
         num: number of samples.
         seed: seeds the noise.
+        classes: for a conditional model, the classes to draw, one block (grid row) each, in this
+            order; None: every class of a conditional model, nothing for an unconditional one.
 
     Returns:
         The samples.
 
     Raises:
-        UserError: a bad checkpoint, a bad count, or an unknown output extension.
+        UserError: a bad checkpoint, a bad count, an unknown output extension, or classes the
+            model does not take (an unconditional model, or a class it does not have).
     """
     out = Path(out)
     if num < 1:
         raise UserError(f"--num must be at least 1, got {num}")
     if out.suffix not in (".npy", ".png"):
         raise UserError(f"--out must end in .npy (raw samples) or .png (an image grid), got {str(out)!r}")
-    samples = draw(load_samplable(checkpoint), num, seed=seed)
+    model = load_samplable(checkpoint)
+    k = model.num_classes
+    if classes is None and k is not None:
+        classes = range(k)
+    labels, nrow = (None, max(1, round(math.sqrt(num)))) if classes is None else class_rows(num, classes)
+    samples = draw(model, num, seed=seed, labels=labels)  # LabelError for labels it cannot take
     if out.suffix == ".npy":
         buffer = io.BytesIO()
         np.save(buffer, samples.numpy())
@@ -48,7 +88,7 @@ def write_samples(checkpoint: str | Path, out: str | Path, num: int = 100, seed:
         if samples.shape[2] == 1 and samples.shape[3] == 1:
             raise UserError("this generator makes points, not images: write them with --out FILE.npy")
         buffer = io.BytesIO()
-        torchvision.utils.save_image(samples, buffer, format="png", nrow=max(1, round(math.sqrt(num))), padding=1)
+        torchvision.utils.save_image(samples, buffer, format="png", nrow=nrow, padding=1)
         atomic_write_bytes(out, buffer.getvalue())
     return samples
 
@@ -60,9 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--num", type=int, default=100, help="number of samples (default 100)")
     p.add_argument("--out", required=True, help="FILE.npy for raw samples in [0, 1], FILE.png for an image grid")
     p.add_argument("--seed", type=int, default=0)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--label", type=int, help="conditional models: draw every sample from this class")
+    which.add_argument("--labels", help="conditional models: comma-separated classes, one grid row each (default: every class)")
     args = p.parse_args(argv)
     try:
-        samples = write_samples(args.checkpoint, args.out, args.num, args.seed)
+        classes = [args.label] if args.label is not None else None if args.labels is None else parse_labels(args.labels)
+        samples = write_samples(args.checkpoint, args.out, args.num, args.seed, classes)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

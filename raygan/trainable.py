@@ -29,7 +29,7 @@ from raygan.config import ExperimentConfig, build, replace
 from raygan.errors import CheckpointError
 from raygan.evaluator import evaluator_name, find_evaluator
 from raygan.files import atomic_torch_save, atomic_write_json
-from raygan.models import generate, generator_state
+from raygan.models import class_grid_labels, generate, generator_state
 from raygan.monitor import TrialMonitor, search_domains, shows_as_image
 
 TRAINER_FILE = "trainer.pt"
@@ -106,8 +106,10 @@ class GANTrainable(tune.Trainable):
         with warnings.catch_warnings():  # the object store's arrays are read-only; we never write them
             warnings.simplefilter("ignore", UserWarning)
             train = torch.from_numpy(data["train"]).to(self.device)  # zero-copy on the CPU
+            labels = data.get("train_labels")  # a conditional model's real minibatches keep their labels
+            self.train_labels = None if labels is None else torch.from_numpy(np.asarray(labels)).to(self.device)
         self.bounded = bool(data["bounded"])
-        self.trainer = GANTrainer(self.experiment.model, self.experiment.train, train, self.bounded)
+        self.trainer = self._new_trainer(self.experiment, train)
         self.iterations_per_step = self.experiment.tune.iterations_per_step or steps_per_epoch(
             len(train), self.experiment.train.batch_size
         )
@@ -120,6 +122,9 @@ class GANTrainable(tune.Trainable):
         if device_note:  # said once per trial actor: in its log and in TensorBoard
             warnings.warn(device_note, RuntimeWarning, stacklevel=1)
             self.monitor.log_note("device", device_note)
+
+    def _new_trainer(self, experiment: ExperimentConfig, train: torch.Tensor) -> GANTrainer:
+        return GANTrainer(experiment.model, experiment.train, train, self.bounded, labels=self.train_labels)
 
     def _forget_scores(self) -> None:
         self.scores: dict[str, Any] = dict(NOT_SCORED)
@@ -164,12 +169,18 @@ class GANTrainable(tune.Trainable):
 
     def _evaluate(self) -> None:
         num = min(self.experiment.eval.ranking_samples, self.experiment.eval.num_samples)
-        samples = generate(self.trainer.generator, num, seed=self.experiment.eval.seed)
-        if shows_as_image(self.trainer.generator.data_shape):  # the same z at every evaluation
-            self.monitor.log_samples(self.iteration + 1, samples[:SAMPLE_GRID])
+        generator = self.trainer.generator
+        # A conditional G is asked for every class equally often, and scored on obeying the label.
+        labels = None if generator.num_classes is None else class_grid_labels(num, generator.num_classes)
+        samples = generate(generator, num, seed=self.experiment.eval.seed, labels=labels)
+        if shows_as_image(generator.data_shape):  # the same z at every evaluation
+            # a conditional G's first K * K samples are one row per class (class_grid_labels)
+            shown = SAMPLE_GRID if labels is None else generator.num_classes**2
+            self.monitor.log_samples(self.iteration + 1, samples[:shown])
         self.monitor.log_histograms(self.iteration + 1, self.trainer.generator, self.trainer.discriminator)
         evaluator = find_evaluator(evaluator_name(self.experiment.tune.name))
-        self.scores = ray.get(evaluator.score_valid.remote(ray.put(samples.cpu().numpy())))
+        labels = None if labels is None else labels.numpy()
+        self.scores = ray.get(evaluator.score_valid.remote(ray.put(samples.cpu().numpy()), labels))
         state = generator_state(self.trainer.generator)
         state["state_dict"] = {k: v.clone() for k, v in state["state_dict"].items()}  # detach from training
         self.ranked_generator, self.ranked_at = state, self.iteration + 1
@@ -239,7 +250,7 @@ class GANTrainable(tune.Trainable):
         # Tune calls this for PBT's exploit (a restore follows) and, with reuse_actors, to hand this
         # actor to a fresh trial (no restore follows): either way start from the new config's own
         # initialisation, never from the previous trial's weights, counters or diverged flag.
-        self.trainer = GANTrainer(experiment.model, experiment.train, self.trainer.data, self.bounded)
+        self.trainer = self._new_trainer(experiment, self.trainer.data)
         self._forget_scores()
         self.experiment = experiment
         self.config = new_config
@@ -271,7 +282,8 @@ def with_data(data: dict[str, np.ndarray | bool], cpus: float, gpus: float) -> A
     """GANTrainable with the training set put into the object store once, and its resources.
 
     Args:
-        data: ``{"train": float32 array (N, C, H, W), "bounded": bool}``.
+        data: ``{"train": float32 array (N, C, H, W), "bounded": bool}``, and ``"train_labels"``
+            (int64 (N,), or None) for conditional models.
         cpus: CPUs per trial (torch threads follow it).
         gpus: GPU fraction per trial (0.25 puts four trials on one GPU).
     """

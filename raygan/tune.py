@@ -318,7 +318,7 @@ def fit(config: ExperimentConfig, path: str, dataset: Any, quality: Any = None, 
     splits = [ray.put(part) for part in (dataset.valid, dataset.test, dataset.train, quality)]
     evaluator = get_or_create_evaluator(*splits[:3], config.eval, name=evaluator_name(config.tune.name),
                                         gpus=eval_gpus, quality=splits[3])
-    trainable = with_data({"train": dataset.train, "bounded": dataset.bounded}, config.tune.cpus_per_trial, trial_gpus)
+    trainable = with_data({"train": dataset.train, "bounded": dataset.bounded, "train_labels": getattr(dataset, "train_labels", None)}, config.tune.cpus_per_trial, trial_gpus)
     if config.tune.resume:
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:

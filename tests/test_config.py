@@ -79,6 +79,7 @@ VALID: dict[str, dict[str, st.SearchStrategy]] = {
         "d_max_norm": st.none() | positive,
         "conv_width": st.integers(1, 512),
         "g_marginal_bias": st.booleans(),
+        "conditional": st.booleans(),
         "init": st.sampled_from(INITS),
     },
     "train": {
