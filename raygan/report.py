@@ -165,6 +165,9 @@ def summary_lines(s: dict[str, Any], strong: Any = str) -> list[str]:
             f"Sample quality by the {s.get('dataset')} classifier: FD {fmt(quality['fd'], 3)}, classes covered "
             f"{strong(str(quality['classes_covered']))}, TVD {strong(fmt(quality['tvd'], 2))}, confidence {fmt(quality['confidence'], 3)}"
         )
+        if "label_accuracy" in quality:
+            accuracy = strong(f"{quality['label_accuracy']:.1%}")
+            lines.append(f"Conditional: {accuracy} of the samples read as the class they were asked for")
         lines.append(
             f"Held-out-data reference (validation images): FD {fmt(ref.get('fd'), 3)}, classes covered "
             f"{ref.get('classes_covered')}, TVD {fmt(ref.get('tvd'), 2)}, confidence {fmt(ref.get('confidence'), 3)}"

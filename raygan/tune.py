@@ -184,6 +184,8 @@ def preflight(config: ExperimentConfig, dataset: Any = None) -> tuple[str, Any, 
         raise UserError(f"experiment {path!r} already exists; pass --resume to continue it or --name for a new one")
     if dataset is None:
         dataset = load_dataset(config.data.name, config.data.root, download=config.data.download, seed=config.tune.seed)
+    if config.model.conditional and getattr(dataset, "train_labels", None) is None:
+        raise UserError(f"model.conditional needs class labels, and {config.data.name} has none; set model.conditional: false")
     tune_config(config)  # validates the scheduler settings
     return path, dataset, load_quality_model(config, dataset)
 
@@ -385,13 +387,15 @@ def _trial_row(result: Any) -> tuple[TrialRow, Any]:
 PARZEN_KEYS = ("parzen_valid_ll", "parzen_test_ll", "parzen_test_se", "sigma")
 
 
-def _best_summary(config: ExperimentConfig, row: TrialRow, trial_config: dict[str, Any], samples: Any, evaluator: Any) -> dict[str, Any]:
+def _best_summary(config: ExperimentConfig, row: TrialRow, trial_config: dict[str, Any], samples: Any, evaluator: Any,
+                  labels: Any = None) -> dict[str, Any]:
     """summary.json: the best trial's scores on eval.num_samples samples, the reference's beside
     them, and the model's Parzen score at the reference's number of centres (on mnist5k only
-    4,000 training images exist, so the paper's 10,000 centres cannot be matched by real data)."""
+    4,000 training images exist, so the paper's 10,000 centres cannot be matched by real data).
+    ``labels``: the classes a conditional generator was asked for (its label accuracy is scored)."""
     import ray
 
-    scores = ray.get(evaluator.score_test.remote(ray.put(samples)))
+    scores = ray.get(evaluator.score_test.remote(ray.put(samples), labels))
     reference = ray.get(evaluator.reference.remote())
     summary = {
         **{k: scores[k] for k in PARZEN_KEYS},
@@ -404,7 +408,8 @@ def _best_summary(config: ExperimentConfig, row: TrialRow, trial_config: dict[st
         "ranking_samples": min(config.eval.ranking_samples, config.eval.num_samples),
     }
     if reference["num_samples"] < len(samples):
-        matched = ray.get(evaluator.score_test.remote(ray.put(samples[: reference["num_samples"]])))
+        n = reference["num_samples"]
+        matched = ray.get(evaluator.score_test.remote(ray.put(samples[:n]), None if labels is None else labels[:n]))
         summary["at_reference_size"] = {"num_samples": reference["num_samples"], **{k: matched[k] for k in PARZEN_KEYS}}
     if "quality" in scores:
         summary["quality"] = {**scores["quality"], "reference": reference.get("quality")}
@@ -419,7 +424,7 @@ def report_best(config: ExperimentConfig, path: str, results: Any, evaluator: An
     """
     import torch
 
-    from raygan.models import generate, load_generator
+    from raygan.models import class_grid_labels, generate, load_generator
     from raygan.monitor import write_experiment_summary
     from raygan.trainable import GENERATOR_FILE, experiment_from_trial_config
 
@@ -436,8 +441,9 @@ def report_best(config: ExperimentConfig, path: str, results: Any, evaluator: An
     best_row, best_checkpoint, best = max(with_checkpoint, key=lambda entry: (entry[0].rank_score, entry[0].parzen_valid_ll))
     with best_checkpoint.as_directory() as checkpoint_dir:
         generator = load_generator(Path(checkpoint_dir) / GENERATOR_FILE)
-        samples = generate(generator, config.eval.num_samples, seed=config.eval.seed)
-        summary = _best_summary(config, best_row, best.config, samples.numpy(), evaluator)
+        samples = generate(generator, config.eval.num_samples, seed=config.eval.seed)  # conditional: every class alike
+        labels = None if generator.num_classes is None else class_grid_labels(len(samples), generator.num_classes).numpy()
+        summary = _best_summary(config, best_row, best.config, samples.numpy(), evaluator, labels)
         with tempfile.TemporaryDirectory() as staging:
             local_best = Path(path) / "best" if not _is_uri(path) else Path(staging) / "best"
             write_best(local_best, Path(checkpoint_dir) / GENERATOR_FILE, experiment_from_trial_config(best.config),

@@ -73,6 +73,7 @@ def workspace(tmp_path, monkeypatch):
         "out-of-range.yaml": "train:\n  momentum: 1.5\n",
         "infinite.yaml": "train:\n  lr_d: .inf\n",
         "other-search.yaml": "search:\n  k: [1, 3]\n",
+        "conditional.yaml": "model:\n  arch: mlp\n  conditional: true\n",
     }.items():
         (configs / name).write_text(text)
     (configs / "binary.yaml").write_bytes(b"\xff\xfe\x00garbage")
@@ -91,6 +92,7 @@ TUNE_CASES = {
     "zero time budget": ["--time-budget-s", "0"],
     "NaN time budget": ["--time-budget-s", "nan"],
     "absurd population": ["--num-trials", "1000000000000000000000"],
+    "conditional on unlabelled data": ["--dataset", "ring-8", "--config", "{configs}/conditional.yaml"],
     "a name with a slash": ["--name", "../elsewhere"],
     "missing config": ["--config", "{configs}/missing.yaml"],
     "unparsable config": ["--config", "{configs}/unparsable.yaml"],
