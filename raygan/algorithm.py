@@ -161,9 +161,7 @@ class GANTrainer:
             raise ValueError(f"the learning rule is fixed for a trainer ({self.train.optimizer}), got {train.optimizer}")
         self.train = train
         if prior is not None and prior != self.model.prior:
-            from raygan.config import (
-                replace,  # local: only PBT's prior resampling needs it
-            )
+            from raygan.config import replace  # local: only a prior change needs it
 
             new_model = replace(self.model, prior=prior)
             self.generator.config = new_model

@@ -111,11 +111,10 @@ class ParzenEvaluator:
                 centres, self.valid, self.config.sigmas, chunk_size=self.config.chunk_size
             )
             scores = {keys.PARZEN_VALID_LL: valid_ll, keys.SIGMA: sigma}
-            quality = self._quality(centres)
+            quality, conditional = self._quality(centres, labels)
             if quality is not None:
                 scores.update({keys.FD: quality.fd, keys.CLASSES_COVERED: quality.classes_covered,
                                keys.TVD: quality.tvd, keys.CONFIDENCE: quality.confidence})
-                conditional = self._conditional(centres, labels)
                 if conditional is not None:
                     scores[keys.LABEL_ACCURACY] = conditional.label_accuracy
                     scores[keys.CLASS_FD] = float(np.nanmean(conditional.per_class_fd))
@@ -127,15 +126,11 @@ class ParzenEvaluator:
 
         return self._timed(run)
 
-    def _quality(self, samples: torch.Tensor) -> Any:
+    def _quality(self, samples: torch.Tensor, labels: np.ndarray | None) -> tuple[Any, Any]:
+        """The classifier's scores and, for samples asked for by class, its conditional ones (one pass)."""
         if self.quality is None or samples.ndim != 4:
-            return None
-        return self.quality.score(samples, min_share=self.config.min_class_share)
-
-    def _conditional(self, samples: torch.Tensor, labels: np.ndarray | None) -> Any:
-        if labels is None or self.quality is None or samples.ndim != 4:
-            return None
-        return self.quality.score_conditional(samples, labels)
+            return None, None
+        return self.quality.score_with_labels(samples, labels, min_share=self.config.min_class_share)
 
     def score_test(self, samples: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
         """The full protocol, test split included: for the final report only, never for ranking.
@@ -155,10 +150,9 @@ class ParzenEvaluator:
             scores: dict[str, Any] = _parzen_dict(
                 parzen.evaluate(centres, self.valid, self.test, self.config.sigmas, chunk_size=self.config.chunk_size)
             )
-            quality = self._quality(centres)
+            quality, conditional = self._quality(centres, labels)
             if quality is not None:
                 scores["quality"] = quality.as_dict()
-                conditional = self._conditional(centres, labels)
                 if conditional is not None:
                     scores["quality"].update(conditional.as_dict())
             return scores
@@ -192,7 +186,7 @@ class ParzenEvaluator:
                 )
                 self._reference["num_samples"] = min(self.config.num_samples, len(self.train_reference))
                 if self.quality is not None and self.valid.ndim == 4:  # the validation split, read as samples
-                    self._reference["quality"] = self.quality.reference(self.valid).as_dict()
+                    self._reference["quality"] = self.quality.reference(self.valid, min_share=self.config.min_class_share).as_dict()
             return self._reference
 
         return self._timed(run)

@@ -191,7 +191,19 @@ class QualityModel:
         Returns:
             The :class:`QualityScores`.
         """
+        return self._scores(*read(self.classifier, samples, batch_size), min_share)
+
+    def score_with_labels(
+        self, samples: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor | None,
+        min_share: float = DEFAULT_MIN_SHARE, batch_size: int = 1000,
+    ) -> tuple[QualityScores, ConditionalScores | None]:
+        """:meth:`score` and, where ``labels`` (the classes the samples were asked for) are given,
+        :meth:`score_conditional`, from one pass of the classifier over the samples."""
         features, probs = read(self.classifier, samples, batch_size)
+        conditional = None if labels is None else self._conditional(features, probs, labels)
+        return self._scores(features, probs, min_share), conditional
+
+    def _scores(self, features: torch.Tensor, probs: torch.Tensor, min_share: float) -> QualityScores:
         predictions = probs.argmax(dim=1).cpu().numpy()
         histogram = class_histogram(predictions, self.num_classes)
         mu, cov = feature_statistics(features)
@@ -217,12 +229,14 @@ class QualityModel:
             ValueError: labels not aligned with the samples, or outside the classes; a model
                 without per-class statistics.
         """
+        return self._conditional(*read(self.classifier, samples, batch_size), labels)
+
+    def _conditional(self, features: torch.Tensor, probs: torch.Tensor, labels: np.ndarray | torch.Tensor) -> ConditionalScores:
         y = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64).ravel()
-        if len(y) != len(samples) or (len(y) and (y.min() < 0 or y.max() >= self.num_classes)):
-            raise ValueError(f"need {len(samples)} labels in [0, {self.num_classes}), got {len(y)}")
+        if len(y) != len(features) or (len(y) and (y.min() < 0 or y.max() >= self.num_classes)):
+            raise ValueError(f"need {len(features)} labels in [0, {self.num_classes}), got {len(y)}")
         if self.class_means is None or self.class_covs is None:
             raise ValueError("this quality model has no per-class feature statistics")
-        features, probs = read(self.classifier, samples, batch_size)
         accuracy = float((probs.argmax(dim=1).cpu().numpy() == y).mean())
         per_class = []
         for c in range(self.num_classes):

@@ -20,9 +20,6 @@ from raygan import hyperparameters
 from raygan.config import to_dict
 from raygan.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-BEST_FILES = ("generator.pt", "config.yaml", "summary.json", "samples.png")
-
-
 def fmt(value: Any, digits: int = 4) -> str:
     """A value for a table cell: floats to ``digits`` significant digits, None as empty."""
     if isinstance(value, bool) or value is None:

@@ -206,3 +206,12 @@ def test_heldout_accuracy_on_fashion_mnist(tmp_path):
     assert 0.88 <= model.accuracy <= 1.0, lines
     ref = model.reference(fashion.valid)
     assert ref.classes_covered == 10 and ref.tvd < 0.05
+
+
+def test_one_pass_with_labels_equals_the_two_separate_scores(mnist5k_labelled, mnist5k_quality):
+    """The evaluator reads a conditional generator's samples once: the same numbers as two passes."""
+    images, labels = mnist5k_labelled.valid[:300], mnist5k_labelled.valid_labels[:300]
+    both, conditional = mnist5k_quality.score_with_labels(images, labels)
+    assert both == mnist5k_quality.score(images)
+    assert conditional == mnist5k_quality.score_conditional(images, labels)
+    assert mnist5k_quality.score_with_labels(images, None)[1] is None
