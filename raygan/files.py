@@ -1,15 +1,22 @@
-"""Atomic file writes: a crash leaves either the old file or the new one, never half of one."""
+"""Atomic file writes (a crash leaves either the old file or the new one, never half of one),
+and the names of the files a run writes, which the trainer, the CLI and the mixture all read."""
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import secrets
 from pathlib import Path
 from typing import Any
 
 import torch
+
+EXPERIMENT_FILE = "experiment.yaml"  # <experiment>/: the whole config, written by the first run
+TRAINER_FILE = "trainer.pt"  # in each checkpoint: the trainer's latest state, for resuming
+GENERATOR_FILE = "generator.pt"  # in each checkpoint (and best/): the generator as last scored
+SCORES_FILE = "scores.json"  # beside it: that generator's scores
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -51,3 +58,19 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_scores(directory: str | Path, scores: dict[str, Any]) -> None:
+    """Atomically write ``directory``/scores.json; inf and NaN (which JSON lacks) as strings."""
+    plain = {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in scores.items()}
+    atomic_write_json(Path(directory) / SCORES_FILE, plain)
+
+
+def read_scores(directory: str | Path) -> dict[str, Any]:
+    """What :func:`write_scores` wrote, with inf and NaN as floats again.
+
+    Raises:
+        OSError, ValueError: the file is missing or not JSON.
+    """
+    raw = json.loads((Path(directory) / SCORES_FILE).read_text())
+    return {k: float(v) if isinstance(v, str) and v in ("inf", "-inf", "nan") else v for k, v in raw.items()}

@@ -45,7 +45,7 @@ import torch
 from raygan import keys, parzen, quality
 from raygan.config import MIXTURE_FIT_TO, MixtureConfig
 from raygan.errors import CheckpointError, UserError
-from raygan.files import atomic_torch_save
+from raygan.files import EXPERIMENT_FILE, GENERATOR_FILE, SCORES_FILE, atomic_torch_save, read_scores
 from raygan.models import (
     GENERATOR_FORMAT,
     Generator,
@@ -479,9 +479,6 @@ def fit(
 # --------------------------------------------------------------------------------------------
 # A finished run's trials (read from its directory: no Ray).
 
-EXPERIMENT_FILE = "experiment.yaml"  # raygan.tune writes the experiment's config here
-GENERATOR_FILE = "generator.pt"  # in each checkpoint_*: the generator as last scored (raygan.trainable)
-SCORES_FILE = "scores.json"  # beside it: its scores, inf and NaN as strings
 
 
 @dataclass(frozen=True)
@@ -512,7 +509,7 @@ def trial_checkpoints(run: str | Path) -> list[TrialCheckpoint]:
         if not (latest / GENERATOR_FILE).is_file() or not (latest / SCORES_FILE).is_file():
             continue
         try:
-            scores = json.loads((latest / SCORES_FILE).read_text())
+            scores = read_scores(latest)
         except (OSError, ValueError):
             continue
         if isinstance(scores, dict):

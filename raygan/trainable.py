@@ -28,14 +28,11 @@ from raygan.algorithm import GANTrainer
 from raygan.config import ExperimentConfig, build, replace
 from raygan.errors import CheckpointError
 from raygan.evaluator import evaluator_name, find_evaluator
-from raygan.files import atomic_torch_save, atomic_write_json
+from raygan.files import GENERATOR_FILE, TRAINER_FILE, atomic_torch_save, write_scores
 from raygan.models import class_grid_labels, generate, generator_state
 from raygan.monitor import TrialMonitor, search_domains, shows_as_image
 
-TRAINER_FILE = "trainer.pt"
 TRAINER_FORMAT = "raygan-trainer/1"  # the trial checkpoint's tag, as generator.pt has its own
-GENERATOR_FILE = "generator.pt"
-SCORES_FILE = "scores.json"
 SAMPLE_GRID = 64  # the first of each evaluation's fixed-noise samples, shown in TensorBoard
 
 
@@ -226,7 +223,7 @@ class GANTrainable(tune.Trainable):
         ranked = self.ranked_generator or generator_state(self.trainer.generator)
         atomic_torch_save(ranked, Path(checkpoint_dir) / GENERATOR_FILE)
         scores = {**self.scores, keys.TRAINING_ITERATION: self.ranked_at, keys.DIVERGED: self.diverged}
-        atomic_write_json(Path(checkpoint_dir) / SCORES_FILE, {k: _json_number(v) for k, v in scores.items()})
+        write_scores(checkpoint_dir, scores)
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         state = torch.load(Path(checkpoint_dir) / TRAINER_FILE, map_location=self.device, weights_only=True)
@@ -261,21 +258,6 @@ class GANTrainable(tune.Trainable):
 
     def cleanup(self) -> None:
         self.monitor.close()
-
-
-def _json_number(value: Any) -> Any:
-    """JSON has no inf or NaN: write them as strings that float() reads back."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
-def read_scores(checkpoint_dir: str | Path) -> dict[str, Any]:
-    """The scores of the generator a checkpoint holds (what the final ranking reads)."""
-    import json
-
-    raw = json.loads((Path(checkpoint_dir) / SCORES_FILE).read_text())
-    return {k: float(v) if isinstance(v, str) and v in ("inf", "-inf", "nan") else v for k, v in raw.items()}
 
 
 def with_data(data: dict[str, np.ndarray | bool], cpus: float, gpus: float) -> Any:

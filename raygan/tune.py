@@ -36,6 +36,7 @@ from raygan.config import (
     to_dict,
 )
 from raygan.errors import UserError
+from raygan.files import EXPERIMENT_FILE
 from raygan.report import (
     Report,
     TrialRow,
@@ -45,7 +46,6 @@ from raygan.report import (
     write_best,
 )
 
-EXPERIMENT_FILE = "experiment.yaml"  # the experiment's whole config, written by its first run
 # Settings a resume may change: how to reach the cluster, and the resume flag itself.
 RESUMABLE_CHANGES = ("tune.resume", "tune.address", "tune.storage_path")
 
@@ -348,7 +348,7 @@ def _latest_checkpoint(result: Any) -> Any:
     """
     import pyarrow.fs
 
-    from raygan.trainable import SCORES_FILE
+    from raygan.files import SCORES_FILE
 
     kept = [c for c, _ in (result.best_checkpoints or [])]  # oldest first
     for checkpoint in [result.checkpoint, *reversed(kept)]:
@@ -364,7 +364,7 @@ def _trial_row(result: Any) -> tuple[TrialRow, Any]:
     """A leaderboard row from the scores of the generator in the trial's latest checkpoint, and
     that checkpoint (None where the trial has none)."""
     from raygan import hyperparameters
-    from raygan.trainable import read_scores
+    from raygan.files import read_scores
 
     metrics = result.metrics or {}
     scores = dict(metrics)
@@ -426,7 +426,8 @@ def report_best(config: ExperimentConfig, path: str, results: Any, evaluator: An
 
     from raygan.models import class_grid_labels, generate, load_generator
     from raygan.monitor import write_experiment_summary
-    from raygan.trainable import GENERATOR_FILE, experiment_from_trial_config
+    from raygan.files import GENERATOR_FILE
+    from raygan.trainable import experiment_from_trial_config
 
     ranked = [(*_trial_row(result), result) for result in results]  # (row, checkpoint, result)
     leaderboard = sort_leaderboard([row for row, _, _ in ranked])

@@ -363,7 +363,8 @@ def test_a_trainer_checkpoint_that_would_run_code_is_refused_without_running_it(
     with weights_only=True as well: a planted object fails to load instead of running."""
     import types
 
-    from raygan.trainable import TRAINER_FILE, GANTrainable
+    from raygan.files import TRAINER_FILE
+    from raygan.trainable import GANTrainable
 
     _, _, marker = booby_trapped
     checkpoint_dir = tmp_path / "checkpoint_000003"

@@ -222,7 +222,7 @@ def test_a_checkpoint_holds_the_generator_that_was_scored(evaluator, tmp_path, m
     """Under a time budget Tune may stop a trial between evaluations: best/ must hold the state
     its score belongs to, not the weights trained since."""
     from raygan.models import generator_state
-    from raygan.trainable import read_scores
+    from raygan.files import read_scores
 
     trial = make_trainable(tmp_path / "t")
     from raygan.config import replace
