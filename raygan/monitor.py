@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from PIL import Image
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
@@ -40,6 +39,7 @@ from torch.utils.tensorboard import SummaryWriter
 from raygan import hyperparameters, keys
 from raygan.config import SearchConfig
 from raygan.files import atomic_write_text
+from raygan.images import tile
 from raygan.report import fmt as _fmt
 from raygan.report import nats as _nats
 
@@ -132,8 +132,7 @@ class TrialMonitor:
         """
         images = images.detach().to("cpu", torch.float32).clamp(0, 1)
         nrow = max(1, math.ceil(math.sqrt(len(images))))
-        grid = torchvision.utils.make_grid(images, nrow=nrow, padding=1, pad_value=1.0)  # (3, H', W')
-        grid = grid[:1] if images.shape[1] == 1 else grid  # make_grid repeats a single channel
+        grid = tile(images, nrow=nrow, padding=1, pad_value=1.0)  # (C, H', W')
         self._writer.file_writer.add_summary(_image_summary(SAMPLES_TAG, grid), step)
 
     def log_histograms(self, step: int, generator: torch.nn.Module, discriminator: torch.nn.Module) -> None:

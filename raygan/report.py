@@ -7,7 +7,6 @@ formatter that the CLI, the TensorBoard summary and ``leaderboard.md`` share.
 
 from __future__ import annotations
 
-import io
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from raygan import hyperparameters
+from raygan import hyperparameters, images
 from raygan.config import to_dict
 from raygan.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -84,15 +83,11 @@ def write_best(best_dir: Path, generator_file: Path, experiment: Any, summary: d
         summary: what summary.json holds.
         samples: (N, C, H, W) samples in [0, 1]; the first 100 make samples.png.
     """
-    import torchvision
-
     best_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(best_dir / "generator.pt", generator_file.read_bytes())
     atomic_write_text(best_dir / "config.yaml", yaml.safe_dump(to_dict(experiment), sort_keys=False))
     atomic_write_json(best_dir / "summary.json", summary)
-    png = io.BytesIO()
-    torchvision.utils.save_image(samples[:100], png, format="png", nrow=10, padding=1)
-    atomic_write_bytes(best_dir / "samples.png", png.getvalue())
+    atomic_write_bytes(best_dir / "samples.png", images.png_bytes(samples[:100], nrow=10, padding=1))
 
 
 def _quality_cells(quality: dict[str, Any]) -> list[str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from raygan import images
 from raygan.errors import UserError
 from raygan.files import atomic_write_bytes
 from raygan.mixture import draw, load_samplable
@@ -83,13 +84,9 @@ def write_samples(
         np.save(buffer, samples.numpy())
         atomic_write_bytes(out, buffer.getvalue())
     else:
-        import torchvision
-
         if samples.shape[2] == 1 and samples.shape[3] == 1:
             raise UserError("this generator makes points, not images: write them with --out FILE.npy")
-        buffer = io.BytesIO()
-        torchvision.utils.save_image(samples, buffer, format="png", nrow=nrow, padding=1)
-        atomic_write_bytes(out, buffer.getvalue())
+        atomic_write_bytes(out, images.png_bytes(samples, nrow=nrow, padding=1))
     return samples
 
 
