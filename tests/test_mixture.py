@@ -160,6 +160,21 @@ def test_tvd_search_finds_the_histogram_mixing_weights():
     torch.testing.assert_close(tvd, 0.0, atol=1e-9, rtol=0)
 
 
+def test_tvd_weights_are_the_exact_minimum_over_the_simplex():
+    # 8 members over 10 classes, all biased the same way on class 9 (as a PBT population's are):
+    # the linear program's value is no worse than any of 20,000 random points or any vertex.
+    rng = np.random.default_rng(3)
+    hists = rng.dirichlet(np.ones(10), size=8) * 0.6 + 0.4 * np.eye(10)[9]
+    target = np.full(10, 0.1)
+    w, tvd = mx.fit_tvd_weights(hists, target)
+    assert (w >= 0).all() and abs(w.sum() - 1) < 1e-12
+    torch.testing.assert_close(tvd, 0.5 * np.abs(w @ hists - target).sum(), atol=1e-12, rtol=0)
+    trials = np.vstack([np.eye(8), rng.dirichlet(np.ones(8), size=20_000)])
+    assert tvd <= (0.5 * np.abs(trials @ hists - target).sum(axis=1)).min() + 1e-12
+    assert tvd >= 0.3 - 1e-9  # no weights undo a bias every member shares: class 9 gets >= 0.4 of 0.1
+    np.testing.assert_array_equal(w, mx.fit_tvd_weights(hists, target)[0])
+
+
 def test_quality_search_with_many_members_stays_on_the_simplex():
     rng = np.random.default_rng(1)
     stats = _gaussian_members(rng, 6, dim=3)
