@@ -30,9 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from raygan import parzen
+from raygan import hyperparameters, keys, parzen
 from raygan.algorithm import GANTrainer
-from raygan import keys
 from raygan.config import EvalConfig, ExperimentConfig, replace
 from raygan.files import atomic_write_json
 from raygan.models import Generator, generate, save_generator
@@ -323,6 +322,8 @@ def read_trial_curves(path: Path) -> dict[str, list[dict[str, float]]]:
                         "step": int(r["training_iteration"]),
                         "iteration": int(float(r["algorithm/iteration"])),
                         "parzen_valid_ll": _float(r.get(keys.PARZEN_VALID_LL)),
+                        "fd": _float(r.get(keys.FD)),
+                        "classes_covered": _float(r.get(keys.CLASSES_COVERED)),
                         "sigma": _float(r.get(keys.SIGMA)),
                         "tag": r.get("experiment_tag", ""),
                         "trial_id": r.get("trial_id", progress.parent.name),
@@ -347,7 +348,7 @@ def read_exploits(path: Path) -> list[dict[str, Any]]:
                 "donor_tag": donor,
                 "target_step": int(target_step),
                 "donor_step": int(donor_step),
-                "new_config": {k: new.get(k) for k in ("k", "lr_d", "lr_g", "momentum", "prior", "g_loss")},
+                "new_config": {k: new.get(k) for k in hyperparameters.names() if k in new},
             }
         )
     return events

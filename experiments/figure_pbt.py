@@ -9,6 +9,12 @@ by the population and by the single run, budget for budget.
 
     python experiments/figure_pbt.py                       # mnist5k -> docs/figure_pbt.png
     python experiments/figure_pbt.py --dataset fashion-mnist --out docs/figure_pbt_fashion.png
+
+With ``--run DIR`` it reads a finished ``python -m raygan.tune`` run instead (its trials'
+progress.csv and pbt_global.txt): left, each trial's Parzen validation LL; right, each trial's
+FD in the domain classifier's feature space; PBT's exploits marked on both.
+
+    python experiments/figure_pbt.py --run ~/raygan_results/raygan --out docs/figure_pbt.png
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Population LL over time with PBT's exploits, against a default run.")
     p.add_argument("--dataset", default="mnist5k")
     p.add_argument("--results", type=Path, help="a table1 JSON (default experiments/results/table1/<dataset>.json)")
+    p.add_argument("--run", type=Path, help="a finished raygan.tune run directory (instead of a table1 JSON)")
     p.add_argument("--out", type=Path, default=common.DOCS_DIR / "figure_pbt.png")
     return p.parse_args(argv)
 
@@ -56,7 +63,7 @@ def segments(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return [seg for seg in out if seg]
 
 
-def exploit_arrows(pop: dict[str, Any]) -> list[dict[str, float]]:
+def exploit_arrows(pop: dict[str, Any], measure: str = "parzen_valid_ll") -> list[dict[str, float]]:
     """(x, y) of the donor before and of the copying trial after each exploit, from the saved curves."""
     by_index = {_trial_index(t): rows for t, rows in pop["curves"].items()}
     arrows = []
@@ -65,15 +72,74 @@ def exploit_arrows(pop: dict[str, Any]) -> list[dict[str, float]]:
         if target is None or donor is None:
             continue
         d = next((r for r in donor if r["step"] == e["donor_step"]), None)
-        # Its first result after the copy: the start of the segment after a restore at this step,
-        # else (the copy took effect at once) its first result past the exploit's step.
-        restarts = [seg[0] for seg in segments(target)[1:] if seg[0]["step"] >= e["target_step"]]
-        t = restarts[0] if restarts else next((r for r in target if r["step"] > e["target_step"]), None)
+        # Its first result after the copy: the first restore (the step goes back, to about the
+        # donor's) after it reached the exploit's step, else (the copy took effect at once) its
+        # first result past that step.
+        reached = next((i for i, r in enumerate(target) if r["step"] >= e["target_step"]), len(target))
+        restores = [i for i in range(reached + 1, len(target)) if target[i]["step"] <= target[i - 1]["step"]]
+        t = target[restores[0]] if restores else next((r for r in target if r["step"] > e["target_step"]), None)
         if d is None or t is None:
             continue
-        arrows.append({"x0": d["iteration"], "y0": d["parzen_valid_ll"], "x1": t["iteration"], "y1": t["parzen_valid_ll"],
+        arrows.append({"x0": d["iteration"], "y0": d[measure], "x1": t["iteration"], "y1": t[measure],
                        "target": int(e["target_tag"].split("_")[0]), "donor": int(e["donor_tag"].split("_")[0])})
     return arrows
+
+
+def draw_trials(ax: Any, pop: dict[str, Any], measure: str, colors: Any) -> list[dict[str, float]]:
+    """Each trial's ``measure`` against its own iteration counter, PBT's exploits as arrows; returns the arrows."""
+    for trial_id, rows in sorted(pop["curves"].items(), key=lambda kv: _trial_index(kv[0])):
+        i = _trial_index(trial_id)
+        scored = [r for r in rows if math.isfinite(r[measure])]
+        for k, seg in enumerate(segments(scored)):
+            ax.plot([r["iteration"] for r in seg], _finite([r[measure] for r in seg]), "-o", ms=2.5, lw=1.1,
+                    color=colors(i), alpha=1.0 if k == len(segments(scored)) - 1 else 0.45, label=None if k else f"PBT trial {i}")
+    arrows = exploit_arrows(pop, measure)
+    for a in arrows:
+        ax.annotate("", xy=(a["x1"], a["y1"]), xytext=(a["x0"], a["y0"]),
+                    arrowprops={"arrowstyle": "->", "color": colors(a["target"]), "lw": 1.0, "ls": "--"})
+        ax.plot([a["x1"]], [a["y1"]], "*", ms=9, color=colors(a["target"]), mec="black", mew=0.5)
+    ax.plot([], [], "*", ms=9, color="white", mec="black", mew=0.5, label="after an exploit (copied donor's weights)")
+    ax.set_xlabel("Algorithm 1 iterations of the trial")
+    return arrows
+
+
+def run_record(run: Path) -> dict[str, Any]:
+    """A finished raygan.tune run's curves and exploits, as :func:`render_run` reads them."""
+    from raygan.config import load_config
+    from raygan.files import EXPERIMENT_FILE
+
+    if not (run / EXPERIMENT_FILE).is_file():
+        raise SystemExit(f"{run} is not a raygan run directory (it holds no {EXPERIMENT_FILE})")
+    config = load_config(run / EXPERIMENT_FILE)
+    curves = common.read_trial_curves(run)
+    if not curves:
+        raise SystemExit(f"{run} holds no trial results (progress.csv)")
+    return {"dataset": config.data.name, "run": str(run),
+            "population": {"curves": curves, "exploits": common.read_exploits(run)}}
+
+
+def render_run(record: dict[str, Any], out: Path) -> dict[str, Any]:
+    """A run's trials: Parzen validation LL (left) and FD (right) over their iterations, exploits marked."""
+    plt = common.require_matplotlib()
+    pop = record["population"]
+    colors = plt.get_cmap("tab10")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    arrows = draw_trials(left, pop, "parzen_valid_ll", colors)
+    draw_trials(right, pop, "fd", colors)
+    left.set_ylabel("Parzen validation LL (nats, higher is better)")
+    right.set_ylabel("FD, domain classifier features (lower is better)")
+    left.set_title(f"{record['dataset']}: {len(pop['curves'])} trials, {len(arrows)} PBT exploit(s); "
+                   "faded: results before a copy", fontsize=8)
+    right.set_title("the same trials read by the domain classifier", fontsize=8)
+    right.set_yscale("log")
+    left.legend(fontsize=6.5, loc="lower right")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+    fig.tight_layout()
+    common.save_figure(fig, out)
+    print(f"{len(arrows)} exploits drawn")
+    return {"exploits": len(arrows), "trials": len(pop["curves"])}
 
 
 def render(record: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -87,18 +153,7 @@ def render(record: dict[str, Any], out: Path) -> dict[str, Any]:
     s_x = np.array([r["iteration"] for r in single["curve"]])
     s_y = _finite([r["parzen_valid_ll"] for r in single["curve"]])
     left.plot(s_x, s_y, "-", color="black", lw=1.8, label="paper's default, 1 run")
-    for trial_id, rows in sorted(pop["curves"].items(), key=lambda kv: _trial_index(kv[0])):
-        i = _trial_index(trial_id)
-        for k, seg in enumerate(segments(rows)):
-            left.plot([r["iteration"] for r in seg], _finite([r["parzen_valid_ll"] for r in seg]), "-o", ms=2.5, lw=1.1,
-                      color=colors(i), alpha=1.0 if k == len(segments(rows)) - 1 else 0.45, label=None if k else f"PBT trial {i}")
-    arrows = exploit_arrows(pop)
-    for a in arrows:
-        left.annotate("", xy=(a["x1"], a["y1"]), xytext=(a["x0"], a["y0"]),
-                      arrowprops={"arrowstyle": "->", "color": colors(a["target"]), "lw": 1.0, "ls": "--"})
-        left.plot([a["x1"]], [a["y1"]], "*", ms=9, color=colors(a["target"]), mec="black", mew=0.5)
-    left.plot([], [], "*", ms=9, color="white", mec="black", mew=0.5, label="after an exploit (copied donor's weights)")
-    left.set_xlabel("Algorithm 1 iterations of the trial")
+    arrows = draw_trials(left, pop, "parzen_valid_ll", colors)
     left.set_ylabel("Parzen validation LL (nats)")
     left.set_title(f"{record['dataset']}: per-trial curves, {len(arrows)} PBT exploit(s); faded: a trial's results before it was overwritten",
                    fontsize=8)
@@ -134,6 +189,9 @@ def render(record: dict[str, Any], out: Path) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: draw the figure from a saved table1 result."""
     args = parse_args(argv)
+    if args.run is not None:
+        render_run(run_record(args.run.expanduser()), args.out)
+        return 0
     path = args.results or TABLE_DIR / f"{args.dataset}.json"
     record = common.read_json(path)
     if not {"population", "default"} <= set(record["rows"]):

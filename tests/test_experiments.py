@@ -201,6 +201,40 @@ def test_figure_pbt_finds_the_restore_after_an_asynchronous_exploit():
     assert figure_pbt.exploit_arrows(pop) == [{"x0": 20, "y0": -12.0, "x1": 30, "y1": -9.0, "target": 0, "donor": 1}]
 
 
+def test_figure_pbt_finds_a_restore_that_goes_back_below_the_exploit_step():
+    """As in a real run: trial 0 reports steps 1-4, copies trial 1's step-2 checkpoint at step 3, and restarts at step 2."""
+    rows0 = [{"step": s, "iteration": 10 * s, "parzen_valid_ll": -50.0 + s} for s in (1, 2, 3, 4)]
+    rows0 += [{"step": 2, "iteration": 20, "parzen_valid_ll": -11.0}, {"step": 3, "iteration": 30, "parzen_valid_ll": -10.0}]
+    rows1 = [{"step": s, "iteration": 10 * s, "parzen_valid_ll": -10.0 - s} for s in (1, 2, 3, 4)]
+    pop = {"curves": {"x_00000": rows0, "x_00001": rows1},
+           "exploits": [{"target_tag": "0_a", "donor_tag": "1_b", "target_step": 3, "donor_step": 2}]}
+    assert figure_pbt.exploit_arrows(pop) == [{"x0": 20, "y0": -12.0, "x1": 20, "y1": -11.0, "target": 0, "donor": 1}]
+
+
+@needs_matplotlib
+def test_figure_pbt_draws_a_finished_run(tmp_path):
+    from raygan.config import load_config, to_dict
+
+    import yaml
+
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(to_dict(load_config())))
+    header = "eval/parzen_valid_ll,eval/fd,eval/classes_covered,algorithm/iteration,training_iteration,trial_id,experiment_tag\n"
+    for i in range(2):
+        trial = tmp_path / f"GANTrainable_abcde_0000{i}_{i}_k=1"
+        trial.mkdir()
+        rows = "".join(f"{-40 + 10 * s + i},{200 - 20 * s},10,{250 * s},{s},abcde_0000{i},{i}_k=1\n" for s in (1, 2, 3, 4))
+        (trial / "progress.csv").write_text(header + rows)
+    (tmp_path / "pbt_global.txt").write_text(json.dumps(["0_k=1", "1_k=1", 3, 2, {}, {"k": 2, "lr_d": 0.001}]) + "\n")
+    record = figure_pbt.run_record(tmp_path)
+    assert record["dataset"] == "mnist5k" and len(record["population"]["curves"]) == 2
+    assert record["population"]["exploits"][0]["new_config"] == {"k": 2, "lr_d": 0.001}
+    out = tmp_path / "pbt.png"
+    assert figure_pbt.main(["--run", str(tmp_path), "--out", str(out)]) == 0
+    _png(out)
+    with pytest.raises(SystemExit, match="not a raygan run directory"):
+        figure_pbt.main(["--run", str(tmp_path / "missing"), "--out", str(out)])
+
+
 @needs_matplotlib
 @pytest.mark.slow
 @pytest.mark.ray
