@@ -181,6 +181,7 @@ class ParzenEvaluator:
                         self.test,
                         self.config.num_samples,
                         self.config.sigmas,
+                        seed=self.config.seed,  # the same centres as raygan.evaluate's and raygan.mixture's reference
                         chunk_size=self.config.chunk_size,
                     )
                 )

@@ -72,7 +72,7 @@ def test_scores_equal_parzen_called_directly(ray_local, evaluator, data):
     test = ray_local.get(handle.score_test.remote(data["samples"]))
     assert close(test, report(want))
 
-    ref = parzen.reference(data["train"], data["valid"], data["test"], 150, SIGMAS)
+    ref = parzen.reference(data["train"], data["valid"], data["test"], 150, SIGMAS, seed=CONFIG.seed)  # as evaluate, mixture
     got = ray_local.get(handle.reference.remote())
     assert close(got, {**report(ref), "num_samples": 150})  # min(eval.num_samples, training images)
     assert ray_local.get(handle.reference.remote()) == got  # cached
