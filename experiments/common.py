@@ -141,18 +141,15 @@ class ProcessTreeCpu:
 
     def __init__(self, interval_s: float = 1.0) -> None:
         self.interval_s = interval_s
-        self._seen: dict[tuple[int, float], tuple[str, float]] = {}
+        self._seen: dict[tuple[int, int], tuple[str, float]] = {}  # (pid, start time) -> (class, CPU-s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
-        try:
-            import psutil
-            import ray  # noqa: F401  (ray puts its vendored psutil on sys.path)
-        except ImportError:
-            psutil = None
-        self._psutil = psutil
+        self._proc = Path("/proc")
+        self._available = (self._proc / "self" / "stat").is_file()  # Linux; elsewhere by_class() is None
+        self._tick = os.sysconf("SC_CLK_TCK") if self._available else 100
 
     def __enter__(self) -> ProcessTreeCpu:  # noqa: PYI034  (typing.Self needs Python 3.11)
-        if self._psutil is not None:
+        if self._available:
             self._thread.start()
         return self
 
@@ -166,29 +163,42 @@ class ProcessTreeCpu:
         while not self._stop.wait(self.interval_s):
             self._sample()
 
-    def _sample(self) -> None:
-        if self._psutil is None:
-            return
-        ps = self._psutil
+    def _stat(self, pid: int) -> tuple[int, float, int] | None:
+        """(parent pid, user + system CPU-s, start time in ticks) from /proc/<pid>/stat, or None if it is gone."""
         try:
-            children = ps.Process().children(recursive=True)
-        except ps.Error:
+            fields = (self._proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        # After the command: state, ppid, ..., utime (11), stime (12), ..., starttime (19).
+        return int(fields[1]), (int(fields[11]) + int(fields[12])) / self._tick, int(fields[19])
+
+    def _sample(self) -> None:
+        if not self._available:
             return
-        for child in children:
+        stats = {}
+        for entry in self._proc.iterdir():
+            if entry.name.isdigit() and (st := self._stat(int(entry.name))) is not None:
+                stats[int(entry.name)] = st
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in stats.items():
+            children.setdefault(ppid, []).append(pid)
+        stack = list(children.get(os.getpid(), []))
+        while stack:  # every descendant: Ray's processes, the workers they start
+            pid = stack.pop()
+            stack.extend(children.get(pid, []))
+            _, cpu_s, started = stats[pid]
             try:
-                with child.oneshot():
-                    key = (child.pid, child.create_time())
-                    times = child.cpu_times()
-                    cmd = " ".join(child.cmdline())
-            except ps.Error:
+                cmd = (self._proc / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
                 continue
+            key = (pid, started)
             old_class = self._seen.get(key, ("ray", 0.0))[0]
             klass = next((name for marker, name in self.CLASSES if marker in cmd), old_class)
-            self._seen[key] = (klass, times.user + times.system)
+            self._seen[key] = (klass, cpu_s)
 
     def by_class(self) -> dict[str, float] | None:
-        """CPU-seconds per class of process (None where psutil is unavailable)."""
-        if self._psutil is None:
+        """CPU-seconds per class of process (None where /proc is unavailable: not Linux)."""
+        if not self._available:
             return None
         out: dict[str, float] = {}
         for klass, seconds in self._seen.values():

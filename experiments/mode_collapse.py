@@ -32,6 +32,7 @@ import common
 import numpy as np
 import torch
 
+from raygan import hyperparameters
 from raygan.config import EvalConfig, load_config, replace
 from raygan.data import Dataset, load_dataset, mixture_centres, mixture_std
 from raygan.models import Generator, generate, load_generator
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         record["runs"]["population best"] = {
             **coverage(pts, centres, std, args.min_share), "points": pts.tolist(), "compute": pop.compute.as_dict(),
             "iterations": args.trials * args.steps * max(1, per_step), "trial": pop.report.summary.get("trial_id"),
-            "config": {k: cfg.get(k) for k in ("k", "lr_d", "lr_g", "momentum", "prior", "g_loss")},
+            "config": {k: cfg.get(k) for k in hyperparameters.names() if k in cfg},
             "exploits": len(pop.exploits),
         }
     common.write_json(Path(args.out_dir) / "mode_collapse.json", record)

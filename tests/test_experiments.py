@@ -201,6 +201,24 @@ def test_figure_pbt_finds_the_restore_after_an_asynchronous_exploit():
     assert figure_pbt.exploit_arrows(pop) == [{"x0": 20, "y0": -12.0, "x1": 30, "y1": -9.0, "target": 0, "donor": 1}]
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)")
+def test_process_tree_cpu_counts_a_child_and_its_grandchild():
+    import subprocess
+
+    import common
+
+    burn = "import time; t = time.process_time(); exec('while time.process_time() - t < 0.6: pass')"
+    # A child that starts a grandchild (as Ray's raylet starts the workers), each burning 0.6 CPU-s,
+    # the grandchild under a name the classes know.
+    name = "'ray::Parzen' + 'Evaluator'"  # whole only in the grandchild's command line
+    code = f"import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', {burn!r}, {name}]); {burn}; p.wait()"
+    with common.ProcessTreeCpu(interval_s=0.05) as tree:
+        subprocess.run([sys.executable, "-c", code], check=True)
+    seconds = tree.by_class()
+    assert seconds is not None and seconds.get("ray", 0) >= 0.5, seconds
+    assert seconds.get("evaluator", 0) >= 0.5, seconds
+
+
 def test_figure_pbt_finds_a_restore_that_goes_back_below_the_exploit_step():
     """As in a real run: trial 0 reports steps 1-4, copies trial 1's step-2 checkpoint at step 3, and restarts at step 2."""
     rows0 = [{"step": s, "iteration": 10 * s, "parzen_valid_ll": -50.0 + s} for s in (1, 2, 3, 4)]
