@@ -133,13 +133,17 @@ def render_run(record: dict[str, Any], out: Path) -> dict[str, Any]:
     right.set_title("the same trials read by the domain classifier", fontsize=8)
     right.set_yscale("log")
     left.legend(fontsize=6.5, loc="lower right")
-    for ax in (left, right):
+    _save(fig, (left, right), out, arrows)
+    return {"exploits": len(arrows), "trials": len(pop["curves"])}
+
+
+def _save(fig: Any, axes: Sequence[Any], out: Path, arrows: list[dict[str, float]]) -> None:
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
     fig.tight_layout()
     common.save_figure(fig, out)
     print(f"{len(arrows)} exploits drawn")
-    return {"exploits": len(arrows), "trials": len(pop["curves"])}
 
 
 def render(record: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -177,12 +181,7 @@ def render(record: dict[str, Any], out: Path) -> dict[str, Any]:
     right.set_ylabel("best validation LL so far (nats)")
     right.set_title("the same budget: best model found so far", fontsize=9)
     right.legend(fontsize=7, loc="lower right")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.tick_params(labelsize=8)
-    fig.tight_layout()
-    common.save_figure(fig, out)
-    print(f"{len(arrows)} exploits drawn")
+    _save(fig, (left, right), out, arrows)
     return {"exploits": len(arrows), "population_best": p_best.tolist(), "default_best": s_best.tolist()}
 
 
