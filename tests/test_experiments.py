@@ -284,3 +284,18 @@ def test_mode_collapse_population(ray_local, tmp_path):
     r = json.loads((tmp_path / "mode_collapse.json").read_text())
     assert r["runs"]["population best"]["iterations"] == 64
     _png(tmp_path / "mc.png")
+
+
+def test_recipes_independent_classifier_and_a_short_run(tmp_path, capsys):
+    import recipes
+
+    assert recipes.coverage(np.repeat(np.arange(10), 10)) == (10, 10, 0.0)
+    assert recipes.coverage(np.zeros(50, dtype=np.int64)) == (1, 1, pytest.approx(0.9))  # one class: TVD 0.9
+    data = load_dataset("mnist5k")
+    knn = recipes.KNN(data.train, data.train_labels)
+    assert (knn.predict(data.test) == data.test_labels).mean() > 0.9  # a competent reader of digits
+    argv = ["--recipes", "default-beta1-0", "--iterations", "4", "--threads", "1", "--out", str(tmp_path)]
+    assert recipes.main(argv) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1].split("|")
+    assert row[1].strip() == "default-beta1-0" and row[2].strip() == "4"
+    _png(tmp_path / "default-beta1-0.png")
