@@ -151,9 +151,9 @@ class TrainConfig:
     """D's learning rate (the paper's SGD: 0.1)."""
     lr_g: float = 1e-3
     """G's learning rate (the paper's SGD: 0.1)."""
-    momentum: float = 0.5
+    momentum: float = 0.3
     """SGD's momentum, or Adam's beta1 (its running mean of gradients is a momentum), at the start of the ramp."""
-    final_momentum: float = 0.5
+    final_momentum: float = 0.3
     """The momentum at the end of the ramp (the paper's: 0.5 -> 0.7). A searched momentum is constant: it sets both."""
     momentum_ramp_epochs: float = 250.0
     """Epochs over which the momentum moves linearly to final_momentum (the released code's MomentumAdjustor: 250)."""
@@ -271,7 +271,7 @@ class SearchConfig:
     """D's learning rate: a log-uniform range."""
     lr_g: tuple[float, float] = (5e-4, 3e-3)
     """G's learning rate: a log-uniform range."""
-    momentum: tuple[float, float] = (0.3, 0.7)
+    momentum: tuple[float, float] = (0.0, 0.6)
     """The momentum in force (Adam's beta1, SGD's momentum): a uniform range."""
     k: tuple[int, ...] = (1, 2)
     """D steps per G step (Algorithm 1's k)."""

@@ -81,7 +81,8 @@ def test_an_empty_list_leaves_a_row_at_the_experiments_own_setting():
     space = search.param_space(config)
     assert "arch" not in space and "optimizer" not in space  # every trial runs model.arch, train.optimizer
     assert "arch" not in search._base_point(config)[0] and "arch" not in search_domains(config.search)
-    pinned_to_own = search.param_space(ExperimentConfig(search=SearchConfig(momentum=(0.5, 0.5))))
+    own = ExperimentConfig().train.momentum
+    pinned_to_own = search.param_space(ExperimentConfig(search=SearchConfig(momentum=(own, own))))
     assert "momentum" not in pinned_to_own  # the experiment's own value: its momentum ramp stays
 
 
