@@ -453,7 +453,10 @@ class Rehearsal:
 
     def cluster_facts(self) -> dict[str, Any]:
         """The nodes (live and dead) and where the evaluator ran, from the GCS (see :func:`cluster_facts`)."""
-        command = [sys.executable, str(Path(__file__).resolve()), "--cluster-facts", self.address]
+        from raygan.evaluator import evaluator_name
+
+        command = [sys.executable, str(Path(__file__).resolve()), "--cluster-facts", self.address,
+                   evaluator_name(NAME, str(self.storage))]  # the tune command's --name and --storage-path
         # In this script's own session: a Ctrl-C reaches it, and it starts no processes of its own.
         done = subprocess.run(command, check=False, env=self.env, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
@@ -483,7 +486,7 @@ class Rehearsal:
         return report
 
 
-def cluster_facts(address: str) -> dict[str, Any]:
+def cluster_facts(address: str, evaluator: str) -> dict[str, Any]:
     """Connected as a driver of its own: the cluster's nodes, live and dead, and the evaluator's node.
 
     Runs in a process of its own (``--cluster-facts``), so that the caller never holds a Ray
@@ -491,8 +494,6 @@ def cluster_facts(address: str) -> dict[str, Any]:
     """
     import ray
     from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
-
-    from raygan.evaluator import evaluator_name
 
     ray.init(address=address, log_to_driver=False, configure_logging=False, logging_level="ERROR")
     try:
@@ -506,7 +507,7 @@ def cluster_facts(address: str) -> dict[str, Any]:
             n["NodeID"]: {"alive": n["Alive"], "type": n.get("Labels", {}).get(NODE_TYPE_LABEL), "gpus": n["Resources"].get("GPU", 0)}
             for n in nodes
         },
-        "evaluator_nodes": sorted({a["Address"]["NodeID"] for a in actors if a.get("Name") == evaluator_name(NAME)}),
+        "evaluator_nodes": sorted({a["Address"]["NodeID"] for a in actors if a.get("Name") == evaluator}),
     }
 
 
@@ -628,7 +629,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-s", type=float, default=600.0, help="give up (and clean up) when raygan.tune runs longer than this")
     p.add_argument("--storage-path", help="keep Tune's results here (default: a temp dir, deleted at the end)")
     p.add_argument("--verbose", action="store_true", help="show raygan.tune's output as it runs")
-    p.add_argument("--cluster-facts", metavar="ADDRESS", help=argparse.SUPPRESS)  # internal: see cluster_facts()
+    p.add_argument("--cluster-facts", nargs=2, metavar=("ADDRESS", "EVALUATOR"), help=argparse.SUPPRESS)  # internal: see cluster_facts()
     return p
 
 
@@ -648,7 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         verbose=args.verbose,
     )
     if args.cluster_facts:
-        print(json.dumps(cluster_facts(args.cluster_facts)))
+        print(json.dumps(cluster_facts(*args.cluster_facts)))
         return 0
     signal.signal(signal.SIGTERM, _interrupt)  # cleans up as Ctrl-C does
     try:

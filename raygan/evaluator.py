@@ -10,6 +10,7 @@ only; :meth:`ParzenEvaluator.score_test` is for the final report.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import threading
@@ -205,9 +206,15 @@ class ParzenEvaluator:
         return os.getpid()
 
 
-def evaluator_name(experiment_name: str) -> str:
-    """The evaluator's actor name for one experiment (experiments sharing a cluster don't mix data)."""
-    return f"{EVALUATOR_NAME}-{experiment_name}"
+def evaluator_name(experiment_name: str, storage_path: str) -> str:
+    """The evaluator's actor name for one experiment: its name and where it is stored, as configured.
+
+    Experiments sharing a cluster must not share an evaluator (each holds its own data), and two
+    of the same name may run at once under different storage paths; so the name carries a digest
+    of the storage path too. The driver and every trial compute it from the same config.
+    """
+    digest = hashlib.sha256(str(storage_path).encode()).hexdigest()[:8]
+    return f"{EVALUATOR_NAME}-{experiment_name}-{digest}"
 
 
 def get_or_create_evaluator(

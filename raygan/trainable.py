@@ -175,7 +175,7 @@ class GANTrainable(tune.Trainable):
             shown = SAMPLE_GRID if labels is None else generator.num_classes**2
             self.monitor.log_samples(self.iteration + 1, samples[:shown])
         self.monitor.log_histograms(self.iteration + 1, self.trainer.generator, self.trainer.discriminator)
-        evaluator = find_evaluator(evaluator_name(self.experiment.tune.name))
+        evaluator = find_evaluator(evaluator_name(self.experiment.tune.name, self.experiment.tune.storage_path))
         labels = None if labels is None else labels.numpy()
         self.scores = ray.get(evaluator.score_valid.remote(ray.put(samples.cpu().numpy()), labels))
         state = generator_state(self.trainer.generator)

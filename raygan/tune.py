@@ -318,7 +318,7 @@ def fit(config: ExperimentConfig, path: str, dataset: Any, quality: Any = None, 
     trial_gpus, eval_gpus = _gpus(config)
     # References held for the whole run: a restarted evaluator reloads its data from them.
     splits = [ray.put(part) for part in (dataset.valid, dataset.test, dataset.train, quality)]
-    evaluator = get_or_create_evaluator(*splits[:3], config.eval, name=evaluator_name(config.tune.name),
+    evaluator = get_or_create_evaluator(*splits[:3], config.eval, name=evaluator_name(config.tune.name, config.tune.storage_path),
                                         gpus=eval_gpus, quality=splits[3])
     trainable = with_data({"train": dataset.train, "bounded": dataset.bounded, "train_labels": getattr(dataset, "train_labels", None)}, config.tune.cpus_per_trial, trial_gpus)
     if config.tune.resume:

@@ -122,15 +122,16 @@ def tiny_experiment():
 
 @pytest.fixture
 def make_trainable(tmp_path):
-    """``make_trainable(logdir, **hyperparameters)``: a GANTrainable built directly (no Tuner),
-    as a Tune actor would build it; stopped at the end of the test."""
+    """``make_trainable(**hyperparameters)``: a GANTrainable of the tiny experiment stored under the
+    test's tmp_path, built directly (no Tuner) as a Tune actor would build it; stopped at the end
+    of the test."""
     from raygan.config import to_dict
     from raygan.trainable import with_data
 
     made = []
 
-    def make(path, **hyper):
-        config = _tiny_experiment(path)
+    def make(**hyper):
+        config = _tiny_experiment(tmp_path)
         trial_config = {"experiment": to_dict(config), "arch": "mlp", "optimizer": "sgd", "k": 1, "lr_d": 0.05,
                         "lr_g": 0.05, "momentum": 0.5, "prior": "uniform", "g_loss": "non-saturating", "seed": 0, **hyper}
         data = _tiny_dataset()
@@ -144,14 +145,13 @@ def make_trainable(tmp_path):
 
 
 @pytest.fixture
-def evaluator(ray_local):
-    """The named evaluator that the tiny experiment's trials look up; alive while the test runs."""
-    from pathlib import Path
-
+def evaluator(ray_local, tmp_path):
+    """The named evaluator that ``make_trainable``'s trials look up (the same experiment, stored
+    under the test's tmp_path); alive while the test runs."""
     from raygan.evaluator import evaluator_name, get_or_create_evaluator
 
-    data, config = _tiny_dataset(), _tiny_experiment(Path("/unused"))
-    handle = get_or_create_evaluator(data.valid, data.test, data.train, config.eval, name=evaluator_name(config.tune.name))
+    data, config = _tiny_dataset(), _tiny_experiment(tmp_path)
+    handle = get_or_create_evaluator(data.valid, data.test, data.train, config.eval, name=evaluator_name(config.tune.name, config.tune.storage_path))
     yield handle
     ray_local.kill(handle)
 

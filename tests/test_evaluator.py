@@ -16,6 +16,7 @@ from raygan import keys, parzen
 from raygan.config import EvalConfig
 from raygan.evaluator import (
     EVALUATOR_NAME,
+    evaluator_name,
     find_evaluator,
     get_or_create_evaluator,
 )
@@ -150,3 +151,11 @@ def test_get_or_create_returns_the_running_actor(ray_local, evaluator, data):
     name, handle = evaluator
     again = get_or_create_evaluator(data["valid"], data["test"], data["train"], CONFIG, name=name)
     assert ray_local.get(again.pid.remote()) == ray_local.get(handle.pid.remote())
+
+
+def test_two_experiments_of_one_name_in_different_places_get_their_own_evaluators():
+    # Each evaluator holds its own experiment's data; the name alone would let a second run
+    # (or a test right after another) pick up the first one's actor, or one that is shutting down.
+    a, b = evaluator_name("raygan", "~/raygan_results"), evaluator_name("raygan", "s3://bucket/raygan")
+    assert a != b and a == evaluator_name("raygan", "~/raygan_results")
+    assert a.startswith(f"{EVALUATOR_NAME}-raygan-") and evaluator_name("other", "~/raygan_results") != a

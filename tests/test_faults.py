@@ -167,7 +167,7 @@ def test_pbt_explore_always_gives_a_config_a_trial_can_run():
 def test_an_actor_reused_for_a_fresh_trial_starts_from_that_trials_own_initialisation(evaluator, tmp_path, make_trainable):
     """reuse_actors: Tune hands a finished (here: diverged) trial's actor to a new trial through
     reset_config, with no checkpoint to restore: nothing of the old trial may leak into it."""
-    used = make_trainable(tmp_path / "used", seed=1, lr_d=DIVERGING_LR)
+    used = make_trainable(seed=1, lr_d=DIVERGING_LR)
     with torch.no_grad():
         for p in used.trainer.discriminator.parameters():
             p.fill_(float("nan"))
@@ -175,7 +175,7 @@ def test_an_actor_reused_for_a_fresh_trial_starts_from_that_trials_own_initialis
 
     fresh_config = dict(used.config, seed=2, lr_d=0.05)
     assert used.reset_config(fresh_config)
-    fresh = make_trainable(tmp_path / "fresh", seed=2, lr_d=0.05)  # what a new actor would hold
+    fresh = make_trainable(seed=2, lr_d=0.05)  # what a new actor would hold
     for net in ("generator", "discriminator"):
         a, b = getattr(used.trainer, net).state_dict(), getattr(fresh.trainer, net).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), net

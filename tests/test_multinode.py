@@ -61,12 +61,13 @@ def cluster(without_local_ray, tiny_dataset, tiny_experiment):
         )
         ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
         data, config = tiny_dataset(), tiny_experiment(Path(temp), name=NAME)
-        evaluator = get_or_create_evaluator(data.valid, data.test, data.train, config.eval, name=evaluator_name(NAME))
+        evaluator = get_or_create_evaluator(data.valid, data.test, data.train, config.eval, name=evaluator_name(NAME, config.tune.storage_path))
         evaluator_pid = ray.get(evaluator.pid.remote(), timeout=60)  # placed: the head is the only node
         for _ in range(WORKERS):
             cluster.add_node(num_cpus=1, wait=False)
         cluster.wait_for_nodes(timeout=60)
-        yield SimpleNamespace(cluster=cluster, evaluator=evaluator, evaluator_pid=evaluator_pid)
+        yield SimpleNamespace(cluster=cluster, evaluator=evaluator, evaluator_pid=evaluator_pid,
+                              evaluator_name=evaluator_name(NAME, config.tune.storage_path))
     finally:
         ray.shutdown()
         if cluster is not None:
@@ -235,7 +236,5 @@ def test_a_trial_on_a_lost_node_resumes_elsewhere_from_its_last_checkpoint(clust
     # The evaluator, on the head, kept serving through the loss without restarting.
     import ray
 
-    from raygan.evaluator import evaluator_name
-
-    assert _actor_node(cluster.cluster, evaluator_name(NAME)) == cluster.cluster.head_node.node_id
+    assert _actor_node(cluster.cluster, cluster.evaluator_name) == cluster.cluster.head_node.node_id
     assert ray.get(cluster.evaluator.pid.remote(), timeout=60) == cluster.evaluator_pid

@@ -89,8 +89,8 @@ def test_existing_experiment_is_not_overwritten(ray_local, tmp_path, tiny_datase
 
 
 def test_pbt_exploit_copies_the_donors_weights_and_optimiser_state(evaluator, tmp_path, make_trainable):
-    donor = make_trainable(tmp_path / "a", seed=1, lr_d=0.1)
-    taker = make_trainable(tmp_path / "b", seed=2, k=3, prior="gaussian")
+    donor = make_trainable(seed=1, lr_d=0.1)
+    taker = make_trainable(seed=2, k=3, prior="gaussian")
     donor.train()
     donor.train()
     taker.train()
@@ -118,15 +118,15 @@ def test_pbt_exploit_copies_the_donors_weights_and_optimiser_state(evaluator, tm
 
 
 def test_save_load_continue_equals_uninterrupted(evaluator, tmp_path, make_trainable):
-    straight = make_trainable(tmp_path / "s")
+    straight = make_trainable()
     for _ in range(3):
         straight.train()
 
-    first = make_trainable(tmp_path / "f")
+    first = make_trainable()
     first.train()
     checkpoint = first.save(str(tmp_path / "ckpt"))
     first.stop()
-    resumed = make_trainable(tmp_path / "r", seed=99)  # a fresh actor, even with another init
+    resumed = make_trainable(seed=99)  # a fresh actor, even with another init
     resumed.restore(checkpoint)
     resumed.train()
     resumed.train()
@@ -140,7 +140,7 @@ def test_save_load_continue_equals_uninterrupted(evaluator, tmp_path, make_train
 
 
 def test_a_diverged_trial_reports_it_and_stops_training(evaluator, tmp_path, make_trainable):
-    trial = make_trainable(tmp_path)
+    trial = make_trainable()
     with torch.no_grad():
         for p in trial.trainer.discriminator.parameters():
             p.fill_(float("nan"))
@@ -205,10 +205,10 @@ def test_a_copy_of_another_trials_checkpoint_gets_a_new_random_stream(evaluator,
     from raygan.trainable import GANTrainable
 
     monkeypatch.setattr(GANTrainable, "trial_id", property(lambda self: f"trial-{self.config['seed']}"))
-    donor = make_trainable(tmp_path / "donor", seed=1)
+    donor = make_trainable(seed=1)
     donor.train()
     checkpoint = donor.save(str(tmp_path / "ckpt"))
-    own, copy = make_trainable(tmp_path / "own", seed=1), make_trainable(tmp_path / "copy", seed=2)
+    own, copy = make_trainable(seed=1), make_trainable(seed=2)
     own.restore(checkpoint)
     copy.restore(checkpoint)
     for t in (donor, own, copy):
@@ -224,7 +224,7 @@ def test_a_checkpoint_holds_the_generator_that_was_scored(evaluator, tmp_path, m
     from raygan.models import generator_state
     from raygan.files import read_scores
 
-    trial = make_trainable(tmp_path / "t")
+    trial = make_trainable()
     from raygan.config import replace
 
     trial.experiment = replace(trial.experiment, eval=replace(trial.experiment.eval, every=2))

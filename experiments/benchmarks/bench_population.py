@@ -119,7 +119,7 @@ def run_memory(args, dataset, trials: int, private_copy: bool) -> dict[str, floa
     clock = ResultClock()
     with tempfile.TemporaryDirectory() as storage:
         config = build_config(args, storage, "memory", trials, 0.5)
-        evaluator = get_or_create_evaluator(dataset.valid, dataset.test, None, config.eval, name=evaluator_name("memory"))
+        evaluator = get_or_create_evaluator(dataset.valid, dataset.test, None, config.eval, name=evaluator_name(config.tune.name, config.tune.storage_path))
         cls = PrivateCopyTrainable.make() if private_copy else GANTrainable
         trainable = tune.with_resources(
             tune.with_parameters(cls, data={"train": dataset.train, "bounded": dataset.bounded}), {"cpu": 0.5, "gpu": 0}
