@@ -30,13 +30,14 @@ No Ray here: a finished run is read from its directory.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
 import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -599,6 +600,16 @@ class Scores:
                 "parzen_test_ll": p.test_ll, "parzen_test_se": p.test_se,
                 "quality": None if self.quality is None else self.quality.as_dict()}
 
+    @classmethod
+    def from_json(cls, scores: dict[str, Any], quality_scores: dict[str, Any] | None) -> Scores:
+        """Scores as ``summary.json`` holds them (the best trial's, or its "reference"), the classifier's apart."""
+        q = None
+        if quality_scores is not None:
+            q = quality.QualityScores(**{f.name: quality_scores[f.name] for f in fields(quality.QualityScores)})
+            q = dataclasses.replace(q, histogram=tuple(q.histogram))
+        result = parzen.ParzenResult(scores["sigma"], scores["parzen_valid_ll"], scores["parzen_test_ll"], scores["parzen_test_se"])
+        return cls(result, q, scores["num_samples"])
+
 
 @dataclass(frozen=True)
 class Comparison:
@@ -704,8 +715,13 @@ def build_from_run(
     def measure(samples: Any) -> Scores:
         return score(samples, data, e.sigmas, e.chunk_size, model, e.min_class_share)
 
-    reference = parzen.reference(data.train, data.valid, data.test, n, e.sigmas, seed=e.seed, chunk_size=e.chunk_size)
-    reference_quality = None if model is None else model.reference(data.valid, min_share=e.min_class_share)
+    best, reference = _scored_by_the_run(run, chosen[0], n, len(data.train), with_quality=model is not None)
+    if best is None:
+        best = measure(generate(generators[0], n, seed=e.seed))
+    if reference is None:
+        result = parzen.reference(data.train, data.valid, data.test, n, e.sigmas, seed=e.seed, chunk_size=e.chunk_size)
+        reference_quality = None if model is None else model.reference(data.valid, min_share=e.min_class_share)
+        reference = Scores(result, reference_quality, min(n, len(data.train)))
     return Comparison(
         run=str(run),
         dataset=data.name,
@@ -713,9 +729,35 @@ def build_from_run(
         mixture=mixture,
         members=chosen,
         scores=measure(mixture.sample(n, seed=e.seed)),
-        best=measure(generate(generators[0], n, seed=e.seed)),
-        reference=Scores(reference, reference_quality, min(n, len(data.train))),
+        best=best,
+        reference=reference,
     )
+
+
+def _scored_by_the_run(
+    run: Path, best: TrialCheckpoint, n: int, train_size: int, with_quality: bool
+) -> tuple[Scores | None, Scores | None]:
+    """The best trial's and the reference's scores from ``<run>/best/summary.json``, where raygan.tune
+    already scored the same samples (the same trial and checkpoint, ``n`` samples of eval.seed, the
+    same reference centres); None for each that must be scored again."""
+    try:
+        summary = json.loads((run / "best" / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(summary, dict) or (summary.get("quality") is not None) != with_quality:
+        return None, None
+    quality_scores = summary.get("quality")
+    try:
+        same_best = (summary.get("trial_id") == best.trial_id and summary.get("num_samples") == n
+                     and summary.get("training_iteration") == best.scores.get(keys.TRAINING_ITERATION))
+        best_scores = Scores.from_json(summary, quality_scores) if same_best else None
+        reference = summary.get("reference") or {}
+        same_reference = reference.get("num_samples") == min(n, train_size)
+        reference_quality = None if quality_scores is None else quality_scores.get("reference")
+        reference_scores = Scores.from_json(reference, reference_quality) if same_reference else None
+    except (KeyError, TypeError):  # a summary written by another version: score again
+        return None, None
+    return best_scores, reference_scores
 
 
 def format_comparison(c: Comparison) -> str:

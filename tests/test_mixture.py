@@ -455,3 +455,21 @@ def test_as_a_user_runs_it_there_is_no_traceback(tmp_path):
                          capture_output=True, text=True, check=False)
     assert run.returncode == 2
     assert run.stderr.startswith("error: ") and run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+
+
+def test_the_scores_raygan_tune_already_wrote_are_reused_only_for_the_same_samples(run_dir):
+    """best/summary.json holds the best trial's and the reference's scores on eval.seed's samples:
+    the mixture's comparison takes them where the trial, its checkpoint and the sample count match."""
+    fresh = mx.build_from_run(run_dir, members=2, log=lambda line: None)
+    summary = {**fresh.best.as_json(), "trial_id": "a731e_00000", "training_iteration": 4, "parzen_test_ll": 123.0,
+               "reference": {**fresh.reference.as_json(), "parzen_test_ll": 456.0}}
+    (run_dir / "best" / "summary.json").write_text(json.dumps(summary))
+    reused = mx.build_from_run(run_dir, members=2, log=lambda line: None)
+    assert reused.best.parzen.test_ll == 123.0 and reused.reference.parzen.test_ll == 456.0
+    assert reused.best.parzen.valid_ll == fresh.best.parzen.valid_ll
+    # Another checkpoint of the trial, or another sample count: scored again.
+    (run_dir / "best" / "summary.json").write_text(json.dumps({**summary, "training_iteration": 3}))
+    again = mx.build_from_run(run_dir, members=2, log=lambda line: None)
+    assert again.best.parzen.test_ll == fresh.best.parzen.test_ll and again.reference.parzen.test_ll == 456.0
+    other_count = mx.build_from_run(run_dir, members=2, num_samples=150, log=lambda line: None)
+    assert other_count.best.parzen.test_ll != 123.0 and other_count.reference.parzen.test_ll != 456.0
