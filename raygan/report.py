@@ -55,10 +55,14 @@ class Report:
 
     leaderboard: list[TrialRow]
     summary: dict[str, Any]
-    reference: dict[str, Any]
     experiment_path: str
     best_dir: str
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reference(self) -> dict[str, Any]:
+        """The held-out-data reference's scores (summary.json's "reference")."""
+        return self.summary.get("reference", {})
 
 
 def finite_or(value: Any, default: float = -math.inf) -> float:

@@ -442,9 +442,11 @@ def report_best(config: ExperimentConfig, path: str, results: Any, evaluator: An
     best_row, best_checkpoint, best = max(with_checkpoint, key=lambda entry: (entry[0].rank_score, entry[0].parzen_valid_ll))
     with best_checkpoint.as_directory() as checkpoint_dir:
         generator = load_generator(Path(checkpoint_dir) / GENERATOR_FILE)
-        samples = generate(generator, config.eval.num_samples, seed=config.eval.seed)  # conditional: every class alike
-        labels = None if generator.num_classes is None else class_grid_labels(len(samples), generator.num_classes).numpy()
-        summary = _best_summary(config, best_row, best.config, samples.numpy(), evaluator, labels)
+        n = config.eval.num_samples
+        labels = None if generator.num_classes is None else class_grid_labels(n, generator.num_classes)  # every class alike
+        samples = generate(generator, n, seed=config.eval.seed, labels=labels)
+        summary = _best_summary(config, best_row, best.config, samples.numpy(), evaluator,
+                                None if labels is None else labels.numpy())
         with tempfile.TemporaryDirectory() as staging:
             local_best = Path(path) / "best" if not _is_uri(path) else Path(staging) / "best"
             write_best(local_best, Path(checkpoint_dir) / GENERATOR_FILE, experiment_from_trial_config(best.config),
@@ -456,7 +458,7 @@ def report_best(config: ExperimentConfig, path: str, results: Any, evaluator: An
 
                 pyarrow.fs.copy_files(str(local_best), f"{path}/best")
                 pyarrow.fs.copy_files(str(local_best.parent / "summary"), f"{path}/summary")
-    return Report(leaderboard, summary, summary["reference"], path, f"{path}/best")
+    return Report(leaderboard, summary, path, f"{path}/best")
 
 
 def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int = 1, callbacks: Sequence[Any] = ()) -> Report:

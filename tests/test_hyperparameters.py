@@ -55,7 +55,7 @@ def test_a_new_row_reaches_tensorboard_and_the_leaderboard(with_batch_size):
     domains = search_domains(with_batch_size.search)
     assert isinstance(domains["batch_size"], hp.Discrete) and list(domains["batch_size"].values) == [32, 64, 128]
     row = TrialRow("t_1", -12.5, {"batch_size": 128, "k": 2}, 8, "OK", rank_score=-12.5)
-    report = Report([row], {"ranking_samples": 2000}, {}, "/x", "/x/best")
+    report = Report([row], {"ranking_samples": 2000}, "/x", "/x/best")
     header, first = format_leaderboard(report)[1:3]
     assert header.split()[-1] == "batch_size" and first.split()[-1] == "128"
 
