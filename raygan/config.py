@@ -31,8 +31,11 @@ ARCHS = ("mlp", "conv")
 INITS = ("paper", "torch")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("pbt", "asha", "random")
+REALLOCATE = ("even", "best", "none")  # raygan.search's use of Tune's ResourceChangingScheduler
 RANK_BY = ("parzen", "fd")  # raygan.ranking's
 MIXTURE_FIT_TO = ("parzen", "fd", "tvd")  # raygan.mixture's
+REFINE_METHODS = ("drs", "mh")  # raygan.refine's samplers
+CALIBRATIONS = ("platt", "finetune")  # raygan.refine's calibrations of D's logit
 
 
 class ConfigError(UserError, ValueError):
@@ -330,6 +333,46 @@ class MixtureConfig:
             _choice(self.fit_to, MIXTURE_FIT_TO, "mixture objective")
 
 
+@dataclass(frozen=True)
+class RefineConfig:
+    """Sampling corrected by the discriminator (raygan.refine; the paper's Proposition 1): D's calibrated logit read as log p_data/p_g."""
+
+    methods: tuple[str, ...] = ("drs",)
+    """The refined samplers raygan.tune scores at the end beside the raw one: drs (discriminator rejection sampling), mh (Metropolis-Hastings); empty: none."""
+    calibration: str = "finetune"
+    """How D's logit becomes a log density ratio, on the validation split: platt (a logistic fit of a * logit + b), finetune (first train a copy of D against the frozen G on the training split, then platt)."""
+    finetune_steps: int = 300
+    """finetune: D steps against the frozen G."""
+    finetune_lr: float = 1e-4
+    """finetune: Adam's learning rate for those steps."""
+    gamma_quantile: float | None = 0.8
+    """DRS: its gamma shift is this quantile of F(x) over the burn-in (higher: fewer samples accepted, each closer to the data's density ratio; None: gamma 0, exact rejection sampling)."""
+    burn_in: int = 10_000
+    """DRS: proposals that estimate the largest log ratio M and gamma before sampling."""
+    max_proposals: int = 50
+    """DRS: give up (with an error) after this many proposals per requested sample."""
+    mh_steps: int = 20
+    """MH: moves per chain; each sample is its chain's state after them."""
+
+    def __post_init__(self) -> None:
+        for m in self.methods:
+            _choice(m, REFINE_METHODS, "refinement")
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"refine.methods lists a sampler twice: {list(self.methods)}")
+        _choice(self.calibration, CALIBRATIONS, "calibration")
+        if self.finetune_steps < 0:
+            raise ConfigError(f"refine.finetune_steps must be non-negative, got {self.finetune_steps}")
+        _positive(self.finetune_lr, "refine.finetune_lr")
+        if self.gamma_quantile is not None:
+            _in_unit_interval(self.gamma_quantile, "refine.gamma_quantile")
+        if self.burn_in < 1:
+            raise ConfigError(f"refine.burn_in must be at least 1, got {self.burn_in}")
+        if self.max_proposals < 1:
+            raise ConfigError(f"refine.max_proposals must be at least 1, got {self.max_proposals}")
+        if self.mh_steps < 1:
+            raise ConfigError(f"refine.mh_steps must be at least 1, got {self.mh_steps}")
+
+
 MAX_TRIALS = 10_000  # more trials than any cluster runs; beyond it a typo, not a plan
 
 
@@ -342,7 +385,9 @@ class TuneConfig:
     scheduler: str = "pbt"
     """Trial scheduler: pbt (Population Based Training), asha (early stopping) or random (run every trial to the end)."""
     cpus_per_trial: float = 0.5
-    """CPUs per trial (torch gets max(1, int(cpus)) threads); 0.5 puts 4 trials on a 2-core laptop."""
+    """CPUs a trial starts with (torch gets max(1, int(cpus)) threads); 0.5 puts 4 trials on a 2-core laptop."""
+    reallocate: str = "even"
+    """Where the CPUs and GPU shares of stopped trials go (Ray Tune's ResourceChangingScheduler, in units of a trial's starting request): even (DistributeResources: the running trials share them), best (DistributeResourcesToTopJob: the best-ranked trial takes them), none (every trial keeps its request; actors are reused)."""
     gpus_per_trial: float | None = None
     """GPU share per trial (None: default_gpu_fraction where the cluster has GPUs, else 0)."""
     default_gpu_fraction: float = 0.25
@@ -375,6 +420,7 @@ class TuneConfig:
             raise ConfigError(f"tune.num_trials must lie in [1, {MAX_TRIALS}], got {self.num_trials}")
         _choice(self.scheduler, SCHEDULERS, "scheduler")
         _positive(self.cpus_per_trial, "tune.cpus_per_trial")
+        _choice(self.reallocate, REALLOCATE, "reallocation")
         if self.gpus_per_trial is not None and not 0 <= self.gpus_per_trial:
             raise ConfigError(f"tune.gpus_per_trial must be non-negative, got {self.gpus_per_trial!r}")
         _positive(self.default_gpu_fraction, "tune.default_gpu_fraction")
@@ -412,6 +458,7 @@ class ExperimentConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
 
 
 def field_docs(cls: type) -> dict[str, str]:

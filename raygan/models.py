@@ -243,6 +243,7 @@ def _conv_discriminator(c: ModelConfig, shape: Shape, classes: int = 0) -> nn.Se
 # Sampling and the generator file (what `raygan.sample` and `raygan.evaluate` read).
 
 GENERATOR_FORMAT = "raygan-generator/1"
+DISCRIMINATOR_FORMAT = "raygan-discriminator/1"
 
 
 def class_grid_labels(n: int, num_classes: int) -> torch.Tensor:
@@ -325,8 +326,9 @@ def generate(
     return torch.cat(out) if out else torch.empty(0, *generator.data_shape, device=device)
 
 
-def generator_state(generator: Generator) -> dict[str, Any]:
-    """Everything needed to rebuild ``generator`` elsewhere: weights, sizes, data shape, output kind, class count."""
+def generator_state(generator: Generator, discriminator: Discriminator | None = None) -> dict[str, Any]:
+    """Everything needed to rebuild ``generator`` elsewhere: weights, sizes, data shape, output kind, class count;
+    and, where given, the discriminator trained beside it (what :mod:`raygan.refine` corrects samples with)."""
     state = {
         "format": GENERATOR_FORMAT,
         "model": to_dict(generator.config),
@@ -336,12 +338,44 @@ def generator_state(generator: Generator) -> dict[str, Any]:
     }
     if generator.num_classes is not None:  # unconditional files stay exactly as they were
         state["num_classes"] = generator.num_classes
+    if discriminator is not None:
+        state["discriminator"] = discriminator_state(discriminator)
     return state
 
 
-def save_generator(path: str | Path, generator: Generator) -> None:
-    """Write ``generator`` to ``path`` atomically, as tensors and plain values only."""
-    atomic_torch_save(generator_state(generator), path)
+def discriminator_state(discriminator: Discriminator) -> dict[str, Any]:
+    """A discriminator's weights, sizes, data shape and class count, as tensors and plain values."""
+    state = {
+        "format": DISCRIMINATOR_FORMAT,
+        "model": to_dict(discriminator.config),
+        "data_shape": list(discriminator.data_shape),
+        "state_dict": {k: v.detach().cpu() for k, v in discriminator.state_dict().items()},
+    }
+    if discriminator.num_classes is not None:
+        state["num_classes"] = discriminator.num_classes
+    return state
+
+
+def discriminator_from_state(state: Any, source: str) -> Discriminator:
+    """Rebuild a discriminator, on the CPU and in eval mode, from a :func:`discriminator_state` dict.
+
+    Raises:
+        CheckpointError: ``state`` is not a raygan discriminator's, or is damaged.
+    """
+    if not isinstance(state, dict) or state.get("format") != DISCRIMINATOR_FORMAT:
+        raise CheckpointError(f"{source} is not a raygan discriminator (expected format {DISCRIMINATOR_FORMAT})")
+    try:
+        model = build(ModelConfig, state["model"], "model")
+        discriminator = Discriminator(model, tuple(state["data_shape"]), state.get("num_classes"))
+        discriminator.load_state_dict(state["state_dict"])
+    except (KeyError, TypeError, RuntimeError, ConfigError) as e:
+        raise CheckpointError(f"{source} is damaged ({e.__class__.__name__})") from None
+    return discriminator.eval()
+
+
+def save_generator(path: str | Path, generator: Generator, discriminator: Discriminator | None = None) -> None:
+    """Write ``generator`` (and the discriminator trained beside it) to ``path`` atomically, as tensors and plain values only."""
+    atomic_torch_save(generator_state(generator, discriminator), path)
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:

@@ -19,7 +19,10 @@ from hypothesis import strategies as st
 
 from raygan.config import (
     ARCHS,
+    CALIBRATIONS,
     OPTIMIZERS,
+    REALLOCATE,
+    REFINE_METHODS,
     DATASETS,
     G_LOSSES,
     INITS,
@@ -145,6 +148,17 @@ VALID: dict[str, dict[str, st.SearchStrategy]] = {
         "resume": st.booleans(),
         "address": st.none() | st.sampled_from(["auto", "ray://head:10001"]),
         "seed": st.integers(0, 2**63 - 1),
+        "reallocate": st.sampled_from(REALLOCATE),
+    },
+    "refine": {
+        "methods": st.just(()) | _subset(REFINE_METHODS),
+        "calibration": st.sampled_from(CALIBRATIONS),
+        "finetune_steps": st.integers(0, 10**5),
+        "finetune_lr": positive,
+        "gamma_quantile": st.none() | unit,
+        "burn_in": st.integers(1, 10**6),
+        "max_proposals": st.integers(1, 10**4),
+        "mh_steps": st.integers(1, 1000),
     },
     "mixture": {"members": st.integers(1, 64), "fit_to": st.none() | st.sampled_from(["parzen", "fd", "tvd"])},
 }
