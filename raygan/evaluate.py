@@ -29,11 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from raygan import parzen, quality
-from raygan.config import DATASETS
+from raygan import parzen, quality, refine
+from raygan.config import DATASETS, RefineConfig
 from raygan.data import Dataset, load_dataset
 from raygan.errors import CheckpointError, QualityError, UserError
 from raygan.mixture import draw, load_samplable
+from raygan.sample import add_refine_flags, refine_config
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class EvaluationReport:
     quality_reference: quality.QualityScores | None = None  # the validation split, read the same way
     classifier_accuracy: float | None = None  # the classifier's held-out (test split) accuracy
     quality_note: str | None = None  # why quality is absent, when it is
+    refined: dict | None = None  # --refine: the sampler, its acceptance, proposals, seconds and calibration
 
     def as_json(self) -> dict:
         """One JSON-ready object; the keys of ``best/summary.json`` (``parzen_test_ll``, ``quality``, ...)."""
@@ -73,6 +75,7 @@ class EvaluationReport:
                 "parzen_test_se": self.reference.test_se,
             },
             "quality": scores,
+            "refined": self.refined,
         }
 
 
@@ -167,6 +170,8 @@ def evaluate_samples(
     with_quality: bool | None = None,
     cache_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
+    refine_with: str | None = None,
+    refine_config: RefineConfig | None = None,
 ) -> EvaluationReport:
     """Score a samples file or a generator with the Parzen protocol, beside the held-out-data reference.
 
@@ -184,6 +189,9 @@ def evaluate_samples(
         cache_dir: where the classifier is cached (None: ``$RAYGAN_CACHE_DIR`` or
             ``~/.cache/raygan/classifiers``); it is trained there on first use.
         log: gets the classifier's training line (its held-out accuracy).
+        refine_with: "drs" or "mh": score the checkpoint's samples corrected by its saved
+            discriminator(s) (:mod:`raygan.refine`; D calibrated on the validation split only).
+        refine_config: the refined samplers' settings (None: the defaults).
 
     Returns:
         The :class:`EvaluationReport`.
@@ -198,10 +206,17 @@ def evaluate_samples(
         raise UserError(f"--num-samples must be at least 1, got {num_samples}")
     if chunk_size < 1:
         raise UserError(f"--chunk-size must be at least 1, got {chunk_size}")
+    if refine_with is not None and checkpoint is None:
+        raise UserError("--refine corrects a generator's samples with its discriminator: give --checkpoint, not --samples")
     array = read_samples(samples) if samples is not None else None  # a bad file fails before the data load
     data = load_dataset(dataset, data_root)
+    refined = None
     if array is not None:
         centres = check_samples(array, data, f"samples in {str(samples)!r}")[:num_samples]
+    elif refine_with is not None:
+        result, ratios = refine.sample_file(checkpoint, data, num_samples, refine_with, refine_config or RefineConfig(), seed=seed)
+        centres = result.samples.numpy()
+        refined = {**result.as_dict(), "calibration": [r.as_dict() for r in ratios]}
     else:
         centres = generate_samples(checkpoint, data, num_samples, seed)
     model = parzen.evaluate(centres, data.valid, data.test, chunk_size=chunk_size)
@@ -213,6 +228,7 @@ def evaluate_samples(
         num_reference=min(num_samples, len(data.train)),
         model=model,
         reference=reference,
+        refined=refined,
     )
     if with_quality is False:
         return report
@@ -243,6 +259,10 @@ def format_report(report: EvaluationReport) -> str:
         f"Parzen-window log-likelihood on {report.dataset} (Goodfellow et al. 2014, Table 1); "
         "sigma chosen on the validation split."
     )
+    if report.refined is not None:
+        r = report.refined
+        rows.append(f"Samples corrected by the saved discriminator ({r['method']}, calibration "
+                    f"{r['calibration'][0]['method']}): acceptance {r['acceptance']:.1%}, {r['proposals']:,} proposals, {r['seconds']:.1f} s.")
     if report.quality is not None:
         rows += ["", format_quality(report)]
     elif report.quality_note is not None:
@@ -298,6 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cache-dir", default=None, help="where the classifier is cached (default ~/.cache/raygan/classifiers)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    add_refine_flags(p)
     args = p.parse_args(argv)
     try:
         report = evaluate_samples(
@@ -311,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             with_quality=args.quality,
             cache_dir=args.cache_dir,
             log=lambda line: print(line, file=sys.stderr),  # stdout stays one table or one JSON object
+            refine_with=args.refine,
+            refine_config=refine_config(args),
         )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

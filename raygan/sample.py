@@ -13,11 +13,13 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from raygan import images
+from raygan import images, refine
+from raygan.config import CALIBRATIONS, DATASETS, REFINE_METHODS, RefineConfig
 from raygan.errors import UserError
 from raygan.files import atomic_write_bytes
 from raygan.mixture import draw, load_samplable
@@ -49,7 +51,8 @@ def parse_labels(text: str) -> list[int]:
 
 
 def write_samples(
-    checkpoint: str | Path, out: str | Path, num: int = 100, seed: int = 0, classes: Sequence[int] | None = None
+    checkpoint: str | Path, out: str | Path, num: int = 100, seed: int = 0, classes: Sequence[int] | None = None,
+    refine_with: str | None = None, data: Any = None, refine_config: RefineConfig | None = None,
 ) -> torch.Tensor:
     """Draw ``num`` samples from the generator or mixture in ``checkpoint`` and write them to ``out``.
 
@@ -60,13 +63,18 @@ def write_samples(
         seed: seeds the noise.
         classes: for a conditional model, the classes to draw, one block (grid row) each, in this
             order; None: every class of a conditional model, nothing for an unconditional one.
+        refine_with: "drs" or "mh": correct the samples with the discriminator(s) saved in the file
+            (:mod:`raygan.refine`), calibrated on ``data``'s validation split; None: G's own samples.
+        data: the data set the model was trained on (for ``refine_with``).
+        refine_config: the refined samplers' settings (None: the defaults).
 
     Returns:
         The samples.
 
     Raises:
-        UserError: a bad checkpoint, a bad count, an unknown output extension, or classes the
-            model does not take (an unconditional model, or a class it does not have).
+        UserError: a bad checkpoint, a bad count, an unknown output extension, classes the
+            model does not take (an unconditional model, or a class it does not have), or a
+            refinement the file cannot give (no discriminator saved).
     """
     out = Path(out)
     if num < 1:
@@ -78,7 +86,11 @@ def write_samples(
     if classes is None and k is not None:
         classes = range(k)
     labels, nrow = (None, max(1, round(math.sqrt(num)))) if classes is None else class_rows(num, classes)
-    samples = draw(model, num, seed=seed, labels=labels)  # LabelError for labels it cannot take
+    if refine_with is None:
+        samples = draw(model, num, seed=seed, labels=labels)  # LabelError for labels it cannot take
+    else:
+        refined, _ = refine.sample_file(checkpoint, data, num, refine_with, refine_config or RefineConfig(), seed=seed, labels=labels)
+        samples = refined.samples
     if out.suffix == ".npy":
         buffer = io.BytesIO()
         np.save(buffer, samples.numpy())
@@ -88,6 +100,27 @@ def write_samples(
             raise UserError("this generator makes points, not images: write them with --out FILE.npy")
         atomic_write_bytes(out, images.png_bytes(samples, nrow=nrow, padding=1))
     return samples
+
+
+def add_refine_flags(p: argparse.ArgumentParser) -> None:
+    """--refine and --calibration: shared by raygan.sample and raygan.evaluate (each has --dataset and --data-root)."""
+    p.add_argument("--refine", choices=REFINE_METHODS, default=None,
+                   help="correct the samples with the discriminator saved beside the generator: drs (rejection "
+                   "sampling) or mh (Metropolis-Hastings); D is calibrated on the data set's validation split")
+    p.add_argument("--calibration", choices=CALIBRATIONS, default=RefineConfig().calibration,
+                   help=f"how D's logit is calibrated for --refine (default {RefineConfig().calibration})")
+
+
+def refine_config(args: argparse.Namespace) -> RefineConfig:
+    """The refined samplers' settings: the defaults, with the calibration the flags chose."""
+    return RefineConfig(calibration=args.calibration)
+
+
+def refine_data(args: argparse.Namespace) -> Any:
+    """The data set --refine calibrates on."""
+    from raygan.data import load_dataset
+
+    return load_dataset(args.dataset, args.data_root)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,10 +133,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--label", type=int, help="conditional models: draw every sample from this class")
     which.add_argument("--labels", help="conditional models: comma-separated classes, one grid row each (default: every class)")
+    add_refine_flags(p)
+    p.add_argument("--dataset", default="mnist5k", choices=DATASETS,
+                   help="the data set the generator was trained on: --refine calibrates on its validation split (default mnist5k)")
+    p.add_argument("--data-root", default=None, help="where the data set's files are (default: its usual place)")
     args = p.parse_args(argv)
     try:
         classes = [args.label] if args.label is not None else None if args.labels is None else parse_labels(args.labels)
-        samples = write_samples(args.checkpoint, args.out, args.num, args.seed, classes)
+        data = None if args.refine is None else refine_data(args)
+        samples = write_samples(args.checkpoint, args.out, args.num, args.seed, classes, args.refine, data,
+                                refine_config(args))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

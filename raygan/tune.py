@@ -255,6 +255,7 @@ def _progress_reporter(config: ExperimentConfig) -> Any:
             keys.CLASSES_COVERED: "classes",
             keys.FD: "FD",
             keys.ITERATIONS_PER_S: "iter/s",
+            keys.CPUS: "cpus",
         },
         sort_by_metric=True,  # metric and mode come from the TuneConfig
         max_report_frequency=20,
@@ -324,7 +325,10 @@ def fit(config: ExperimentConfig, path: str, dataset: Any, quality: Any = None, 
     if config.tune.resume:
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = tune.Tuner(trainable, param_space=param_space(config), tune_config=tune_config(config),
+        # A trial's request is the unit a ResourceChangingScheduler grows it by; the evaluator's is never handed out.
+        trial_resources = {"CPU": config.tune.cpus_per_trial, "GPU": trial_gpus}
+        reserved = {"CPU": config.eval.cpus, "GPU": eval_gpus}
+        tuner = tune.Tuner(trainable, param_space=param_space(config), tune_config=tune_config(config, trial_resources, reserved),
                            run_config=_run_config(config, path, verbose, callbacks))
         _write_text(f"{path}/{EXPERIMENT_FILE}", yaml.safe_dump(to_dict(config), sort_keys=False))
     CTRL_C.clear()
@@ -482,7 +486,46 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
     path, dataset, quality = preflight(config, dataset)
     results, evaluator, _data_refs = fit(config, path, dataset, quality, verbose, callbacks)
     report = report_best(config, path, results, evaluator)
+    report = add_refined(config, report, dataset, evaluator)
     return add_mixture(config, report, dataset)
+
+
+def add_refined(config: ExperimentConfig, report: Report, dataset: Any, evaluator: Any) -> Report:
+    """The best generator's samples corrected by its own discriminator (raygan.refine), one sampler per
+    ``refine.methods``, scored like the raw ones (same count, same seed, test split once) and added to
+    summary.json's "refined"; each one's first 100 samples as best/samples_<method>.png. D is
+    calibrated on the validation split (and, for finetune, trained on the training split) only."""
+    import ray
+
+    from raygan import images, refine
+    from raygan.files import atomic_write_bytes, atomic_write_json
+    from raygan.models import class_grid_labels
+
+    if not config.refine.methods:
+        return report
+    if _is_uri(report.experiment_path):
+        note = (f"refined samplers: not scored on remote storage; run python -m raygan.evaluate --refine drs on a local "
+                f"copy of {report.best_dir}/generator.pt")
+        return dataclasses.replace(report, extra={**report.extra, "refine_note": note})
+    best_dir = Path(report.best_dir)
+    model = refine.load_refinable(best_dir / "generator.pt")
+    ratios = refine.calibrate_all(model, dataset, config.refine, seed=config.eval.seed)
+    n = config.eval.num_samples
+    labels = None if model.num_classes is None else class_grid_labels(n, model.num_classes)
+    refined: dict[str, Any] = {}
+    for method in config.refine.methods:
+        try:
+            r = refine.refine(model.members, ratios, model.weights, n, method, config.refine, seed=config.eval.seed, labels=labels)
+        except refine.RefineError as e:
+            refined[method] = {"error": str(e)}
+            continue
+        scores = ray.get(evaluator.score_test.remote(ray.put(r.samples.numpy()), None if labels is None else labels.numpy()))
+        refined[method] = {**{k: scores[k] for k in PARZEN_KEYS}, "quality": scores.get("quality"), "num_samples": n,
+                           **r.as_dict(), "calibration": ratios[0].as_dict()}
+        atomic_write_bytes(best_dir / f"samples_{method}.png", images.png_bytes(r.samples[:100], nrow=10, padding=1))
+    summary = {**report.summary, "refined": refined}
+    atomic_write_json(best_dir / "summary.json", summary)
+    return dataclasses.replace(report, summary=summary)
 
 
 def add_mixture(config: ExperimentConfig, report: Report, dataset: Any = None) -> Report:
