@@ -159,7 +159,7 @@ class QualityModel:
         class_means: np.ndarray | None = None,
         class_covs: np.ndarray | None = None,
     ) -> None:
-        self.classifier = classifier.eval()
+        self.classifier = zero_subnormal_weights(classifier).eval()
         self.num_classes = classifier.num_classes
         self.accuracy = float(accuracy)
         self.feature_mean = feature_mean
@@ -445,7 +445,23 @@ def accuracy(classifier: DomainClassifier, images: np.ndarray, labels: np.ndarra
     return float((probs.argmax(dim=1).cpu().numpy() == labels).mean())
 
 
+def zero_subnormal_weights(net: nn.Module) -> nn.Module:
+    """Set the weights below float32's smallest normal number (~1.2e-38) to zero, in place.
+
+    Weight decay leaves unused weights subnormal (about 32,000 of the mnist5k classifier's), and
+    x86 multiplies subnormals in microcode: its dense layer read 10,000 samples in 2.6 s, 0.24 s
+    without them. Their part in any output is below 1e-37, far under float32's resolution.
+    """
+    tiny = torch.finfo(torch.float32).tiny
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.is_floating_point():
+                p.masked_fill_(p.abs() < tiny, 0.0)
+    return net
+
+
 def _with_statistics(classifier: DomainClassifier, dataset: Dataset) -> QualityModel:
+    zero_subnormal_weights(classifier)  # the statistics are those of the network QualityModel keeps
     features, _ = read(classifier, dataset.train)
     mean, cov = feature_statistics(features)
     label_histogram = class_histogram(dataset.train_labels, dataset.num_classes)
