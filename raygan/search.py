@@ -29,6 +29,7 @@ from ray.tune.search import BasicVariantGenerator
 from raygan import hyperparameters, keys
 from raygan.config import ConfigError, ExperimentConfig, SearchConfig, to_dict
 from raygan.hyperparameters import LOG_UNIFORM, TRIAL_SEED, UNIFORM, Hyperparameter
+from raygan.trainable import torch_threads
 
 # Trials are ranked on validation data only, never the test set, with the collapse rule
 # (raygan.ranking): the scheduler stops, copies and feeds the trials the final ranking would pick.
@@ -127,7 +128,28 @@ def make_scheduler(config: ExperimentConfig, trial_resources: dict[str, float] |
         allocation = DistributeResourcesToTopJob(metric=METRIC, mode=MODE, **kwargs)
     else:
         allocation = DistributeResources(**kwargs)
-    return ResourceChangingScheduler(base_scheduler=base, resources_allocation_function=allocation)
+    return ResourceChangingScheduler(base_scheduler=base, resources_allocation_function=WhenItChangesTheRun(allocation))
+
+
+class WhenItChangesTheRun:
+    """Tune's allocation function, applied only where the new resources change how the trial runs.
+
+    A change of resources costs a restart (checkpoint, a new actor, restore: seconds of a trial's
+    time). Half a CPU more changes nothing for a trial whose torch threads are whole cores
+    (:func:`raygan.trainable.torch_threads`): 0.5 and 1.0 CPUs both run one thread. So a new
+    allocation is passed on only where it changes the thread count or the GPU share.
+    """
+
+    def __init__(self, allocation: DistributeResources) -> None:
+        self.allocation = allocation
+
+    def __call__(self, tune_controller: Any, trial: Any, result: dict[str, Any], scheduler: Any) -> Any:
+        new = self.allocation(tune_controller, trial, result, scheduler)
+        if new is None:
+            return None
+        old, now = trial.placement_group_factory.required_resources, new.required_resources
+        same_threads = torch_threads(old.get("CPU", 0.0)) == torch_threads(now.get("CPU", 0.0))
+        return None if same_threads and old.get("GPU", 0.0) == now.get("GPU", 0.0) else new
 
 
 def _base_scheduler(config: ExperimentConfig) -> TrialScheduler:

@@ -64,6 +64,12 @@ def trial_device(gpu_ids: list | None = None, cuda_available: bool | None = None
     return torch.device("cpu"), None
 
 
+def torch_threads(cpus: float) -> int:
+    """The torch threads a trial holding ``cpus`` CPUs runs: whole cores only (two threads on one
+    core spin in OpenMP barriers), at least one."""
+    return max(1, int(cpus))
+
+
 def trial_cpus(resources: Any, requested: float) -> float:
     """The CPUs this trial actor holds: its placement group's (Tune's ``Trainable.trial_resources``,
     which a ResourceChangingScheduler changes between restarts), or ``requested`` outside Tune."""
@@ -108,7 +114,7 @@ class GANTrainable(tune.Trainable):
         # Tune's ResourceChangingScheduler restarts a trial with more (or fewer) CPUs from its checkpoint:
         # the threads follow what this actor holds now, not what the trial started with.
         self.cpus = trial_cpus(self.trial_resources, self.experiment.tune.cpus_per_trial)
-        torch.set_num_threads(max(1, int(self.cpus)))
+        torch.set_num_threads(torch_threads(self.cpus))
         self.device, device_note = trial_device()
         with warnings.catch_warnings():  # the object store's arrays are read-only; we never write them
             warnings.simplefilter("ignore", UserWarning)

@@ -41,11 +41,32 @@ def test_every_scheduler_is_wrapped_so_that_freed_resources_move(reallocate, all
     config = ExperimentConfig(tune=TuneConfig(scheduler=scheduler, reallocate=reallocate))
     wrapped = make_scheduler(config, {"CPU": 0.5, "GPU": 0.25}, {"CPU": 1.0, "GPU": 0.25})
     assert isinstance(wrapped, ResourceChangingScheduler) and isinstance(wrapped._base_scheduler, base)
-    function = wrapped._resources_allocation_function
+    function = wrapped._resources_allocation_function.allocation
     assert type(function) is allocation
     assert function.increase_by == {"CPU": 0.5, "GPU": 0.25}  # a trial grows by its own request
     assert function.reserve_resources == {"CPU": 1.0, "GPU": 0.25}  # the evaluator's is never handed out
     assert tune_config(config).reuse_actors is False  # Tune's ResourceChangingScheduler needs a fresh actor per change
+
+
+class _Trial:
+    def __init__(self, cpus, gpus=0.0):
+        self.placement_group_factory = PlacementGroupFactory([{"CPU": cpus, "GPU": gpus}])
+
+
+@pytest.mark.parametrize(("old", "new", "moves"), [
+    ((0.5, 0.0), (1.0, 0.0), False),  # one thread either way: no restart for nothing
+    ((1.0, 0.0), (1.5, 0.0), False),
+    ((0.5, 0.0), (2.0, 0.0), True),  # two threads
+    ((1.5, 0.0), (2.0, 0.0), True),
+    ((0.5, 0.25), (1.0, 0.5), True),  # a larger GPU share
+])
+def test_resources_move_only_where_they_change_how_the_trial_runs(old, new, moves):
+    from raygan.search import WhenItChangesTheRun
+
+    offered = PlacementGroupFactory([{"CPU": new[0], "GPU": new[1]}])
+    gate = WhenItChangesTheRun(lambda *args: offered)
+    assert (gate(None, _Trial(*old), {}, None) is offered) is moves
+    assert WhenItChangesTheRun(lambda *args: None)(None, _Trial(*old), {}, None) is None
 
 
 def test_no_reallocation_keeps_the_bare_scheduler_and_reuses_actors():
