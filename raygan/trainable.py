@@ -168,9 +168,9 @@ class GANTrainable(tune.Trainable):
         if not metrics.finite:
             self.diverged = True
             self.scores = dict(NOT_SCORED)
-        elif self.iteration == 0 or (self.iteration + 1) % self.experiment.eval.every == 0 or self._last_step():
-            # The first step is always scored (schedulers need the metric in every result), and
-            # the last, so the final ranking is of the final generators.
+        elif (self.iteration + 1) % self.experiment.eval.every == 0 or self._last_step():
+            # Every eval.every steps (a result in between carries the last scores: -inf before the
+            # first), and the last, so the final ranking is of the final generators.
             eval_start = time.perf_counter()
             self._evaluate()
             eval_s = time.perf_counter() - eval_start
