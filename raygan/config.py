@@ -150,13 +150,13 @@ class TrainConfig:
     """The minibatch size m (the paper's: 100)."""
     optimizer: str = "adam"
     """The learning rule of both nets: adam, or sgd (momentum SGD, the paper's)."""
-    lr_d: float = 1e-3
+    lr_d: float = 5e-4
     """D's learning rate (the paper's SGD: 0.1)."""
-    lr_g: float = 1e-3
+    lr_g: float = 2e-3
     """G's learning rate (the paper's SGD: 0.1)."""
-    momentum: float = 0.3
+    momentum: float = 0.0
     """SGD's momentum, or Adam's beta1 (its running mean of gradients is a momentum), at the start of the ramp."""
-    final_momentum: float = 0.3
+    final_momentum: float = 0.0
     """The momentum at the end of the ramp (the paper's: 0.5 -> 0.7). A searched momentum is constant: it sets both."""
     momentum_ramp_epochs: float = 250.0
     """Epochs over which the momentum moves linearly to final_momentum (the released code's MomentumAdjustor: 250)."""
@@ -270,13 +270,13 @@ class SearchConfig:
     """Learning rules (per lineage); empty: every trial runs train.optimizer."""
     prior: tuple[str, ...] = ("uniform", "gaussian")
     """Noise priors p_z (per lineage)."""
-    lr_d: tuple[float, float] = (5e-4, 3e-3)
+    lr_d: tuple[float, float] = (2.5e-4, 1e-3)
     """D's learning rate: a log-uniform range."""
-    lr_g: tuple[float, float] = (5e-4, 3e-3)
+    lr_g: tuple[float, float] = (1e-3, 4e-3)
     """G's learning rate: a log-uniform range."""
-    momentum: tuple[float, float] = (0.0, 0.6)
+    momentum: tuple[float, float] = (0.0, 0.5)
     """The momentum in force (Adam's beta1, SGD's momentum): a uniform range."""
-    k: tuple[int, ...] = (1, 2)
+    k: tuple[int, ...] = (1,)
     """D steps per G step (Algorithm 1's k)."""
     g_loss: tuple[str, ...] = ("non-saturating",)
     """Generator losses: non-saturating (Section 3), minimax (Eq. 1)."""
@@ -382,7 +382,7 @@ class TuneConfig:
 
     num_trials: int = 4
     """Population size."""
-    scheduler: str = "pbt"
+    scheduler: str = "asha"
     """Trial scheduler: pbt (Population Based Training), asha (early stopping) or random (run every trial to the end)."""
     cpus_per_trial: float = 0.5
     """CPUs a trial starts with (torch gets max(1, int(cpus)) threads); 0.5 puts 4 trials on a 2-core laptop."""
