@@ -47,7 +47,7 @@ import torch
 from raygan import keys, parzen, quality
 from raygan.config import MIXTURE_FIT_TO, MixtureConfig
 from raygan.errors import CheckpointError, UserError
-from raygan.files import EXPERIMENT_FILE, GENERATOR_FILE, SCORES_FILE, atomic_torch_save, read_scores
+from raygan.files import DATA_SPLIT_FILE, EXPERIMENT_FILE, GENERATOR_FILE, SCORES_FILE, atomic_torch_save, read_scores
 from raygan.models import (
     GENERATOR_FORMAT,
     Generator,
@@ -678,7 +678,7 @@ def build_from_run(
             on a data set without labels.
     """
     from raygan.config import load_config
-    from raygan.data import load_dataset
+    from raygan.data import load_data
 
     run = Path(run).expanduser()
     if not (run / EXPERIMENT_FILE).is_file():
@@ -695,11 +695,13 @@ def build_from_run(
     chosen = select_members(trial_checkpoints(run), members)
     if not chosen:
         raise UserError(f"no trial in {str(run)!r} has a scored checkpoint that did not diverge")
-    if data is None:
-        data = load_dataset(config.data.name, config.data.root, config.data.download)
+    if data is None:  # a user's data: the split the run recorded
+        data = load_data(config.data, seed=config.tune.seed, recorded=recorded_split(run))
     model = None
-    if (data.labelled and config.eval.quality is not False) or fit_to != "parzen":
-        model = quality.load_or_train(data, cache_dir=cache_dir, log=log)  # QualityError where there are no labels
+    measured = data.labelled or config.eval.classifier is not None
+    if (measured and config.eval.quality is not False) or fit_to != "parzen":
+        # QualityError where there is neither a label nor a named classifier
+        model = quality.for_data(data, config.eval.classifier, cache_dir=cache_dir, log=log)
     generators = [load_samplable(c.path / GENERATOR_FILE) for c in chosen]
     if not all(isinstance(g, Generator) and tuple(g.data_shape) == data.shape for g in generators):
         raise CheckpointError(f"the trials of {str(run)!r} do not all hold generators of {data.name}'s shape {data.shape}")
@@ -732,6 +734,14 @@ def build_from_run(
         best=best,
         reference=reference,
     )
+
+
+def recorded_split(run: Path) -> dict[str, Any] | None:
+    """The data split a run on a user's data recorded (``data_split.json``), or None."""
+    from raygan import userdata
+
+    path = Path(run) / DATA_SPLIT_FILE
+    return userdata.read_record(path.read_text(), repr(str(path))) if path.is_file() else None
 
 
 def _scored_by_the_run(

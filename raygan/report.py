@@ -175,6 +175,8 @@ def format_report(report: Report) -> str:
     """The leaderboard and the best trial's numbers, as the user sees them at the end."""
     s = report.summary
     lines = ["", *format_leaderboard(report), "", *summary_lines(s)]
+    if report.extra.get("quality_note"):  # why there is no FD, classes or TVD beside Parzen
+        lines.append(report.extra["quality_note"])
     lines += _mixture_lines(s.get("mixture"))
     if report.extra.get("mixture_note"):
         lines.append(report.extra["mixture_note"])
