@@ -174,3 +174,18 @@ def test_model_arch_must_be_built_in_or_a_factory(values, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         build(ModelConfig, values, "model")
     assert SearchConfig(arch=(FACTORY,)).arch == (FACTORY,)
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 64, 64)])
+def test_the_example_in_experiments_trains_and_round_trips(tmp_path, shape):
+    """experiments/plugin_dcgan.py, the README's example: sized from the data, starts at the data's
+    mean image, trains, and its generator file rebuilds it."""
+    model = ModelConfig(arch="experiments.plugin_dcgan:pair", noise_dim=16)
+    data = torch.rand(32, *shape, generator=torch.Generator().manual_seed(1)) * 0.5  # mean 0.25
+    trainer = GANTrainer(model, TrainConfig(batch_size=8, seed=0), data)
+    start = generate(trainer.generator, 64)
+    assert start.shape == (64, *shape)
+    assert abs(float(start.mean()) - 0.25) < 0.1  # the output bias at the logit of the mean pixel
+    assert trainer.run(3).finite
+    save_generator(tmp_path / "g.pt", trainer.generator)
+    torch.testing.assert_close(generate(load_generator(tmp_path / "g.pt"), 4, seed=2), generate(trainer.generator, 4, seed=2))

@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 from ray import tune
 
-from raygan import evaluate, quality, sample
+from raygan import evaluate, mixture, quality, sample
 from raygan import tune as raygan_tune
 from raygan.files import DATA_SPLIT_FILE
 
@@ -113,6 +113,10 @@ def test_a_labelled_folder_trains_with_a_searched_plugin_model_samples_and_evalu
     report = json.loads(capsys.readouterr().out)
     assert report["dataset"] == str(data / "labelled") and report["quality"] is not None
     assert report["parzen_test_ll"] == pytest.approx(summary["parzen_test_ll"], abs=1e-3)  # same samples, same test split
+    # raygan.mixture on the finished run: the recorded split again, the cached classifier.
+    assert mixture.main(["--run", str(experiment), "--num-samples", "300", "--out", str(env / "m.pt"), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["dataset"] == str(data / "labelled") and again["best_single"]["parzen_test_ll"] == pytest.approx(summary["parzen_test_ll"], abs=1e-3)
 
 
 def _leaderboard(experiment: Path) -> list[dict]:
