@@ -165,7 +165,7 @@ class ModelConfig:
     conv_width: int = 32
     """conv: channels of D's first layer and G's last hidden layer, doubled per layer inwards."""
     g_marginal_bias: bool = True
-    """For images in [0, 1]: G's output bias starts at the logit of the mean training pixel (pylearn2's init_bias_target_marginals), so G starts at the data's mean image."""
+    """For images in [0, 1]: G's output bias starts at the logit of the mean training pixel (pylearn2's init_bias_target_marginals), so G starts at the data's mean image (your own G: through its set_output_bias, where it has one)."""
     conditional: bool = False
     """Learn p(x | c) (the paper's Section 7, first extension): the class label enters G next to z and D next to x, one-hot (mlp: concatenated to the flat input; conv: concatenated to z in G, broadcast as extra input channels in D); needs a labelled data set."""
     init: str = "paper"
