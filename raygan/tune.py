@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -352,6 +351,7 @@ def fit(config: ExperimentConfig, path: str, dataset: Any, quality: Any = None, 
     import ray
     from ray import tune
 
+    from raygan import userdata
     from raygan.evaluator import evaluator_name, get_or_create_evaluator
     from raygan.search import CTRL_C, param_space, tune_config
     from raygan.trainable import with_data
@@ -375,9 +375,9 @@ def fit(config: ExperimentConfig, path: str, dataset: Any, quality: Any = None, 
     else:
         tuner = tune.Tuner(trainable, param_space=param_space(config), tune_config=tune_config(config),
                            run_config=_run_config(config, path, verbose, callbacks))
-        split = getattr(dataset, "split_record", None)
+        split = userdata.record(dataset) if getattr(dataset, "split_record", None) is not None else None
         if split is not None:  # a user's data: the split, before the file that makes the experiment resumable
-            _write_text(f"{path}/{DATA_SPLIT_FILE}", json.dumps(split, indent=1) + "\n")
+            _write_text(f"{path}/{DATA_SPLIT_FILE}", split)
         _write_text(f"{path}/{EXPERIMENT_FILE}", yaml.safe_dump(to_dict(config), sort_keys=False))
     CTRL_C.clear()
     results = tuner.fit()

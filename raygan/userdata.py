@@ -114,8 +114,9 @@ def load(
         "fingerprint": digest,
         "members": {split: _plain(members[split]) for split in SPLITS},
     }
-    if recorded is None:
-        rec.update(shares=None if reader.own_split else list(shares), seed=None if reader.own_split else seed)
+    if recorded is None:  # what the split was drawn with; nothing where the folder gave all three
+        drawn = not reader.own_split or reader.drew_valid
+        rec.update(shares=list(shares) if drawn else None, seed=seed if drawn else None)
     labelled = reader.classes is not None
     return Dataset(
         str(path),
@@ -210,7 +211,8 @@ class _Reader:
 
     kind: str
     classes: list[str] | None
-    own_split: bool = False
+    own_split: bool = False  # a folder with train/, valid/ and test/ subfolders
+    drew_valid: bool = False  # ... without valid/: valid was drawn from train
     scaled_from: list[float] | None = None
 
     def split(self, shares: list[float], seed: int) -> dict[str, list[Any]]:
@@ -320,6 +322,7 @@ class _FolderReader(_Reader):
             return members
         members = {s: self.layouts[s][1] for s in SPLITS if s in self.layouts}
         if "valid" not in members:  # drawn from train at valid's share of train + valid
+            self.drew_valid = True
             files = members["train"]
             share = shares[1] / (shares[0] + shares[1])
             idx = split_indices(self._labels(files), len(files), (1 - share, share, 0.0), seed)

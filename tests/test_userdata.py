@@ -143,6 +143,9 @@ def test_a_folder_with_its_own_split_keeps_it(tmp_path, shape_images, write_imag
     (tmp_path / "d" / "val").rename(tmp_path / "spare")
     ds = load(tmp_path / "d", seed=7)
     assert (len(ds.train), len(ds.valid), len(ds.test)) == (27, 3, 9)
+    assert ds.split_record["seed"] == 7  # drawn, so its seed is recorded
+    again = load(tmp_path / "d", recorded=read_record(record(ds), "the record"))
+    assert np.array_equal(again.valid, ds.valid) and np.array_equal(again.train, ds.train)
 
 
 def test_grey_images_make_one_channel_and_a_mixed_set_three(tmp_path, shape_images, write_images):
