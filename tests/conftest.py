@@ -184,56 +184,28 @@ def mnist5k_quality(mnist5k_labelled, quality_cache_dir):
 
 # ---- a user's own data: images drawn from shapes and colours, written as files -----------------
 
-SHAPE_CLASSES = ("discs", "squares", "crosses")  # class k: shape k in colour k (red, green, blue), jittered
-
 
 def _shapes(n: int, side: int = 32, seed: int = 0, grey: bool = False):
-    """(uint8 images (n, side, side, 3) or (n, side, side) when ``grey``, int64 labels (n,)): class k
-    is shape k of SHAPE_CLASSES in colour k, at a random place and size, on a dark noisy ground."""
-    import numpy as np
+    """(uint8 images, int64 labels) of shapes in colours: experiments/make_shapes.py's, the README's example data."""
+    from experiments.make_shapes import draw
 
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % len(SHAPE_CLASSES)
-    rng.shuffle(labels)
-    y, x = np.mgrid[0:side, 0:side]
-    images = rng.integers(0, 40, size=(n, side, side, 3)).astype(np.float64)
-    for i, k in enumerate(labels):
-        cx, cy = rng.uniform(side * 0.3, side * 0.7, 2)
-        r = rng.uniform(side * 0.15, side * 0.3)
-        dx, dy = np.abs(x - cx), np.abs(y - cy)
-        mask = [dx**2 + dy**2 < r**2, (dx < r) & (dy < r), ((dx < r / 3) & (dy < r)) | ((dy < r / 3) & (dx < r))][k]
-        colour = np.full(3, 30.0)
-        colour[k] = rng.uniform(180, 255)
-        images[i][mask] = colour
-    images = images.round().clip(0, 255).astype(np.uint8)
-    return (images.mean(axis=3).round().astype(np.uint8) if grey else images), labels.astype(np.int64)
+    return draw(n, side, seed, grey)
 
 
-def _write_images(root, images, labels=None, classes=SHAPE_CLASSES, suffix=".png", start: int = 0):
-    """Write images (N, H, W[, 3]) uint8 as files under ``root``, one subfolder per class (or none
-    where ``labels`` is None), named by their zero-padded index; returns the paths in index order."""
-    from pathlib import Path
+def _write_images(root, images, labels=None, classes=("discs", "squares", "crosses"), suffix=".png", start: int = 0):
+    """Image files under ``root``, one subfolder per class (none where ``labels`` is None), named by index."""
+    from experiments.make_shapes import write
 
-    from PIL import Image
-
-    root = Path(root)
-    paths = []
-    for i, image in enumerate(images):
-        folder = root if labels is None else root / classes[int(labels[i])]
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{start + i:05d}{suffix}"
-        Image.fromarray(image).save(path)
-        paths.append(path)
-    return paths
+    return write(root, images, labels, classes, suffix, start)
 
 
 @pytest.fixture(scope="session")
 def shape_images():
-    """``shape_images(n, side=32, seed=0, grey=False)``: (uint8 images, labels) of SHAPE_CLASSES."""
+    """``shape_images(n, side=32, seed=0, grey=False)``: (uint8 images, labels) of discs, squares, crosses."""
     return _shapes
 
 
 @pytest.fixture(scope="session")
 def write_images():
-    """``write_images(root, images, labels=None, classes=SHAPE_CLASSES, suffix=".png")``: image files, one folder per class."""
+    """``write_images(root, images, labels=None, classes=(discs, squares, crosses), suffix=".png")``: image files, one folder per class."""
     return _write_images
