@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from raygan import parzen, quality
-from raygan.config import DataConfig, build, dataset_argument, load_config
+from raygan.config import ConfigError, DataConfig, build, dataset_argument, load_config
 from raygan.data import Dataset, load_data
 from raygan.errors import CheckpointError, QualityError, UserError
 from raygan.files import EXPERIMENT_FILE
@@ -196,7 +196,12 @@ def data_source(dataset: str | None, data_root: str | Path | None, run: str | Pa
     root = None if data_root is None else str(data_root)
     given = None if dataset is None else build(DataConfig, {"name": str(dataset), "root": root}, "data")
     if run_dir is not None:
-        config = load_config(run_dir / EXPERIMENT_FILE)
+        try:
+            config = load_config(run_dir / EXPERIMENT_FILE)
+        except ConfigError as e:
+            if given is not None and run is None:  # the data were named: a run file of another version is no obstacle
+                return DataSource(given)
+            raise UserError(f"cannot read the run's settings ({e}); name the data with --dataset") from None
         if given is None or given.name == config.data.name:
             return DataSource(config.data, recorded_split(run_dir), config.eval.classifier, config.tune.seed)
         if run is not None:

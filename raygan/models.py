@@ -81,7 +81,6 @@ class Generator(nn.Module):
         bounded: True for images in [0, 1] (sigmoid output, as in the paper), False for unbounded
             point sets such as the 1-D Gaussian of Figure 1 (linear output).
         num_classes: K, for ``config.conditional`` (ignored otherwise).
-
         net: a user factory's G (``config.arch`` names the factory), already built; None: build it.
 
     Attributes:
@@ -141,6 +140,13 @@ class Discriminator(nn.Module):
     A conditional D (``config.conditional``, with ``num_classes``) reads D(x | c): the one-hot
     class joins the input just before the first layer with weights (after input dropout, which
     is for the pixels, not the label).
+
+    Args:
+        config: model sizes and architecture.
+        data_shape: (C, H, W) of a data point.
+        num_classes: K, for ``config.conditional`` (ignored otherwise).
+        net: a user factory's D (``config.arch`` names the factory), already built; None: build it.
+        bounded: whether the data lie in [0, 1], for the check of a factory's pair built here.
     """
 
     def __init__(self, config: ModelConfig, data_shape: Shape, num_classes: int | None = None,

@@ -160,7 +160,8 @@ def load_quality_model(config: ExperimentConfig, dataset: Any) -> Any:
     wanted = config.eval.quality
     if wanted is False:
         return None
-    if quality_note(config, dataset) is not None and wanted is None and config.eval.rank_by != "fd":
+    unmeasured = config.eval.classifier is None and getattr(dataset, "train_labels", None) is None
+    if unmeasured and wanted is None and config.eval.rank_by != "fd":
         return None
     from raygan import quality
 
@@ -168,9 +169,10 @@ def load_quality_model(config: ExperimentConfig, dataset: Any) -> Any:
 
 
 def quality_note(config: ExperimentConfig, dataset: Any) -> str | None:
-    """Why a run has no FD, classes or TVD beside Parzen (one line), or None where it has them."""
-    if config.eval.quality is False:
-        return "FD, classes and TVD not measured: eval.quality is false"
+    """Why a run on images has no FD, classes or TVD beside Parzen (one line), or None: where it has
+    them, where the user turned them off (eval.quality false), and for point sets, which have their own."""
+    if config.eval.quality is False or not getattr(dataset, "bounded", True):
+        return None
     if config.eval.classifier is None and getattr(dataset, "train_labels", None) is None:
         name = getattr(dataset, "name", config.data.name)
         return (f"FD, classes and TVD not measured: {name} has no class labels to train a classifier on; ranked on Parzen "
@@ -375,9 +377,8 @@ def fit(config: ExperimentConfig, path: str, dataset: Any, quality: Any = None, 
     else:
         tuner = tune.Tuner(trainable, param_space=param_space(config), tune_config=tune_config(config),
                            run_config=_run_config(config, path, verbose, callbacks))
-        split = userdata.record(dataset) if getattr(dataset, "split_record", None) is not None else None
-        if split is not None:  # a user's data: the split, before the file that makes the experiment resumable
-            _write_text(f"{path}/{DATA_SPLIT_FILE}", split)
+        if getattr(dataset, "split_record", None) is not None:  # a user's data: its split, before the file that makes the experiment resumable
+            _write_text(f"{path}/{DATA_SPLIT_FILE}", userdata.record(dataset))
         _write_text(f"{path}/{EXPERIMENT_FILE}", yaml.safe_dump(to_dict(config), sort_keys=False))
     CTRL_C.clear()
     results = tuner.fit()
@@ -579,8 +580,6 @@ _FLAGS = {  # flag -> (section, setting)
     },
 }
 _CHOICES = {"scheduler": SCHEDULERS}
-
-
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -262,6 +262,15 @@ def test_a_checkpoint_in_a_run_is_scored_on_the_runs_data_and_its_recorded_split
     other = load(tmp_path / "shapes", seed=0)
     assert fresh["parzen_test_ll"] == pytest.approx(parzen.evaluate(generate(g, 50, seed=0), other.valid, other.test).test_ll, abs=1e-3)
     assert fresh["parzen_test_ll"] != pytest.approx(got["parzen_test_ll"], abs=1e-3)
+    # A run whose settings this version cannot read: named data still score; unnamed, one sentence.
+    (tmp_path / "newer" / "best").mkdir(parents=True)
+    (tmp_path / "newer" / "experiment.yaml").write_text("tune:\n  a_setting_of_a_later_version: 1\n")
+    shutil.copy(run / "best" / "generator.pt", tmp_path / "newer" / "best" / "generator.pt")
+    newer = str(tmp_path / "newer" / "best" / "generator.pt")
+    assert main(["--checkpoint", newer, "--dataset", str(tmp_path / "shapes"), "--num-samples", "50", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["parzen_test_ll"] == pytest.approx(fresh["parzen_test_ll"], abs=1e-6)
+    assert main(["--checkpoint", newer, "--num-samples", "50"]) == 2
+    assert "cannot read the run's settings" in errors_of(capsys)[-1]
     # --run with other data, or a directory that is no run: one sentence.
     assert main(["--run", str(run), "--dataset", "mnist5k", "--checkpoint", str(tmp_path / "loose.pt")]) == 2
     assert "is not the data of the run" in errors_of(capsys)[-1]
