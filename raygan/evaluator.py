@@ -73,7 +73,8 @@ class ParzenEvaluator:
         self.quality = None if quality is None else quality.to(self.device)
         self.min_classes = eval_config.min_classes
         if self.min_classes is None and self.quality is not None:
-            self.min_classes = self.quality.num_classes - 1  # all but one
+            # All but one of the classes real data show (every class of a labelled set)
+            self.min_classes = self.quality.expected_classes(eval_config.min_class_share) - 1
         self._reference: dict[str, Any] | None = None
         self._lock = threading.Lock()  # one scoring at a time: they share the device and the threads
         self._calls, self._busy_s = 0, 0.0

@@ -47,7 +47,7 @@ import torch
 from raygan import keys, parzen, quality
 from raygan.config import MIXTURE_FIT_TO, MixtureConfig
 from raygan.errors import CheckpointError, UserError
-from raygan.files import EXPERIMENT_FILE, GENERATOR_FILE, SCORES_FILE, atomic_torch_save, read_scores
+from raygan.files import DATA_SPLIT_FILE, EXPERIMENT_FILE, GENERATOR_FILE, SCORES_FILE, atomic_torch_save, read_scores
 from raygan.models import (
     GENERATOR_FORMAT,
     Discriminator,
@@ -198,8 +198,8 @@ class GeneratorMixture:
         generators = [generator_from_state(m, f"member {i} of {source}") for i, m in enumerate(members)]
         discriminators = None
         if all(isinstance(m, dict) and "discriminator" in m for m in members):
-            discriminators = [discriminator_from_state(m["discriminator"], f"member {i}'s discriminator in {source}")
-                              for i, m in enumerate(members)]
+            discriminators = [discriminator_from_state(m["discriminator"], f"member {i}'s discriminator in {source}",
+                                                       bool(m.get("bounded", True))) for i, m in enumerate(members)]
         try:
             return cls(generators, weights, names, fit, discriminators)
         except ValueError as e:
@@ -245,7 +245,7 @@ def load_pair(path: str | Path) -> tuple[Generator, Discriminator | None]:
     source = repr(str(Path(path).expanduser()))
     generator = generator_from_state(state, source)
     d_state = state.get("discriminator")
-    return generator, None if d_state is None else discriminator_from_state(d_state, f"the discriminator in {source}")
+    return generator, None if d_state is None else discriminator_from_state(d_state, f"the discriminator in {source}", bool(state.get("bounded", True)))
 
 
 def draw(model: Samplable, n: int, seed: int = 0, labels: Any = None) -> torch.Tensor:
@@ -705,7 +705,7 @@ def build_from_run(
             on a data set without labels.
     """
     from raygan.config import load_config
-    from raygan.data import load_dataset
+    from raygan.data import load_data
 
     run = Path(run).expanduser()
     if not (run / EXPERIMENT_FILE).is_file():
@@ -722,11 +722,13 @@ def build_from_run(
     chosen = select_members(trial_checkpoints(run), members)
     if not chosen:
         raise UserError(f"no trial in {str(run)!r} has a scored checkpoint that did not diverge")
-    if data is None:
-        data = load_dataset(config.data.name, config.data.root, config.data.download)
+    if data is None:  # a user's data: the split the run recorded
+        data = load_data(config.data, seed=config.tune.seed, recorded=recorded_split(run))
     model = None
-    if (data.labelled and config.eval.quality is not False) or fit_to != "parzen":
-        model = quality.load_or_train(data, cache_dir=cache_dir, log=log)  # QualityError where there are no labels
+    measured = data.labelled or config.eval.classifier is not None
+    if (measured and config.eval.quality is not False) or fit_to != "parzen":
+        # QualityError where there is neither a label nor a named classifier
+        model = quality.for_data(data, config.eval.classifier, cache_dir=cache_dir, log=log)
     pairs = [load_pair(c.path / GENERATOR_FILE) for c in chosen]
     generators = [g for g, _ in pairs]
     discriminators = [d for _, d in pairs] if all(d is not None for _, d in pairs) else None
@@ -761,6 +763,14 @@ def build_from_run(
         best=best,
         reference=reference,
     )
+
+
+def recorded_split(run: Path) -> dict[str, Any] | None:
+    """The data split a run on a user's data recorded (``data_split.json``), or None."""
+    from raygan import userdata
+
+    path = Path(run) / DATA_SPLIT_FILE
+    return userdata.read_record(path.read_text(), repr(str(path))) if path.is_file() else None
 
 
 def _scored_by_the_run(

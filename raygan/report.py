@@ -192,6 +192,8 @@ def format_report(report: Report) -> str:
     """The leaderboard and the best trial's numbers, as the user sees them at the end."""
     s = report.summary
     lines = ["", *format_leaderboard(report), "", *summary_lines(s)]
+    if report.extra.get("quality_note"):  # why there is no FD, classes or TVD beside Parzen
+        lines.append(report.extra["quality_note"])
     lines += _refined_lines(s.get("refined"))
     lines += _mixture_lines(s.get("mixture"))
     lines += [report.extra[note] for note in ("refine_note", "mixture_note") if report.extra.get(note)]

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from raygan import images, refine
-from raygan.config import CALIBRATIONS, DATASETS, REFINE_METHODS, RefineConfig
+from raygan.config import RefineConfig, dataset_argument
 from raygan.errors import UserError
+from raygan.evaluate import add_refine_flags, refine_config, refine_data
 from raygan.files import atomic_write_bytes
 from raygan.mixture import draw, load_samplable
 from raygan.models import LabelError
@@ -102,27 +103,6 @@ def write_samples(
     return samples
 
 
-def add_refine_flags(p: argparse.ArgumentParser) -> None:
-    """--refine and --calibration: shared by raygan.sample and raygan.evaluate (each has --dataset and --data-root)."""
-    p.add_argument("--refine", choices=REFINE_METHODS, default=None,
-                   help="correct the samples with the discriminator saved beside the generator: drs (rejection "
-                   "sampling) or mh (Metropolis-Hastings); D is calibrated on the data set's validation split")
-    p.add_argument("--calibration", choices=CALIBRATIONS, default=RefineConfig().calibration,
-                   help=f"how D's logit is calibrated for --refine (default {RefineConfig().calibration})")
-
-
-def refine_config(args: argparse.Namespace) -> RefineConfig:
-    """The refined samplers' settings: the defaults, with the calibration the flags chose."""
-    return RefineConfig(calibration=args.calibration)
-
-
-def refine_data(args: argparse.Namespace) -> Any:
-    """The data set --refine calibrates on."""
-    from raygan.data import load_dataset
-
-    return load_dataset(args.dataset, args.data_root)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m raygan.sample``; returns the exit code."""
     p = argparse.ArgumentParser(prog="python -m raygan.sample", description="Draw samples from a raygan generator or mixture checkpoint.")
@@ -134,15 +114,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     which.add_argument("--label", type=int, help="conditional models: draw every sample from this class")
     which.add_argument("--labels", help="conditional models: comma-separated classes, one grid row each (default: every class)")
     add_refine_flags(p)
-    p.add_argument("--dataset", default="mnist5k", choices=DATASETS,
-                   help="the data set the generator was trained on: --refine calibrates on its validation split (default mnist5k)")
+    p.add_argument("--dataset", default=None, type=dataset_argument,
+                   help="--refine calibrates on this data set's validation split (default: the data of the run "
+                   "holding --checkpoint, else mnist5k)")
     p.add_argument("--data-root", default=None, help="where the data set's files are (default: its usual place)")
     args = p.parse_args(argv)
     try:
         classes = [args.label] if args.label is not None else None if args.labels is None else parse_labels(args.labels)
-        data = None if args.refine is None else refine_data(args)
+        data = None if args.refine is None else refine_data(args.dataset, args.data_root, args.checkpoint)
         samples = write_samples(args.checkpoint, args.out, args.num, args.seed, classes, args.refine, data,
-                                refine_config(args))
+                                refine_config(args.calibration, args.checkpoint))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -25,18 +25,19 @@ import yaml
 
 from raygan import keys
 from raygan.config import (
-    DATASETS,
     SCHEDULERS,
+    DataConfig,
     ExperimentConfig,
     TuneConfig,
     build,
+    dataset_argument,
     field_docs,
     load_yaml,
     merge,
     to_dict,
 )
 from raygan.errors import UserError
-from raygan.files import EXPERIMENT_FILE
+from raygan.files import DATA_SPLIT_FILE, EXPERIMENT_FILE
 from raygan.report import (
     Report,
     TrialRow,
@@ -103,6 +104,14 @@ def saved_experiment(path: str) -> dict[str, Any] | None:
     return values
 
 
+def saved_split(path: str) -> dict[str, Any] | None:
+    """The data split an experiment on a user's data recorded (``data_split.json``), or None where there is none."""
+    from raygan import userdata
+
+    text = _read_text(f"{path}/{DATA_SPLIT_FILE}")
+    return None if text is None else userdata.read_record(text, f"{path}/{DATA_SPLIT_FILE}")
+
+
 def _leaves(values: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(values, dict):
         out: dict[str, Any] = {}
@@ -138,23 +147,37 @@ def _check_storage(storage: Path) -> None:
 
 
 def load_quality_model(config: ExperimentConfig, dataset: Any) -> Any:
-    """The data set's domain classifier (trained once, then loaded from its cache), or None.
+    """The classifier that reads the samples (eval.classifier, else the data set's own, trained
+    once and then loaded from its cache), or None.
 
-    None where ``eval.quality`` is false, or unset and the data set has no labels (the generated
-    point sets keep their own measures).
+    None where ``eval.quality`` is false, or unset where the data set has no labels and no
+    classifier is named (:func:`quality_note` says why).
 
     Raises:
-        UserError: ``eval.quality`` (or ``eval.rank_by: fd``) asks for the measures and the data
-            set has no labels.
+        UserError: ``eval.quality`` (or ``eval.rank_by: fd``) asks for the measures and there is
+            neither a label nor a named classifier, or the named classifier is unusable.
     """
     wanted = config.eval.quality
     if wanted is False:
         return None
-    if getattr(dataset, "train_labels", None) is None and wanted is None and config.eval.rank_by != "fd":
+    unmeasured = config.eval.classifier is None and getattr(dataset, "train_labels", None) is None
+    if unmeasured and wanted is None and config.eval.rank_by != "fd":
         return None
     from raygan import quality
 
-    return quality.load_or_train(dataset)
+    return quality.for_data(dataset, config.eval.classifier)
+
+
+def quality_note(config: ExperimentConfig, dataset: Any) -> str | None:
+    """Why a run on images has no FD, classes or TVD beside Parzen (one line), or None: where it has
+    them, where the user turned them off (eval.quality false), and for point sets, which have their own."""
+    if config.eval.quality is False or not getattr(dataset, "bounded", True):
+        return None
+    if config.eval.classifier is None and getattr(dataset, "train_labels", None) is None:
+        name = getattr(dataset, "name", config.data.name)
+        return (f"FD, classes and TVD not measured: {name} has no class labels to train a classifier on; ranked on Parzen "
+                "alone (name a classifier of images of its shape with eval.classifier for FD)")
+    return None
 
 
 def preflight(config: ExperimentConfig, dataset: Any = None) -> tuple[str, Any, Any]:
@@ -169,25 +192,52 @@ def preflight(config: ExperimentConfig, dataset: Any = None) -> tuple[str, Any, 
     """
     from ray import tune
 
-    from raygan.data import load_dataset
+    from raygan.data import load_data
     from raygan.search import tune_config
 
     path = experiment_path(config)
     if not _is_uri(path):
         _check_storage(Path(path).parent)
+    recorded = None
     if config.tune.resume:
         saved = saved_experiment(path)
         if saved is None or not tune.Tuner.can_restore(path):
             raise UserError(f"nothing to resume at {path!r}; run without --resume to start the experiment")
         check_same_experiment(config, saved, path)
+        recorded = saved_split(path)  # a user's data: the very split the experiment started with
     elif not _is_uri(path) and Path(path).exists():
         raise UserError(f"experiment {path!r} already exists; pass --resume to continue it or --name for a new one")
     if dataset is None:
-        dataset = load_dataset(config.data.name, config.data.root, download=config.data.download, seed=config.tune.seed)
+        dataset = load_data(config.data, seed=config.tune.seed, recorded=recorded)
     if config.model.conditional and getattr(dataset, "train_labels", None) is None:
         raise UserError(f"model.conditional needs class labels, and {config.data.name} has none; set model.conditional: false")
+    check_models(config, dataset)
     tune_config(config)  # validates the scheduler settings
     return path, dataset, load_quality_model(config, dataset)
+
+
+def check_models(config: ExperimentConfig, dataset: Any) -> None:
+    """Build each architecture the trials may run (model.arch and every search.arch) on the data's
+    shape once, on the CPU: a user's factory that cannot be imported or returns the wrong thing, or
+    a conv pair on a shape it cannot halve, is refused here rather than in every trial.
+
+    Raises:
+        ConfigError: an architecture that does not fit the data.
+    """
+    import torch
+
+    from raygan import hyperparameters
+    from raygan.models import build_pair
+
+    if getattr(dataset, "train", None) is None:  # a stand-in without arrays (tests of the settings alone)
+        return
+    shape = tuple(dataset.train.shape[1:])
+    labels = getattr(dataset, "train_labels", None)
+    num_classes = getattr(dataset, "num_classes", None) if labels is not None else None
+    for arch in dict.fromkeys((config.model.arch, *config.search.arch)):
+        model = hyperparameters.apply(config, {"arch": arch}).model
+        with torch.random.fork_rng(devices=[]):
+            build_pair(model, shape, dataset.bounded, num_classes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,6 +354,7 @@ def fit(config: ExperimentConfig, path: str, dataset: Any, quality: Any = None, 
     import ray
     from ray import tune
 
+    from raygan import userdata
     from raygan.evaluator import evaluator_name, get_or_create_evaluator
     from raygan.search import CTRL_C, param_space, tune_config
     from raygan.trainable import with_data
@@ -330,6 +381,8 @@ def fit(config: ExperimentConfig, path: str, dataset: Any, quality: Any = None, 
         reserved = {"CPU": config.eval.cpus, "GPU": eval_gpus}
         tuner = tune.Tuner(trainable, param_space=param_space(config), tune_config=tune_config(config, trial_resources, reserved),
                            run_config=_run_config(config, path, verbose, callbacks))
+        if getattr(dataset, "split_record", None) is not None:  # a user's data: its split, before the file that makes the experiment resumable
+            _write_text(f"{path}/{DATA_SPLIT_FILE}", userdata.record(dataset))
         _write_text(f"{path}/{EXPERIMENT_FILE}", yaml.safe_dump(to_dict(config), sort_keys=False))
     CTRL_C.clear()
     results = tuner.fit()
@@ -486,6 +539,9 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
     path, dataset, quality = preflight(config, dataset)
     results, evaluator, _data_refs = fit(config, path, dataset, quality, verbose, callbacks)
     report = report_best(config, path, results, evaluator)
+    note = quality_note(config, dataset) if quality is None else None
+    if note is not None:
+        report = dataclasses.replace(report, extra={**report.extra, "quality_note": note})
     report = add_refined(config, report, dataset, evaluator)
     return add_mixture(config, report, dataset)
 
@@ -559,18 +615,17 @@ def add_mixture(config: ExperimentConfig, report: Report, dataset: Any = None) -
 _FLAGS = {  # flag -> (section, setting)
     "dataset": ("data", "name"),
     "data_root": ("data", "root"),
+    "resize": ("data", "resize"),
     **{
         k: ("tune", k)
         for k in ("num_trials", "scheduler", "cpus_per_trial", "gpus_per_trial", "time_budget_s", "max_iterations",
                   "storage_path", "name", "resume", "address", "seed")
     },
 }
-_CHOICES = {"dataset": DATASETS, "scheduler": SCHEDULERS}
+_CHOICES = {"scheduler": SCHEDULERS}
 
 
 def _parser() -> argparse.ArgumentParser:
-    from raygan.config import DataConfig
-
     p = argparse.ArgumentParser(
         prog="python -m raygan.tune",
         description="Train a population of GANs (Goodfellow et al., 2014) with Ray Tune and rank them. "
@@ -578,14 +633,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="YAML file with sections data/model/train/eval/search/tune (see experiments/)")
     docs = {"data": field_docs(DataConfig), "tune": field_docs(TuneConfig)}
-    types = {f.name: f.type for f in dataclasses.fields(TuneConfig)}
+    types = {section: {f.name: f.type for f in dataclasses.fields(cls)} for section, cls in (("data", DataConfig), ("tune", TuneConfig))}
     for flag, (section, key) in _FLAGS.items():
         option = "--" + flag.replace("_", "-")
-        help_text = docs[section].get(key, "")
+        help_text = docs[section].get(key, "").replace("%", "%%")
         if key == "resume":
             p.add_argument(option, action="store_true", default=None, help=help_text)
             continue
-        kind = {"int": int, "float": float}.get(str(types.get(key, "str")).split(" ")[0], str)
+        kind = {"int": int, "float": float}.get(str(types[section].get(key, "str")).split(" ")[0], str)
+        if flag == "dataset":
+            kind = dataset_argument
         p.add_argument(option, type=kind, choices=_CHOICES.get(flag), help=help_text)
     return p
 
