@@ -354,10 +354,10 @@ class SearchConfig:
     """PBT: the bottom share of trials that copies from the top share."""
     resample_probability: float = 0.25
     """PBT: chance that an explored value is drawn afresh instead of perturbed."""
-    grace_period: int = 4
-    """ASHA: Tune steps before a trial can be stopped."""
-    reduction_factor: int = 2
-    """ASHA: the halving rate."""
+    grace_period: int = 2
+    """ASHA: Tune steps before a trial can be stopped (the first rung)."""
+    reduction_factor: int = 4
+    """ASHA: rungs at grace_period x reduction_factor^i; a trial goes on from a rung only in the top 1/reduction_factor."""
     start_from_base: bool = True
     """The first trial runs the experiment's own train/model settings; the others are drawn."""
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import functools
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ray import tune
+from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.schedulers import (
     ASHAScheduler,
     FIFOScheduler,
@@ -132,24 +134,50 @@ def make_scheduler(config: ExperimentConfig, trial_resources: dict[str, float] |
 
 
 class WhenItChangesTheRun:
-    """Tune's allocation function, applied only where the new resources change how the trial runs.
+    """Tune's allocation function, applied only where the new resources change how the trial runs,
+    and only as far as one node holds them.
 
     A change of resources costs a restart (checkpoint, a new actor, restore: seconds of a trial's
     time). Half a CPU more changes nothing for a trial whose torch threads are whole cores
     (:func:`raygan.trainable.torch_threads`): 0.5 and 1.0 CPUs both run one thread. So a new
     allocation is passed on only where it changes the thread count or the GPU share.
+
+    Tune's DistributeResources shares out the cluster's total, but a trial is one process on one
+    node: on three 1-CPU workers, 1.5 CPUs each for two trials is a request no node can place, and
+    the trial would wait forever. Each resource is capped at the largest node's (``node_capacity``,
+    by default read from Ray's nodes).
     """
 
-    def __init__(self, allocation: DistributeResources) -> None:
+    def __init__(self, allocation: DistributeResources,
+                 node_capacity: Callable[[], dict[str, float]] | None = None) -> None:
         self.allocation = allocation
+        self.node_capacity = node_capacity or largest_node
 
     def __call__(self, tune_controller: Any, trial: Any, result: dict[str, Any], scheduler: Any) -> Any:
         new = self.allocation(tune_controller, trial, result, scheduler)
         if new is None:
             return None
-        old, now = trial.placement_group_factory.required_resources, new.required_resources
+        old = trial.placement_group_factory.required_resources
+        now = dict(new.required_resources)
+        for name, most in self.node_capacity().items():
+            if now.get(name, 0.0) > most:
+                now[name] = max(most, old.get(name, 0.0))
         same_threads = torch_threads(old.get("CPU", 0.0)) == torch_threads(now.get("CPU", 0.0))
-        return None if same_threads and old.get("GPU", 0.0) == now.get("GPU", 0.0) else new
+        if same_threads and old.get("GPU", 0.0) == now.get("GPU", 0.0):
+            return None
+        return new if now == new.required_resources else PlacementGroupFactory([{k: v for k, v in now.items() if v}])
+
+
+def largest_node() -> dict[str, float]:
+    """The most CPUs and GPUs any one live node of the connected Ray cluster declares."""
+    import ray
+
+    most: dict[str, float] = {}
+    for node in ray.nodes() if ray.is_initialized() else []:
+        if node.get("Alive"):
+            for name in ("CPU", "GPU"):
+                most[name] = max(most.get(name, 0.0), float(node["Resources"].get(name, 0.0)))
+    return most
 
 
 def _base_scheduler(config: ExperimentConfig) -> TrialScheduler:

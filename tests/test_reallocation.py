@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.tune.schedulers.resource_changing_scheduler import (
@@ -64,16 +65,32 @@ def test_resources_move_only_where_they_change_how_the_trial_runs(old, new, move
     from raygan.search import WhenItChangesTheRun
 
     offered = PlacementGroupFactory([{"CPU": new[0], "GPU": new[1]}])
-    gate = WhenItChangesTheRun(lambda *args: offered)
+    gate = WhenItChangesTheRun(lambda *args: offered, node_capacity=lambda: {"CPU": 8.0, "GPU": 1.0})
     assert (gate(None, _Trial(*old), {}, None) is offered) is moves
     assert WhenItChangesTheRun(lambda *args: None)(None, _Trial(*old), {}, None) is None
+
+
+@pytest.mark.parametrize(("old", "new", "nodes", "granted"), [
+    ((1.0, 0.0), (1.5, 0.0), {"CPU": 1.0}, None),  # three 1-CPU workers: 1.5 fits no node, the trial stays
+    ((1.0, 0.0), (4.0, 0.0), {"CPU": 2.0}, (2.0, 0.0)),  # as much as the largest node holds
+    ((0.5, 0.5), (1.0, 1.5), {"CPU": 16.0, "GPU": 1.0}, (1.0, 1.0)),  # GPUs too
+])
+def test_a_trial_is_never_offered_more_than_one_node_holds(old, new, nodes, granted):
+    from raygan.search import WhenItChangesTheRun
+
+    offered = PlacementGroupFactory([{"CPU": new[0], "GPU": new[1]}])
+    got = WhenItChangesTheRun(lambda *args: offered, node_capacity=lambda: nodes)(None, _Trial(*old), {}, None)
+    if granted is None:
+        assert got is None
+    else:
+        assert got.required_resources == {k: v for k, v in zip(("CPU", "GPU"), granted) if v}
 
 
 def test_no_reallocation_keeps_the_bare_scheduler_and_reuses_actors():
     from raygan.search import make_scheduler, tune_config
 
     config = ExperimentConfig(tune=TuneConfig(reallocate="none"))
-    assert isinstance(make_scheduler(config), PopulationBasedTraining)
+    assert isinstance(make_scheduler(config), ASHAScheduler)  # the default scheduler, not wrapped
     assert tune_config(config).reuse_actors is True
 
 
@@ -118,6 +135,9 @@ def test_a_trial_restored_with_more_cpus_continues_exactly_on_more_threads(evalu
 
 
 DIVERGING_LR = 1e5
+# Long enough that the survivor is still training when the diverged trial's actor has started,
+# stopped and given its CPUs back (actor start-up is seconds on a loaded 2-core machine).
+STEPS, PER_STEP = 12, 400
 
 
 def test_the_cpus_of_a_stopped_trial_go_to_the_running_one(ray_local, tmp_path, monkeypatch, tiny_dataset, tiny_experiment):
@@ -129,8 +149,8 @@ def test_the_cpus_of_a_stopped_trial_go_to_the_running_one(ray_local, tmp_path, 
     from raygan import search
     from raygan.tune import run_experiment
 
-    config = tiny_experiment(tmp_path, scheduler="random", reallocate="even", cpus_per_trial=1.5, max_iterations=8, num_trials=1,
-                             checkpoint_every=1)
+    config = tiny_experiment(tmp_path, scheduler="random", reallocate="even", cpus_per_trial=1.5, max_iterations=STEPS, num_trials=1,
+                             iterations_per_step=PER_STEP, checkpoint_every=1)
     config = replace(config, model=replace(config.model, d_max_norm=None), refine=replace(config.refine, methods=()),
                      search=replace(config.search, start_from_base=False))  # the grid below, not the base point, makes the trials
     original = search.param_space
@@ -142,7 +162,12 @@ def test_the_cpus_of_a_stopped_trial_go_to_the_running_one(ray_local, tmp_path, 
     (good,) = [t for t in histories if t != bad]
     assert len(histories[bad]) == 1
     survivor = histories[good]
-    cpus = [r[keys.CPUS] for r in survivor]
-    assert cpus[0] == 1.5 and cpus[-1] == 3.0 and cpus == sorted(cpus), cpus
-    assert [r[keys.ALGORITHM_ITERATION] for r in survivor] == [20 * (i + 1) for i in range(8)]
+    assert survivor[-1][keys.CPUS] == 3.0 and survivor[-1]["training_iteration"] == STEPS
+    for r in survivor:  # the iteration counter came through each restart unbroken
+        assert r[keys.ALGORITHM_ITERATION] == PER_STEP * r["training_iteration"]
+    # Tune leaves out of result.json the result on which it paused the trial to move its CPUs; the
+    # trainer's own TensorBoard record has every step, from the 1.5 CPUs it started with.
+    events = EventAccumulator(str(next(Path(report.experiment_path).glob(f"*{good}*"))), size_guidance={"scalars": 0}).Reload()
+    cpus = [e.value for e in events.Scalars(keys.CPUS)]
+    assert cpus[0] == 1.5 and cpus[-1] == 3.0 and cpus == sorted(cpus) and len(cpus) == STEPS, cpus
     assert math.isfinite(report.leaderboard[0].parzen_valid_ll) and report.leaderboard[0].trial_id == good

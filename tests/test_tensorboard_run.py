@@ -26,6 +26,12 @@ def lineage(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
     return shown
 
 
+def resource_pauses(results: list[dict]) -> int:
+    """How many times a trial's CPUs changed: each change was a pause and a restore."""
+    cpus = [r["perf/cpus"] for r in results]
+    return sum(a != b for a, b in zip(cpus, cpus[1:]))
+
+
 def load(logdir: Path) -> ea.EventAccumulator:
     acc = ea.EventAccumulator(str(logdir), size_guidance={ea.SCALARS: 0, ea.IMAGES: 0, ea.TENSORS: 0})
     return acc.Reload()
@@ -53,19 +59,25 @@ def test_each_trial_logs_scalars_samples_and_hparams_matching_tunes_results(ray_
         for tag in COMPARED_TAGS:
             logged = [(e.step, e.value) for e in events.Scalars(tag)]
             reported = lineage([(r["training_iteration"], r[tag]) for r in results if r.get(tag, float("-inf")) > float("-inf")])
-            assert [s for s, _ in logged] == [s for s, _ in reported], tag
-            assert [v for _, v in logged] == pytest.approx([v for _, v in reported], rel=1e-6), tag
+            # Tune leaves out of result.json the result on which its resource-changing scheduler paused
+            # the trial to move CPUs (the trial goes on from the checkpoint saved there); the trainer
+            # logged that step, so TensorBoard may show steps Tune's file lacks, never the reverse.
+            shown = dict(logged)
+            assert [s for s, _ in logged] == sorted(shown) and set(shown) >= {s for s, _ in reported}, tag
+            assert [shown[s] for s, _ in reported] == pytest.approx([v for _, v in reported], rel=1e-6), tag
+            assert len(logged) - len(reported) <= resource_pauses(results), tag
 
         grids = events.Images(SAMPLES_TAG)  # every step is evaluated in the tiny config
-        assert [g.step for g in grids] == [s for s, _ in lineage([(r["training_iteration"], 0.0) for r in results])]
+        steps = [s for s, _ in lineage([(r["training_iteration"], 0.0) for r in results])]
+        assert set(steps) <= {g.step for g in grids} and len(grids) - len(steps) <= resource_pauses(results)
         assert grids[0].width == grids[0].height == 8 * (4 + 1) + 1  # 64 fixed-z samples of 4x4
 
         content = events.PluginTagToContent("hparams")
         start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
         carried = {k for k in results[0]["config"] if k in (*hyperparameters.names(), hyperparameters.TRIAL_SEED)}
-        assert set(start.hparams) == carried and {"k", "lr_d", "prior", "seed"} <= carried
+        assert set(start.hparams) == carried and {"momentum", "lr_d", "prior", "seed"} <= carried
         assert start.hparams["prior"].string_value == results[0]["config"]["prior"]
-        assert start.hparams["k"].number_value == results[0]["config"]["k"]
+        assert start.hparams["momentum"].number_value == pytest.approx(results[0]["config"]["momentum"])
 
     summary = experiment / "summary"
     assert report.leaderboard[0].trial_id in (summary / SUMMARY_FILE).read_text()
