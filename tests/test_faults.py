@@ -272,14 +272,15 @@ def test_a_killed_evaluator_restarts_and_answers_the_calls_in_flight(ray_local):
         assert answer[keys.SIGMA] == sigma and answer[keys.PARZEN_VALID_LL] == pytest.approx(valid_ll, rel=1e-6, abs=1e-4)
 
 
-DRIVER_CONFIG = """\
-data: {name: toy-1d}
-model: {arch: mlp, noise_dim: 2, g_hidden: [16], d_hidden: [16], d_pieces: 2, d_input_dropout: 0.0, d_hidden_dropout: 0.0}
-train: {batch_size: 50}
-eval: {num_samples: 200, ranking_samples: 200, sigmas: [0.05, 0.1, 0.2, 0.5], every: 1, cpus: 1.0}
-search: {perturbation_interval: 2}
-tune: {scheduler: pbt, num_trials: 2, cpus_per_trial: 1.0, gpus_per_trial: 0.0, time_budget_s: null, max_iterations: 20,
-       iterations_per_step: 1000, checkpoint_every: 2, seed: 0}
+DRIVER_STEPS = 12  # room to interrupt after two recorded checkpoints (steps 2 and 4), and little more to resume
+DRIVER_CONFIG = f"""\
+data: {{name: toy-1d}}
+model: {{arch: mlp, noise_dim: 2, g_hidden: [16], d_hidden: [16], d_pieces: 2, d_input_dropout: 0.0, d_hidden_dropout: 0.0}}
+train: {{batch_size: 50}}
+eval: {{num_samples: 200, ranking_samples: 200, sigmas: [0.05, 0.1, 0.2, 0.5], every: 1, cpus: 1.0}}
+search: {{perturbation_interval: 2}}
+tune: {{scheduler: pbt, num_trials: 2, cpus_per_trial: 1.0, gpus_per_trial: 0.0, time_budget_s: null, max_iterations: {DRIVER_STEPS},
+       iterations_per_step: 1000, checkpoint_every: 2, seed: 0}}
 """
 REPO = Path(__file__).resolve().parents[1]
 
@@ -364,7 +365,7 @@ def test_an_interrupted_driver_resumes_from_its_checkpoints(tmp_path, how):
             assert first.poll() is None, first.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "no checkpoints recorded in time"
             time.sleep(0.2)
-        assert all(len(h) < 20 for h in _histories(experiment).values())  # still running: a resume has work to do
+        assert all(len(h) < DRIVER_STEPS for h in _histories(experiment).values())  # still running: a resume has work to do
         if how == "ctrl-c":
             os.killpg(first.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole foreground group
         else:
@@ -393,10 +394,10 @@ def test_an_interrupted_driver_resumes_from_its_checkpoints(tmp_path, how):
         resumed = history[before.get(trial, 0):]  # what the second driver's trials reported
         assert resumed, trial
         assert resumed[0]["training_iteration"] >= 2, (trial, [r["training_iteration"] for r in history])
-        assert resumed[-1]["training_iteration"] == 20
+        assert resumed[-1]["training_iteration"] == DRIVER_STEPS
         assert resumed[0]["algorithm/iteration"] == resumed[0]["training_iteration"] * 1000  # restored state, not a fresh init
     summary = json.loads((experiment / "best" / "summary.json").read_text())
-    assert summary["trial_id"] in histories and summary["training_iteration"] == 20
+    assert summary["trial_id"] in histories and summary["training_iteration"] == DRIVER_STEPS
 
 
 # ---- atomic writes ---------------------------------------------------------------------------
