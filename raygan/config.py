@@ -209,9 +209,11 @@ class EvalConfig:
     chunk_size: int = 2048
     """Points scored per distance block: bounds the evaluator's memory."""
     cpus: float = 1.0
-    """The evaluator actor's CPU request."""
+    """Each evaluator replica's CPU request."""
     gpus: float | None = None
-    """The evaluator actor's GPU request (None: tune.default_gpu_fraction where the cluster has GPUs, else 0)."""
+    """Each evaluator replica's GPU request (None: tune.default_gpu_fraction where the cluster has GPUs, else 0)."""
+    replicas: int = 1
+    """Evaluator actors scoring side by side, each with its own copy of the validation and test data; a trial's samples go to the one with the shortest queue. Raise it when eval/queue_seconds grows towards a step's time (experiments/README.md, "Scale")."""
     histograms: bool = False
     """G and D weight histograms in TensorBoard at each evaluation (~0.1 s each)."""
     seed: int = 1234
@@ -237,6 +239,8 @@ class EvalConfig:
         if self.chunk_size < 1:
             raise ConfigError(f"eval.chunk_size must be at least 1, got {self.chunk_size}")
         _positive(self.cpus, "eval.cpus")
+        if self.replicas < 1:
+            raise ConfigError(f"eval.replicas must be at least 1, got {self.replicas}")
         if self.gpus is not None and self.gpus < 0:
             raise ConfigError(f"eval.gpus must be non-negative, got {self.gpus!r}")
         _seed(self.seed, "eval.seed")

@@ -1,5 +1,6 @@
 """Atomic file writes (a crash leaves either the old file or the new one, never half of one),
-and the names of the files a run writes, which the trainer, the CLI and the mixture all read."""
+whole files on local or remote (``s3://``) storage, and the names of the files a run writes,
+which the trainer, the CLI, the evaluator and the mixture all read."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ EXPERIMENT_FILE = "experiment.yaml"  # <experiment>/: the whole config, written 
 TRAINER_FILE = "trainer.pt"  # in each checkpoint: the trainer's latest state, for resuming
 GENERATOR_FILE = "generator.pt"  # in each checkpoint (and best/): the generator as last scored
 SCORES_FILE = "scores.json"  # beside it: that generator's scores
+DATASET_FILE = "dataset.npz"  # <experiment>/: a data set given in memory, for the evaluator replicas to read back
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -60,6 +62,38 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def is_uri(path: str | Path) -> bool:
+    """Whether ``path`` is a storage URI (``s3://...``) rather than a local path."""
+    return "://" in str(path)
+
+
+def write_bytes_anywhere(path: str, data: bytes) -> None:
+    """Write a whole file to a local path (atomically) or a storage URI (``s3://...``, via pyarrow)."""
+    if not is_uri(path):
+        atomic_write_bytes(Path(path).expanduser(), data)
+        return
+    import pyarrow.fs
+
+    fs, inner = pyarrow.fs.FileSystem.from_uri(path)
+    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(inner) as f:
+        f.write(data)
+
+
+def read_bytes_anywhere(path: str) -> bytes | None:
+    """A whole file from a local path or a storage URI, or None where there is no such file."""
+    if not is_uri(path):
+        local = Path(path).expanduser()
+        return local.read_bytes() if local.is_file() else None
+    import pyarrow.fs
+
+    fs, inner = pyarrow.fs.FileSystem.from_uri(path)
+    if fs.get_file_info(inner).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(inner) as f:
+        return f.read()
+
+
 def write_scores(directory: str | Path, scores: dict[str, Any]) -> None:
     """Atomically write ``directory``/scores.json; inf and NaN (which JSON lacks) as strings."""
     plain = {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in scores.items()}
@@ -74,3 +108,4 @@ def read_scores(directory: str | Path) -> dict[str, Any]:
     """
     raw = json.loads((Path(directory) / SCORES_FILE).read_text())
     return {k: float(v) if isinstance(v, str) and v in ("inf", "-inf", "nan") else v for k, v in raw.items()}
+

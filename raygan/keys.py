@@ -21,6 +21,7 @@ LABEL_ACCURACY = "eval/label_accuracy"  # conditional G: share of samples classi
 CLASS_FD = "eval/class_fd"  # conditional G: mean over classes of the FD of a class's samples to its training features
 RANK_SCORE = "eval/rank_score"  # what the scheduler ranks on (see raygan.ranking)
 EVAL_SECONDS = "eval/seconds"  # time the step spent evaluating
+QUEUE_SECONDS = "eval/queue_seconds"  # of those, the time its samples waited for an evaluator replica (NaN: not scored this step)
 
 # Algorithm 1's running means over the step.
 LOSS_D = "loss/d"

@@ -2,8 +2,9 @@
 
 Each method is a few lines: ``setup`` builds the core's :class:`~raygan.algorithm.GANTrainer`
 on the trial's device from the training set in Ray's object store; ``step`` runs Algorithm 1
-iterations and, every ``eval.every`` steps, has the Parzen evaluator actor score a batch of
-samples; ``save_checkpoint``/``load_checkpoint`` carry the trainer's full state so PBT's
+iterations and, every ``eval.every`` steps, has a Parzen evaluator actor score a batch of
+samples (the pool's least busy replica, which reports how long they waited for it);
+``save_checkpoint``/``load_checkpoint`` carry the trainer's full state so PBT's
 exploit copies a donor exactly; ``reset_config`` applies a PBT mutation in place. A
 :class:`~raygan.monitor.TrialMonitor` writes each result, and a grid of the evaluation's
 fixed-noise samples, as TensorBoard events into the trial's directory.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from raygan import hyperparameters, keys
 from raygan.algorithm import GANTrainer
 from raygan.config import ExperimentConfig, build, replace
 from raygan.errors import CheckpointError
-from raygan.evaluator import evaluator_name, find_evaluator
+from raygan.evaluator import EvaluatorPool, evaluator_name
 from raygan.files import GENERATOR_FILE, TRAINER_FILE, atomic_torch_save, write_scores
 from raygan.models import class_grid_labels, generate, generator_state
 from raygan.monitor import TrialMonitor, search_domains, shows_as_image
@@ -140,6 +142,7 @@ class GANTrainable(tune.Trainable):
         return result
 
     def _train_and_evaluate(self) -> dict[str, Any]:
+        self.queue_s = math.nan  # the step's wait for an evaluator: NaN unless it scores
         if self.diverged:  # nothing to learn from NaN weights: wait for PBT to replace us,
             # at the pace of a trained step: racing through the remaining steps would end the trial
             # before its peers reach a perturbation and hold checkpoints for PBT to copy.
@@ -175,9 +178,13 @@ class GANTrainable(tune.Trainable):
             shown = SAMPLE_GRID if labels is None else generator.num_classes**2
             self.monitor.log_samples(self.iteration + 1, samples[:shown])
         self.monitor.log_histograms(self.iteration + 1, self.trainer.generator, self.trainer.discriminator)
-        evaluator = find_evaluator(evaluator_name(self.experiment.tune.name, self.experiment.tune.storage_path))
+        name = evaluator_name(self.experiment.tune.name, self.experiment.tune.storage_path)
+        # Looked up at each scoring: a resumed experiment's driver starts replicas of its own.
+        evaluators = EvaluatorPool.find(name, self.experiment.eval.replicas, home=zlib.crc32(self.trial_id.encode()))
         labels = None if labels is None else labels.numpy()
-        self.scores = ray.get(evaluator.score_valid.remote(ray.put(samples.cpu().numpy()), labels))
+        scores = evaluators.score_valid(samples.cpu().numpy(), labels)
+        self.queue_s = scores.pop(keys.QUEUE_SECONDS)
+        self.scores = scores
         state = generator_state(self.trainer.generator)
         state["state_dict"] = {k: v.clone() for k, v in state["state_dict"].items()}  # detach from training
         self.ranked_generator, self.ranked_at = state, self.iteration + 1
@@ -186,6 +193,7 @@ class GANTrainable(tune.Trainable):
         result = {
             **self.scores,
             keys.EVAL_SECONDS: eval_s,
+            keys.QUEUE_SECONDS: self.queue_s,
             keys.ITERATIONS_PER_S: iterations_per_s,
             keys.ALGORITHM_ITERATION: self.trainer.iteration,
             **self._hparams_in_force(),

@@ -67,6 +67,13 @@ def test_end_to_end_tune_of_two_trials(ray_local, tmp_path, tiny_dataset, tiny_e
     text = format_report(report)
     assert "Leaderboard" in text and "Held-out-data reference" in text and "Mixture of the best 2 trials" in text
 
+    # Every step is scored in the tiny config: each result says how long its samples waited for the
+    # evaluator, a part of the step's evaluation time.
+    for result_file in Path(report.experiment_path).glob("*/result.json"):
+        for line in result_file.read_text().splitlines():
+            result = json.loads(line)
+            assert 0 <= result["eval/queue_seconds"] <= result["eval/seconds"]
+
 
 def _umask() -> int:
     import os
