@@ -360,7 +360,7 @@ class TuneConfig:
     checkpoint_every: int = 2
     """Tune steps between checkpoints (PBT also checkpoints the donors it copies). Each holds the generator last scored, and best/ is the best of those: a multiple of eval.every keeps every scored state."""
     checkpoints_kept: int = 4
-    """The most recent checkpoints kept per trial (PBT restores a donor's latest)."""
+    """The most recent checkpoints kept per trial: the run's disk budget. PBT needs at least ceil(search.perturbation_interval / checkpoint_every) + 1, so that a donor's checkpoint outlives those it saves before its next perturbation."""
     max_failures: int = 3
     """Restarts of a trial from its last checkpoint (-1: unlimited)."""
     storage_path: str = "~/raygan_results"

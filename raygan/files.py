@@ -8,7 +8,9 @@ import io
 import json
 import math
 import os
+import re
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ TRAINER_FILE = "trainer.pt"  # in each checkpoint: the trainer's latest state, f
 GENERATOR_FILE = "generator.pt"  # in each checkpoint (and best/): the generator as last scored
 SCORES_FILE = "scores.json"  # beside it: that generator's scores
 DATASET_FILE = "dataset.npz"  # <experiment>/: a data set given in memory, for the evaluator replicas to read back
+CHECKPOINT_DIR = re.compile(r"checkpoint_\d+")  # <experiment>/<trial>/checkpoint_000012/: Tune's name for one
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -109,3 +112,37 @@ def read_scores(directory: str | Path) -> dict[str, Any]:
     raw = json.loads((Path(directory) / SCORES_FILE).read_text())
     return {k: float(v) if isinstance(v, str) and v in ("inf", "-inf", "nan") else v for k, v in raw.items()}
 
+
+@dataclass(frozen=True)
+class CheckpointUsage:
+    """What an experiment's checkpoints take on its storage."""
+
+    trials: int  # trial directories holding at least one checkpoint
+    checkpoints: int
+    bytes: int
+    most_per_trial: int  # the most checkpoints any one trial holds
+
+
+def checkpoint_usage(experiment_path: str) -> CheckpointUsage:
+    """Count the checkpoints (``<experiment>/<trial>/checkpoint_*/``) and their bytes, on a local
+    path or a storage URI.
+
+    Args:
+        experiment_path: the experiment's directory.
+    """
+    import pyarrow.fs
+
+    if is_uri(experiment_path):
+        fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path)
+    else:
+        fs, root = pyarrow.fs.LocalFileSystem(), str(Path(experiment_path).expanduser().resolve())
+    files = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
+    per_trial: dict[str, set[str]] = {}
+    total = 0
+    for info in files:
+        parts = info.path[len(root):].strip("/").split("/")
+        if len(parts) >= 3 and CHECKPOINT_DIR.fullmatch(parts[1]) and info.type == pyarrow.fs.FileType.File:
+            per_trial.setdefault(parts[0], set()).add(parts[1])
+            total += info.size
+    counts = [len(c) for c in per_trial.values()]
+    return CheckpointUsage(len(per_trial), sum(counts), total, max(counts, default=0))

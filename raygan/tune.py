@@ -39,6 +39,7 @@ from raygan.errors import UserError
 from raygan.files import (
     DATASET_FILE,
     EXPERIMENT_FILE,
+    checkpoint_usage,
     read_bytes_anywhere,
     write_bytes_anywhere,
 )
@@ -491,6 +492,8 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
     path, dataset, quality = preflight(config, dataset)
     results, evaluators = fit(config, path, dataset, quality, verbose, callbacks, in_memory=in_memory)
     report = report_best(config, path, results, evaluators)
+    disk = {**dataclasses.asdict(checkpoint_usage(path)), "kept_per_trial": config.tune.checkpoints_kept}
+    report = dataclasses.replace(report, extra={**report.extra, "checkpoints": disk})
     return add_mixture(config, report, dataset)
 
 

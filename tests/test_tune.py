@@ -73,6 +73,12 @@ def test_end_to_end_tune_of_two_trials(ray_local, tmp_path, tiny_dataset, tiny_e
         for line in result_file.read_text().splitlines():
             result = json.loads(line)
             assert 0 <= result["eval/queue_seconds"] <= result["eval/seconds"]
+    # The checkpoints on disk, as the report counts them, and the line that says so.
+    disk = report.extra["checkpoints"]
+    on_disk = [f for f in Path(report.experiment_path).glob("*/checkpoint_*/*")]
+    assert disk["bytes"] == sum(f.stat().st_size for f in on_disk) > 0
+    assert 1 <= disk["most_per_trial"] <= config.tune.checkpoints_kept and disk["trials"] == 2
+    assert f"in {disk['checkpoints']} checkpoints of 2 trials" in text
 
 
 def _umask() -> int:
