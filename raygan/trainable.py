@@ -147,10 +147,10 @@ class GANTrainable(tune.Trainable):
             # at the pace of a trained step: racing through the remaining steps would end the trial
             # before its peers reach a perturbation and hold checkpoints for PBT to copy.
             time.sleep(self.step_s)
-            return self._result(None, 0.0, eval_s=0.0)
-        start = time.perf_counter()
+            return self._result(None, 0.0, 0.0, eval_s=0.0)
+        start, cpu_start = time.perf_counter(), time.process_time()
         metrics = self.trainer.run(self.iterations_per_step)
-        train_s = time.perf_counter() - start
+        train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
         eval_s = 0.0
         if not metrics.finite:
             self.diverged = True
@@ -162,7 +162,7 @@ class GANTrainable(tune.Trainable):
             self._evaluate()
             eval_s = time.perf_counter() - eval_start
         self.step_s = train_s + eval_s
-        return self._result(metrics, self.iterations_per_step / train_s, eval_s)
+        return self._result(metrics, self.iterations_per_step / train_s, self.iterations_per_step / max(train_cpu_s, 1e-9), eval_s)
 
     def _last_step(self) -> bool:
         return self.iteration + 1 >= self.experiment.tune.max_iterations
@@ -189,12 +189,13 @@ class GANTrainable(tune.Trainable):
         state["state_dict"] = {k: v.clone() for k, v in state["state_dict"].items()}  # detach from training
         self.ranked_generator, self.ranked_at = state, self.iteration + 1
 
-    def _result(self, metrics: Any, iterations_per_s: float, eval_s: float) -> dict[str, Any]:
+    def _result(self, metrics: Any, iterations_per_s: float, iterations_per_cpu_s: float, eval_s: float) -> dict[str, Any]:
         result = {
             **self.scores,
             keys.EVAL_SECONDS: eval_s,
             keys.QUEUE_SECONDS: self.queue_s,
             keys.ITERATIONS_PER_S: iterations_per_s,
+            keys.ITERATIONS_PER_CPU_S: iterations_per_cpu_s,
             keys.ALGORITHM_ITERATION: self.trainer.iteration,
             **self._hparams_in_force(),
             keys.DIVERGED: self.diverged,

@@ -73,6 +73,8 @@ def test_end_to_end_tune_of_two_trials(ray_local, tmp_path, tiny_dataset, tiny_e
         for line in result_file.read_text().splitlines():
             result = json.loads(line)
             assert 0 <= result["eval/queue_seconds"] <= result["eval/seconds"]
+            # Training on one torch thread uses at most about a second of CPU per second of wall.
+            assert result["perf/iterations_per_cpu_s"] >= 0.5 * result["perf/iterations_per_s"] > 0
     # The checkpoints on disk, as the report counts them, and the line that says so.
     disk = report.extra["checkpoints"]
     on_disk = [f for f in Path(report.experiment_path).glob("*/checkpoint_*/*")]
