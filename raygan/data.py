@@ -17,6 +17,10 @@ Where each data set comes from:
 - ``cifar10``: torchvision's python batches; the first 40k, the last 10k, the 10k test images.
 - ``toy-1d``, ``ring-8``, ``grid-25``: drawn from ``seed``; the parameters are the constants below.
   They carry no labels (their own measures, such as modes covered, use :func:`mixture_centres`).
+- A user's own data, named by its path: a folder of images or an .npy/.npz array, read by
+  :mod:`raygan.userdata` and split with a seed (:func:`load_data`).
+
+``data.resize`` resizes any image set (:func:`resize_images`).
 
 Labelled sets carry each split's class labels (int64, aligned with the images), which the
 domain classifier of :mod:`raygan.quality` is trained on.
@@ -31,18 +35,21 @@ evaluator replica, including one that Ray restarts on another node.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import importlib.util
 import io
 import itertools
 import math
 import zlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from raygan.config import DATASETS, ConfigError, DataConfig
+from raygan.config import DATASETS, ConfigError, DataConfig, is_dataset_path
 from raygan.errors import DataError
 from raygan.files import read_bytes_anywhere, write_bytes_anywhere
 
@@ -99,6 +106,9 @@ class Dataset:
     train_labels: np.ndarray | None = None  # (N_train,) int64 class indices, or None: unlabelled
     valid_labels: np.ndarray | None = None  # (N_valid,) int64, aligned with ``valid``
     test_labels: np.ndarray | None = None  # (N_test,) int64, aligned with ``test``
+    class_names: tuple[str, ...] | None = None  # a user's data: the name of each class index
+    # A user's data: how it was split (raygan.userdata's record), written into the experiment.
+    split_record: dict[str, Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         shapes = {a.shape[1:] for a in (self.train, self.valid, self.test)}
@@ -130,6 +140,8 @@ class Dataset:
         """The number of classes, or None for an unlabelled set."""
         if self.train_labels is None:
             return None
+        if self.class_names is not None:
+            return len(self.class_names)
         if self.name in NUM_CLASSES:
             return NUM_CLASSES[self.name]
         splits = (self.train_labels, self.valid_labels, self.test_labels)
@@ -157,7 +169,8 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Fal
     """Load a data set by name with its fixed train/valid/test splits.
 
     Args:
-        name: one of :data:`raygan.config.DATASETS`.
+        name: one of :data:`raygan.config.DATASETS`, or the path of a user's data (read with
+            :func:`load_data`'s defaults: no resize, the default split).
         root: where the files are. ``fashion-mnist``: a directory holding the idx files, or a
             torchvision root holding ``FashionMNIST/raw/``; by default Debian's
             ``/usr/share/datasets/fashion-mnist``, else ``~/.cache/raygan/data``. ``mnist``: the
@@ -176,6 +189,8 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Fal
         ConfigError: ``name`` is not a known data set.
         DataError: the files are missing, unreadable or corrupt.
     """
+    if is_dataset_path(name):
+        return load_data(DataConfig(name=name))
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     if name == "mnist5k":
@@ -185,6 +200,59 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Fal
     if name == "cifar10":
         return _load_cifar10(root, download)
     return _generate(name, seed)
+
+
+def load_data(config: DataConfig, seed: int = 0, recorded: Mapping[str, Any] | None = None) -> Dataset:
+    """The data set ``config`` names, built-in or a user's path, resized where ``config.resize`` says.
+
+    Args:
+        config: the data settings (name or path, root, download, resize, split, split_seed).
+        seed: seeds the generated sets (see :func:`load_dataset`).
+        recorded: for a user's data, the split an experiment recorded
+            (:func:`raygan.userdata.read_record`): its members are used, not a new draw.
+
+    Raises:
+        ConfigError: an unknown name, or ``resize`` on a point set.
+        DataError: files that are missing, unreadable or corrupt, or that changed since ``recorded``.
+    """
+    if is_dataset_path(config.name):
+        from raygan import userdata
+
+        return userdata.load(config.name, resize=config.resize, shares=config.split, seed=config.split_seed, recorded=recorded)
+    dataset = load_dataset(config.name, config.root, download=config.download, seed=seed)
+    if config.resize is None:
+        return dataset
+    if not dataset.bounded:
+        raise ConfigError(f"data.resize applies to images, and {config.name} is a set of points; remove data.resize")
+    return dataclasses.replace(dataset, **{k: resize_images(getattr(dataset, k), config.resize) for k in ("train", "valid", "test")})
+
+
+RESIZE_BATCH = 1024  # images resized at once: bounds the memory of the float copies
+
+
+def resize_images(images: np.ndarray, side: int) -> np.ndarray:
+    """Resize (N, C, H, W) images in [0, 1] to (N, C, side, side): the shorter side scaled to
+    ``side`` (bilinear, antialiased when shrinking, as Pillow and torchvision's Resize do), then
+    the centre cropped square (torchvision's ``Resize(side)`` then ``CenterCrop(side)``).
+
+    Returns:
+        A float32 array in [0, 1]; ``images`` itself where it already has that size.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    n, _, height, width = images.shape
+    if (height, width) == (side, side):
+        return images
+    scale = side / min(height, width)
+    new_h, new_w = max(side, round(height * scale)), max(side, round(width * scale))
+    top, left = (new_h - side) // 2, (new_w - side) // 2
+    out = []
+    for start in range(0, n, RESIZE_BATCH):
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + RESIZE_BATCH], dtype=np.float32))
+        y = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+        out.append(y[:, :, top : top + side, left : left + side].clamp_(0, 1).numpy())
+    return np.ascontiguousarray(np.concatenate(out)) if out else np.zeros((0, images.shape[1], side, side), np.float32)
 
 
 @dataclass(frozen=True)
@@ -200,24 +268,37 @@ class DataSource:
         seed: seeds the generated sets' draw (``tune.seed``).
         snapshot: a file (local path or storage URI) holding a data set that was handed over in
             memory rather than named by ``data`` (:func:`write_snapshot`); None: load ``data``.
+        split: for a user's data, the file (local path or storage URI) where the experiment
+            recorded its split (``data_split.json``), so that every load has the same members.
     """
 
     data: DataConfig
     seed: int = 0
     snapshot: str | None = None
+    split: str | None = None
 
 
 def load_source(source: DataSource) -> Dataset:
     """The data set a :class:`DataSource` names: the snapshot file where there is one, else
-    ``source.data`` loaded by :func:`load_dataset`. A new kind of data set plugs in here.
+    ``source.data`` loaded by :func:`load_data` (a user's data with the split recorded in
+    ``source.split``). A new kind of data set plugs in here.
 
     Raises:
         ConfigError: an unknown data set name.
-        DataError: the files (or the snapshot) are missing, unreadable or corrupt.
+        DataError: the files (or the snapshot, or the split's record) are missing, unreadable or
+            corrupt, or the user's files changed since the split was recorded.
     """
     if source.snapshot is not None:
         return read_snapshot(source.snapshot)
-    return load_dataset(source.data.name, source.data.root, download=source.data.download, seed=source.seed)
+    recorded = None
+    if source.split is not None:
+        from raygan import userdata
+
+        text = read_bytes_anywhere(source.split)
+        if text is None:
+            raise DataError(f"the record of the data's split {source.split!r} is missing")
+        recorded = userdata.read_record(text.decode(), source.split)
+    return load_data(source.data, seed=source.seed, recorded=recorded)
 
 
 _SNAPSHOT_SPLITS = ("train", "valid", "test", "train_labels", "valid_labels", "test_labels")

@@ -12,6 +12,11 @@ what the validation split scores. Parzen rewards blur and barely sees mode colla
     python -m raygan.evaluate --dataset mnist5k --checkpoint <best>/generator.pt
     python -m raygan.evaluate --dataset mnist5k --checkpoint <best>/mixture.pt   # raygan.mixture's
     python -m raygan.evaluate --dataset mnist5k --samples other_model.npy --num-samples 10000 --json
+    python -m raygan.evaluate --checkpoint <run>/best/generator.pt   # the run's own data (and its recorded split)
+
+A checkpoint inside a run's directory (or ``--run DIR``) is scored on that run's data: its data
+settings from experiment.yaml and, for a user's data, the split recorded in data_split.json, and
+the classifier its eval.classifier names.
 
 No Ray here: this calls :mod:`raygan.parzen` and :mod:`raygan.quality` directly.
 """
@@ -29,11 +34,15 @@ from pathlib import Path
 
 import numpy as np
 
-from raygan import parzen, quality
-from raygan.config import DATASETS
-from raygan.data import Dataset, load_dataset
+from raygan import parzen, quality, refine
+from raygan.config import CALIBRATIONS, REFINE_METHODS, ConfigError, DataConfig, RefineConfig, build, dataset_argument, load_config
+from raygan.data import Dataset, load_data
 from raygan.errors import CheckpointError, QualityError, UserError
-from raygan.mixture import draw, load_samplable
+from raygan.files import EXPERIMENT_FILE
+from raygan.mixture import draw, load_samplable, recorded_split
+
+RUN_DEPTH = 3  # a checkpoint lies at most this deep in its run: <run>/<trial>/checkpoint_n/generator.pt
+DEFAULT_DATASET = "mnist5k"
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,7 @@ class EvaluationReport:
     quality_reference: quality.QualityScores | None = None  # the validation split, read the same way
     classifier_accuracy: float | None = None  # the classifier's held-out (test split) accuracy
     quality_note: str | None = None  # why quality is absent, when it is
+    refined: dict | None = None  # --refine: the sampler, its acceptance, proposals, seconds and calibration
 
     def as_json(self) -> dict:
         """One JSON-ready object; the keys of ``best/summary.json`` (``parzen_test_ll``, ``quality``, ...)."""
@@ -73,6 +83,7 @@ class EvaluationReport:
                 "parzen_test_se": self.reference.test_se,
             },
             "quality": scores,
+            "refined": self.refined,
         }
 
 
@@ -155,35 +166,92 @@ def generate_samples(checkpoint: str | Path, dataset: Dataset, num: int, seed: i
     return draw(model, num, seed=seed).numpy()
 
 
+def run_holding(checkpoint: str | Path) -> Path | None:
+    """The run directory (holding experiment.yaml) a checkpoint lies in, or None."""
+    for parent in list(Path(checkpoint).expanduser().absolute().parents)[:RUN_DEPTH]:
+        if (parent / EXPERIMENT_FILE).is_file():
+            return parent
+    return None
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """What to score against: the data settings, a run's recorded split, its classifier and seed."""
+
+    data: DataConfig
+    recorded: dict | None = None
+    classifier: str | None = None
+    seed: int = 0  # seeds a generated point set, as the run's tune.seed did
+
+
+def data_source(dataset: str | None, data_root: str | Path | None, run: str | Path | None,
+                checkpoint: str | Path | None) -> DataSource:
+    """The run's data where there is a run (``run``, else the one holding ``checkpoint``) and
+    ``dataset`` is unset or names the same data; else ``dataset`` (default mnist5k) as given.
+
+    Raises:
+        UserError: ``run`` is not a run directory, or ``dataset`` differs from ``run``'s data.
+    """
+    run_dir = Path(run).expanduser() if run is not None else None if checkpoint is None else run_holding(checkpoint)
+    if run is not None and not (run_dir / EXPERIMENT_FILE).is_file():
+        raise UserError(f"{str(run_dir)!r} is not a raygan run directory (it holds no {EXPERIMENT_FILE})")
+    root = None if data_root is None else str(data_root)
+    given = None if dataset is None else build(DataConfig, {"name": str(dataset), "root": root}, "data")
+    if run_dir is not None:
+        try:
+            config = load_config(run_dir / EXPERIMENT_FILE)
+        except ConfigError as e:
+            if given is not None and run is None:  # the data were named: a run file of another version is no obstacle
+                return DataSource(given)
+            raise UserError(f"cannot read the run's settings ({e}); name the data with --dataset") from None
+        if given is None or given.name == config.data.name:
+            return DataSource(config.data, recorded_split(run_dir), config.eval.classifier, config.tune.seed)
+        if run is not None:
+            raise UserError(f"--dataset {dataset!r} is not the data of the run {str(run_dir)!r} ({config.data.name}); drop one of them")
+    return DataSource(given or DataConfig(name=DEFAULT_DATASET))
+
+
 def evaluate_samples(
-    dataset: str,
+    dataset: str | None = None,
     *,
     samples: str | Path | None = None,
     checkpoint: str | Path | None = None,
     data_root: str | Path | None = None,
+    run: str | Path | None = None,
+    classifier: str | Path | None = None,
     num_samples: int = parzen.DEFAULT_NUM_SAMPLES,
     seed: int = 0,
     chunk_size: int = parzen.DEFAULT_CHUNK_SIZE,
     with_quality: bool | None = None,
     cache_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
+    refine_with: str | None = None,
+    refine_config: RefineConfig | None = None,
 ) -> EvaluationReport:
     """Score a samples file or a generator with the Parzen protocol, beside the held-out-data reference.
 
     Args:
-        dataset: a data set name (see :data:`raygan.config.DATASETS`).
+        dataset: a data set name (see :data:`raygan.config.DATASETS`) or a user's data path; None:
+            the data of the run (see :func:`data_source`), else mnist5k.
         samples: a .npy file of samples (exactly one of ``samples`` and ``checkpoint``); its first
             ``num_samples`` rows are the centres.
         checkpoint: a raygan ``generator.pt`` or ``mixture.pt``; ``num_samples`` samples are drawn from it.
         data_root: where the data set's files are (None: its default place).
+        run: the run whose data (and recorded split, and classifier) to score against (None: the
+            run that holds ``checkpoint``, if any).
+        classifier: a raygan classifier file to read the samples with (None: the run's
+            eval.classifier, else the data set's own, trained on its labels).
         num_samples: Parzen centres for the model, and at most this many training images for the reference.
         seed: seeds the generator's noise and the reference's subset of training images.
         chunk_size: points per distance block (bounds memory).
         with_quality: also read the samples with the domain classifier: True (a data set without
-            labels is an error), False, or None (where the data set has labels).
+            labels or a named classifier is an error), False, or None (where there is one).
         cache_dir: where the classifier is cached (None: ``$RAYGAN_CACHE_DIR`` or
             ``~/.cache/raygan/classifiers``); it is trained there on first use.
         log: gets the classifier's training line (its held-out accuracy).
+        refine_with: "drs" or "mh": score the checkpoint's samples corrected by its saved
+            discriminator(s) (:mod:`raygan.refine`; D calibrated on the validation split only).
+        refine_config: the refined samplers' settings (None: the defaults).
 
     Returns:
         The :class:`EvaluationReport`.
@@ -198,35 +266,44 @@ def evaluate_samples(
         raise UserError(f"--num-samples must be at least 1, got {num_samples}")
     if chunk_size < 1:
         raise UserError(f"--chunk-size must be at least 1, got {chunk_size}")
+    if refine_with is not None and checkpoint is None:
+        raise UserError("--refine corrects a generator's samples with its discriminator: give --checkpoint, not --samples")
     array = read_samples(samples) if samples is not None else None  # a bad file fails before the data load
-    data = load_dataset(dataset, data_root)
+    source = data_source(dataset, data_root, run, checkpoint)
+    data = load_data(source.data, seed=source.seed, recorded=source.recorded)
+    refined = None
     if array is not None:
         centres = check_samples(array, data, f"samples in {str(samples)!r}")[:num_samples]
+    elif refine_with is not None:
+        result, ratios = refine.sample_file(checkpoint, data, num_samples, refine_with, refine_config or RefineConfig(), seed=seed)
+        centres = result.samples.numpy()
+        refined = {**result.as_dict(), "calibration": [r.as_dict() for r in ratios]}
     else:
         centres = generate_samples(checkpoint, data, num_samples, seed)
     model = parzen.evaluate(centres, data.valid, data.test, chunk_size=chunk_size)
     reference = parzen.reference(data.train, data.valid, data.test, num_samples, seed=seed, chunk_size=chunk_size)
     report = EvaluationReport(
-        dataset=dataset,
+        dataset=data.name,
         source=str(samples if samples is not None else checkpoint),
         num_samples=len(centres),
         num_reference=min(num_samples, len(data.train)),
         model=model,
         reference=reference,
+        refined=refined,
     )
     if with_quality is False:
         return report
     try:
-        classifier = quality.load_or_train(data, cache_dir=cache_dir, seed=0, log=log)
+        reader = quality.for_data(data, classifier if classifier is not None else source.classifier, cache_dir=cache_dir, log=log)
     except QualityError as e:
-        if with_quality:
+        if with_quality or classifier is not None:
             raise
         return replace(report, quality_note=str(e))
     return replace(
         report,
-        quality=classifier.score(centres),
-        quality_reference=classifier.reference(data.valid),
-        classifier_accuracy=classifier.accuracy,
+        quality=reader.score(centres),
+        quality_reference=reader.reference(data.valid),
+        classifier_accuracy=reader.accuracy,
     )
 
 
@@ -243,6 +320,10 @@ def format_report(report: EvaluationReport) -> str:
         f"Parzen-window log-likelihood on {report.dataset} (Goodfellow et al. 2014, Table 1); "
         "sigma chosen on the validation split."
     )
+    if report.refined is not None:
+        r = report.refined
+        rows.append(f"Samples corrected by the saved discriminator ({r['method']}, calibration "
+                    f"{r['calibration'][0]['method']}): acceptance {r['acceptance']:.1%}, {r['proposals']:,} proposals, {r['seconds']:.1f} s.")
     if report.quality is not None:
         rows += ["", format_quality(report)]
     elif report.quality_note is not None:
@@ -270,6 +351,35 @@ def format_quality(report: EvaluationReport) -> str:
     return "\n".join(rows)
 
 
+def add_refine_flags(p: argparse.ArgumentParser) -> None:
+    """--refine and --calibration: shared by raygan.sample and raygan.evaluate (each has --dataset and --data-root)."""
+    p.add_argument("--refine", choices=REFINE_METHODS, default=None,
+                   help="correct the samples with the discriminator saved beside the generator: drs (rejection "
+                   "sampling) or mh (Metropolis-Hastings); D is calibrated on the data set's validation split")
+    p.add_argument("--calibration", choices=CALIBRATIONS, default=None,
+                   help="how D's logit is calibrated for --refine (default: the run's refine.calibration, "
+                   f"else {RefineConfig().calibration})")
+
+
+def refine_config(calibration: str | None, checkpoint: str | Path | None) -> RefineConfig:
+    """The refined samplers' settings: those of the run holding ``checkpoint`` (so raygan.tune's
+    refined scores are reproduced), else the defaults; ``calibration`` where given."""
+    config = RefineConfig()
+    run = None if checkpoint is None else run_holding(checkpoint)
+    if run is not None:
+        try:
+            config = load_config(run / EXPERIMENT_FILE).refine
+        except ConfigError:
+            pass  # a run file of another version: the defaults
+    return config if calibration is None else replace(config, calibration=calibration)
+
+
+def refine_data(dataset: str | None, data_root: str | Path | None, checkpoint: str | Path) -> Dataset:
+    """The data --refine calibrates on: as :func:`data_source` finds them for ``checkpoint``."""
+    source = data_source(dataset, data_root, None, checkpoint)
+    return load_data(source.data, seed=source.seed, recorded=source.recorded)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m raygan.evaluate``; returns the exit code."""
     p = argparse.ArgumentParser(
@@ -277,8 +387,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Parzen-window log-likelihood of a generator or a samples file, "
         "beside the held-out-data reference.",
     )
-    p.add_argument("--dataset", default="mnist5k", choices=DATASETS, help="default mnist5k")
+    p.add_argument("--dataset", default=None, type=dataset_argument,
+                   help="a built-in data set or the path of your own (default: the data of the run that holds "
+                   "--checkpoint, else mnist5k)")
     p.add_argument("--data-root", default=None, help="where the data set's files are (default: its usual place)")
+    p.add_argument("--run", default=None, help="score against this run's data, recorded split and classifier "
+                   "(default: the run that holds --checkpoint)")
+    p.add_argument("--classifier", default=None, help="a raygan classifier file to read the samples with "
+                   "(default: the run's eval.classifier, else one trained on the data set's labels)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a raygan generator.pt or mixture.pt")
     source.add_argument(
@@ -298,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cache-dir", default=None, help="where the classifier is cached (default ~/.cache/raygan/classifiers)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    add_refine_flags(p)
     args = p.parse_args(argv)
     try:
         report = evaluate_samples(
@@ -305,12 +422,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             samples=args.samples,
             checkpoint=args.checkpoint,
             data_root=args.data_root,
+            run=args.run,
+            classifier=args.classifier,
             num_samples=args.num_samples,
             seed=args.seed,
             chunk_size=args.chunk_size,
             with_quality=args.quality,
             cache_dir=args.cache_dir,
             log=lambda line: print(line, file=sys.stderr),  # stdout stays one table or one JSON object
+            refine_with=args.refine,
+            refine_config=refine_config(args.calibration, args.checkpoint),
         )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -85,7 +85,8 @@ class ParzenEvaluator:
         self.quality = None if quality is None else quality.to(self.device)
         self.min_classes = eval_config.min_classes
         if self.min_classes is None and self.quality is not None:
-            self.min_classes = self.quality.num_classes - 1  # all but one
+            # All but one of the classes real data show (every class of a labelled set)
+            self.min_classes = self.quality.expected_classes(eval_config.min_class_share) - 1
         self._reference: dict[str, Any] | None = None
         self._lock = threading.Lock()  # one scoring at a time: they share the device and the threads
         self._counts = threading.Lock()  # guards the counters below, which calls outside the scoring lock read
@@ -260,7 +261,8 @@ class EvaluatorReplica(ParzenEvaluator):
         source: where the experiment's data set comes from (:func:`raygan.data.load_source`).
         eval_config: the protocol's settings.
         classifier_cache: the directory of the domain classifier's cache file
-            (:func:`raygan.quality.load_or_train`), or None for Parzen only.
+            (:func:`raygan.quality.for_data`: ``eval.classifier`` where set, else the data set's
+            own classifier), or None for Parzen only.
     """
 
     def __init__(self, source: DataSource, eval_config: EvalConfig, classifier_cache: str | None = None) -> None:
@@ -269,7 +271,7 @@ class EvaluatorReplica(ParzenEvaluator):
         if classifier_cache is not None:
             from raygan import quality
 
-            model = quality.load_or_train(dataset, cache_dir=classifier_cache)
+            model = quality.for_data(dataset, eval_config.classifier, cache_dir=classifier_cache)
         super().__init__(dataset.valid, dataset.test, dataset.train, eval_config, model)
 
 

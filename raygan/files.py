@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 EXPERIMENT_FILE = "experiment.yaml"  # <experiment>/: the whole config, written by the first run
+DATA_SPLIT_FILE = "data_split.json"  # <experiment>/: a user's data: how it was split (raygan.userdata)
 TRAINER_FILE = "trainer.pt"  # in each checkpoint: the trainer's latest state, for resuming
 GENERATOR_FILE = "generator.pt"  # in each checkpoint (and best/): the generator as last scored
 SCORES_FILE = "scores.json"  # beside it: that generator's scores

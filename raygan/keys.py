@@ -32,6 +32,7 @@ D_FAKE = "d/fake"  # mean D(G(z))
 ITERATIONS_PER_S = "perf/iterations_per_s"
 # Per second of the trial process's own CPU time: its speed whatever else shares the machine.
 ITERATIONS_PER_CPU_S = "perf/iterations_per_cpu_s"
+CPUS = "perf/cpus"  # the CPUs the trial holds now (a ResourceChangingScheduler moves them between trials)
 ALGORITHM_ITERATION = "algorithm/iteration"  # Algorithm 1 iterations since the lineage began
 DIVERGED = "diverged"  # NaN or infinite losses: the trial waits for PBT to replace it
 NODE_ID = "node_id"  # the Ray node that produced the result

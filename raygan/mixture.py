@@ -47,11 +47,13 @@ import torch
 from raygan import keys, parzen, quality
 from raygan.config import MIXTURE_FIT_TO, MixtureConfig
 from raygan.errors import CheckpointError, UserError
-from raygan.files import EXPERIMENT_FILE, GENERATOR_FILE, SCORES_FILE, atomic_torch_save, read_scores
+from raygan.files import DATA_SPLIT_FILE, EXPERIMENT_FILE, GENERATOR_FILE, SCORES_FILE, atomic_torch_save, read_scores
 from raygan.models import (
     GENERATOR_FORMAT,
+    Discriminator,
     Generator,
     check_labels,
+    discriminator_from_state,
     generate,
     generator_from_state,
     generator_state,
@@ -82,6 +84,8 @@ class GeneratorMixture:
         weights: one non-negative weight per member, summing to 1 within :data:`WEIGHT_TOL`.
         names: one name per member (trial ids); default "0", "1", ...
         fit: how the weights were fitted (plain JSON-ready values), kept in the file.
+        discriminators: the D trained beside each member (for :mod:`raygan.refine`), kept in the
+            file; None where they are not known.
 
     Raises:
         ValueError: no members, weights off the simplex, or members of different data shapes.
@@ -93,6 +97,7 @@ class GeneratorMixture:
         weights: Sequence[float] | np.ndarray | torch.Tensor,
         names: Sequence[str] | None = None,
         fit: dict[str, Any] | None = None,
+        discriminators: Sequence[Discriminator] | None = None,
     ) -> None:
         w = np.asarray(torch.as_tensor(weights, dtype=torch.float64).cpu(), dtype=np.float64).reshape(-1)
         if not members:
@@ -108,7 +113,10 @@ class GeneratorMixture:
         names = [str(i) for i in range(len(members))] if names is None else [str(n) for n in names]
         if len(names) != len(members):
             raise ValueError(f"{len(members)} members but {len(names)} names")
+        if discriminators is not None and len(discriminators) != len(members):
+            raise ValueError(f"{len(members)} members but {len(discriminators)} discriminators")
         self.members = list(members)
+        self.discriminators = None if discriminators is None else list(discriminators)
         self.weights = w / w.sum()
         self.names = names
         self.fit = dict(fit or {})
@@ -155,15 +163,15 @@ class GeneratorMixture:
 
     def to(self, device: str | torch.device) -> GeneratorMixture:
         """Move every member to ``device`` (in place); returns self."""
-        for g in self.members:
-            g.to(device)
+        for net in [*self.members, *(self.discriminators or [])]:
+            net.to(device)
         return self
 
     def state(self) -> dict[str, Any]:
         """The checkpoint: format tag, each member's generator state, weights, names, how they were fitted."""
         return {
             "format": FORMAT,
-            "members": [generator_state(g) for g in self.members],
+            "members": [generator_state(g, d) for g, d in zip(self.members, self.discriminators or [None] * len(self.members))],
             "weights": torch.from_numpy(self.weights.copy()),
             "names": list(self.names),
             "fit": self.fit,
@@ -188,8 +196,12 @@ class GeneratorMixture:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise CheckpointError(f"{source} holds a damaged mixture (member names missing)")
         generators = [generator_from_state(m, f"member {i} of {source}") for i, m in enumerate(members)]
+        discriminators = None
+        if all(isinstance(m, dict) and "discriminator" in m for m in members):
+            discriminators = [discriminator_from_state(m["discriminator"], f"member {i}'s discriminator in {source}",
+                                                       bool(m.get("bounded", True))) for i, m in enumerate(members)]
         try:
-            return cls(generators, weights, names, fit)
+            return cls(generators, weights, names, fit, discriminators)
         except ValueError as e:
             raise CheckpointError(f"{source} holds a damaged mixture ({e})") from None
 
@@ -221,6 +233,19 @@ def load_samplable(path: str | Path, device: str | torch.device = "cpu") -> Samp
     if tag == GENERATOR_FORMAT:
         return generator_from_state(state, source).to(device)
     raise CheckpointError(f"{source} is neither a raygan generator nor a mixture checkpoint (format {tag!r})")
+
+
+def load_pair(path: str | Path) -> tuple[Generator, Discriminator | None]:
+    """A generator file's generator and the discriminator saved with it (None where there is none).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, not a raygan generator, or damaged.
+    """
+    state = _read(path, "generator")
+    source = repr(str(Path(path).expanduser()))
+    generator = generator_from_state(state, source)
+    d_state = state.get("discriminator")
+    return generator, None if d_state is None else discriminator_from_state(d_state, f"the discriminator in {source}", bool(state.get("bounded", True)))
 
 
 def draw(model: Samplable, n: int, seed: int = 0, labels: Any = None) -> torch.Tensor:
@@ -480,6 +505,7 @@ def fit(
     names: Sequence[str] | None = None,
     sigmas: Sequence[float] | None = None,
     chunk_size: int = parzen.DEFAULT_CHUNK_SIZE,
+    discriminators: Sequence[Discriminator] | None = None,
 ) -> GeneratorMixture:
     """Fit the mixture's weights, never on the test split; deterministic (the same inputs, the same weights).
 
@@ -493,6 +519,7 @@ def fit(
         names: the members' names (trial ids).
         sigmas: the Parzen grid each member's sigma is chosen from.
         chunk_size: points per distance block.
+        discriminators: each member's D, kept with the mixture (None: not known).
 
     Returns:
         The :class:`GeneratorMixture`, its ``fit`` recording how the weights were found.
@@ -515,7 +542,7 @@ def fit(
     else:
         raise ValueError(f"unknown fit_to {fit_to!r}; choose one of {', '.join(FIT_TO)}")
     record["num_samples"] = [len(s) for s in member_samples]
-    return GeneratorMixture(members, weights, names, record)
+    return GeneratorMixture(members, weights, names, record, discriminators)
 
 
 # --------------------------------------------------------------------------------------------
@@ -678,7 +705,7 @@ def build_from_run(
             on a data set without labels.
     """
     from raygan.config import load_config
-    from raygan.data import load_dataset
+    from raygan.data import load_data
 
     run = Path(run).expanduser()
     if not (run / EXPERIMENT_FILE).is_file():
@@ -695,18 +722,22 @@ def build_from_run(
     chosen = select_members(trial_checkpoints(run), members)
     if not chosen:
         raise UserError(f"no trial in {str(run)!r} has a scored checkpoint that did not diverge")
-    if data is None:
-        data = load_dataset(config.data.name, config.data.root, config.data.download)
+    if data is None:  # a user's data: the split the run recorded
+        data = load_data(config.data, seed=config.tune.seed, recorded=recorded_split(run))
     model = None
-    if (data.labelled and config.eval.quality is not False) or fit_to != "parzen":
-        model = quality.load_or_train(data, cache_dir=cache_dir, log=log)  # QualityError where there are no labels
-    generators = [load_samplable(c.path / GENERATOR_FILE) for c in chosen]
-    if not all(isinstance(g, Generator) and tuple(g.data_shape) == data.shape for g in generators):
+    measured = data.labelled or config.eval.classifier is not None
+    if (measured and config.eval.quality is not False) or fit_to != "parzen":
+        # QualityError where there is neither a label nor a named classifier
+        model = quality.for_data(data, config.eval.classifier, cache_dir=cache_dir, log=log)
+    pairs = [load_pair(c.path / GENERATOR_FILE) for c in chosen]
+    generators = [g for g, _ in pairs]
+    discriminators = [d for _, d in pairs] if all(d is not None for _, d in pairs) else None
+    if not all(tuple(g.data_shape) == data.shape for g in generators):
         raise CheckpointError(f"the trials of {str(run)!r} do not all hold generators of {data.name}'s shape {data.shape}")
     log(f"mixture: fitting {len(chosen)} members to {fit_to} on {n} samples each")
     fit_samples = [generate(g, n, seed=config.eval.seed + 1) for g in generators]
     mixture = fit(generators, fit_samples, data.valid, fit_to, model, [c.trial_id for c in chosen],
-                  config.eval.sigmas, config.eval.chunk_size)
+                  config.eval.sigmas, config.eval.chunk_size, discriminators)
     out = Path(out).expanduser() if out is not None else run / "best" / MIXTURE_FILE
     mixture.save(out)
     log(f"mixture: saved to {str(out)!r}; scoring it beside the best single trial")
@@ -732,6 +763,14 @@ def build_from_run(
         best=best,
         reference=reference,
     )
+
+
+def recorded_split(run: Path) -> dict[str, Any] | None:
+    """The data split a run on a user's data recorded (``data_split.json``), or None."""
+    from raygan import userdata
+
+    path = Path(run) / DATA_SPLIT_FILE
+    return userdata.read_record(path.read_text(), repr(str(path))) if path.is_file() else None
 
 
 def _scored_by_the_run(

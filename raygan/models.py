@@ -12,11 +12,20 @@ Conditional pairs (``model.conditional``; the paper's Section 7: "adding c as in
 and D"): the class c enters as a one-hot vector, concatenated to z in G (both archs), and to
 x in D, to the flat input for the maxout D and as K constant extra input channels for the conv
 D. The class count K belongs to the data and travels with the generator file.
+
+A user's pair (``model.arch: "package.module:factory"``): ``factory(data_shape, noise_dim)``
+returns (G, D) as torch modules; :class:`Generator` and :class:`Discriminator` wrap them as
+their ``net``, so the trainer, the checkpoints, the mixture and ``raygan.sample`` see the same
+interface as for the built-in pairs. The user's G ends in its own output activation (images in
+[0, 1]: no sigmoid is added); D returns logits. Their weights are saved as state dicts, and a
+generator file names its factory in its config, so it is rebuilt by calling the factory again.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raygan.config import ConfigError, ModelConfig, build, to_dict
+from raygan.config import ConfigError, ModelConfig, build, is_factory, to_dict
 from raygan.errors import CheckpointError, UserError
 from raygan.files import atomic_torch_save
 from raygan.priors import sample_noise
@@ -72,26 +81,33 @@ class Generator(nn.Module):
         bounded: True for images in [0, 1] (sigmoid output, as in the paper), False for unbounded
             point sets such as the 1-D Gaussian of Figure 1 (linear output).
         num_classes: K, for ``config.conditional`` (ignored otherwise).
+        net: a user factory's G (``config.arch`` names the factory), already built; None: build it.
 
     Attributes:
         num_classes: K for a conditional G, None for an unconditional one.
+        plugin: whether ``net`` is a user factory's G (it makes its own output range).
     """
 
-    def __init__(self, config: ModelConfig, data_shape: Shape, bounded: bool = True, num_classes: int | None = None) -> None:
+    def __init__(self, config: ModelConfig, data_shape: Shape, bounded: bool = True, num_classes: int | None = None,
+                 net: nn.Module | None = None) -> None:
         super().__init__()
         self.config, self.data_shape, self.bounded = config, tuple(data_shape), bounded
         k = _classes(config, num_classes)
         self.num_classes = k or None
-        build_net = _mlp_generator if config.arch == "mlp" else _conv_generator
-        self.net = build_net(config, data_shape, k)
+        self.plugin = is_factory(config.arch)
+        if self.plugin:
+            self.net = net if net is not None else plugin_pair(config, data_shape, bounded)[0]
+        else:
+            build_net = _mlp_generator if config.arch == "mlp" else _conv_generator
+            self.net = build_net(config, data_shape, k)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """(N, noise_dim) noise, and (N,) class indices for a conditional G -> (N, C, H, W)."""
         if self.num_classes:
             z = torch.cat([z, one_hot(labels, self.num_classes, z)], dim=1)  # (N, noise_dim + K)
         x = self.net(z)
-        x = torch.sigmoid(x) if self.bounded else x
-        return x.view(-1, *self.data_shape)  # (N, noise_dim) -> (N, C, H, W)
+        x = torch.sigmoid(x) if self.bounded and not self.plugin else x
+        return x.reshape(-1, *self.data_shape)  # (N, noise_dim) -> (N, C, H, W)
 
     @torch.no_grad()
     def set_output_bias(self, marginals: torch.Tensor) -> None:
@@ -103,8 +119,13 @@ class Generator(nn.Module):
         Args:
             marginals: the mean training point, (C, H, W), values in [0, 1]. The MLP takes it
                 per pixel; the conv G's last layer has one bias per channel and takes the
-                channel's mean.
+                channel's mean; a user's G takes it through its own ``set_output_bias`` where
+                it has one, and is left as its factory made it where it has not.
         """
+        if self.plugin:
+            if callable(getattr(self.net, "set_output_bias", None)):
+                self.net.set_output_bias(marginals)
+            return
         if not self.bounded:
             raise ValueError("an output bias from pixel marginals needs bounded data (a sigmoid output)")
         out = self.net[-2] if self.config.arch == "conv" else self.net[-1]  # conv: before Flatten
@@ -119,13 +140,24 @@ class Discriminator(nn.Module):
     A conditional D (``config.conditional``, with ``num_classes``) reads D(x | c): the one-hot
     class joins the input just before the first layer with weights (after input dropout, which
     is for the pixels, not the label).
+
+    Args:
+        config: model sizes and architecture.
+        data_shape: (C, H, W) of a data point.
+        num_classes: K, for ``config.conditional`` (ignored otherwise).
+        net: a user factory's D (``config.arch`` names the factory), already built; None: build it.
+        bounded: whether the data lie in [0, 1], for the check of a factory's pair built here.
     """
 
-    def __init__(self, config: ModelConfig, data_shape: Shape, num_classes: int | None = None) -> None:
+    def __init__(self, config: ModelConfig, data_shape: Shape, num_classes: int | None = None,
+                 net: nn.Module | None = None, bounded: bool = True) -> None:
         super().__init__()
         self.config, self.data_shape = config, tuple(data_shape)
         k = _classes(config, num_classes)
         self.num_classes = k or None
+        if is_factory(config.arch):  # never conditional (ModelConfig refuses it)
+            self.net = net if net is not None else plugin_pair(config, data_shape, bounded)[1]
+            return
         build_net = _maxout_discriminator if config.arch == "mlp" else _conv_discriminator
         self.net = build_net(config, data_shape, k)
         self._label_at = next(i for i, m in enumerate(self.net) if any(True for _ in m.parameters()))
@@ -133,7 +165,7 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """(N, C, H, W) data, and (N,) class indices for a conditional D -> (N,) logits."""
         if not self.num_classes:
-            return self.net(x).view(-1)
+            return self.net(x).reshape(-1)
         h = x
         for i, layer in enumerate(self.net):
             if i == self._label_at:
@@ -197,7 +229,7 @@ def _conv_layers(shape: Shape) -> tuple[int, int]:
     if height != width or layers == 0:
         raise ConfigError(
             f"the conv architecture needs square images with an even side of at least 8 pixels, got "
-            f"{height}x{width}; use model.arch: mlp for other shapes and for point sets"
+            f"{height}x{width}; set data.resize (e.g. 32), or use model.arch: mlp for other shapes and for point sets"
         )
     return layers, side
 
@@ -240,9 +272,123 @@ def _conv_discriminator(c: ModelConfig, shape: Shape, classes: int = 0) -> nn.Se
 
 
 # --------------------------------------------------------------------------------------------
+# A user's pair: model.arch "package.module:factory".
+
+PROBE_BATCH = 2  # noise vectors a factory's pair is checked on
+
+
+def _said(e: BaseException) -> str:
+    """An exception as a short clause for a one-sentence message."""
+    text = str(e).strip().splitlines()
+    return f"{e.__class__.__name__}: {text[0]}" if text else e.__class__.__name__
+
+
+def resolve_factory(arch: str) -> Callable[..., Any]:
+    """The callable ``"package.module:factory"`` names (the part after ':' may be dotted: ``Class.method``).
+
+    Raises:
+        ConfigError: the module cannot be imported, has no such attribute, or it is not callable.
+    """
+    module_name, _, attribute = arch.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise ConfigError(
+            f"model.arch {arch!r}: cannot import {module_name!r} ({_said(e)}); run from the directory that holds it "
+            "or add that directory to PYTHONPATH"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - the user's module raised while importing: still their input
+        raise ConfigError(f"model.arch {arch!r}: importing {module_name!r} failed ({_said(e)})") from None
+    target: Any = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ConfigError(f"model.arch {arch!r}: {module_name!r} has no {attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ConfigError(f"model.arch {arch!r} names an object of type {type(target).__name__}, not a callable that returns (G, D)")
+    return target
+
+
+def plugin_pair(config: ModelConfig, data_shape: Shape, bounded: bool = True) -> tuple[nn.Module, nn.Module]:
+    """Call the factory ``config.arch`` names for (G, D), and check them on a probe batch.
+
+    The probe runs in eval mode, without gradients, on noise from its own generator, inside a fork
+    of torch's random state: building the pair draws exactly what the factory draws.
+
+    Raises:
+        ConfigError: the factory cannot be found, fails, or returns something other than two
+            modules where G maps (N, noise_dim) noise to N data points of ``data_shape`` (values in
+            [0, 1] for images) and D maps those to N finite logits.
+    """
+    arch, shape, noise_dim = config.arch, tuple(data_shape), config.noise_dim
+    factory = resolve_factory(arch)
+    try:
+        made = factory(shape, noise_dim)
+    except Exception as e:  # noqa: BLE001 - the user's code: one sentence that names what it raised
+        raise ConfigError(f"model.arch {arch!r} failed for data of shape {shape} and noise_dim {noise_dim} ({_said(e)})") from None
+    if not (isinstance(made, (tuple, list)) and len(made) == 2 and all(isinstance(m, nn.Module) for m in made)):
+        got = type(made).__name__ if not isinstance(made, (tuple, list)) else f"a {len(made)}-item {type(made).__name__} of " + ", ".join(type(m).__name__ for m in made)
+        raise ConfigError(f"model.arch {arch!r} must return a pair (G, D) of torch.nn.Module, got {got}")
+    g, d = made
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        _probe(arch, g, d, shape, noise_dim, bounded)
+    return g, d
+
+
+def _probe(arch: str, g: nn.Module, d: nn.Module, shape: Shape, noise_dim: int, bounded: bool) -> None:
+    modes = g.training, d.training
+    g.eval(), d.eval()
+    try:
+        z = torch.rand(PROBE_BATCH, noise_dim, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        try:
+            x = g(z)
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"model.arch {arch!r}: its G fails on noise of shape {tuple(z.shape)} ({_said(e)})") from None
+        if not isinstance(x, torch.Tensor) or tuple(x.shape) not in ((PROBE_BATCH, *shape), (PROBE_BATCH, math.prod(shape))):
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ConfigError(f"model.arch {arch!r}: its G maps noise {tuple(z.shape)} to {got}, but the data need {(PROBE_BATCH, *shape)}")
+        if not x.dtype.is_floating_point or not bool(torch.isfinite(x).all()):
+            raise ConfigError(f"model.arch {arch!r}: its G returns {x.dtype} values that are not all finite numbers")
+        if bounded and (float(x.min()) < 0 or float(x.max()) > 1):
+            raise ConfigError(
+                f"model.arch {arch!r}: its G returns values in [{float(x.min()):.3g}, {float(x.max()):.3g}], but the images "
+                "lie in [0, 1]; end G in a sigmoid (not tanh)"
+            )
+        try:
+            logits = d(x.reshape(PROBE_BATCH, *shape))
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"model.arch {arch!r}: its D fails on images of shape {(PROBE_BATCH, *shape)} ({_said(e)})") from None
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) not in ((PROBE_BATCH,), (PROBE_BATCH, 1)):
+            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ConfigError(f"model.arch {arch!r}: its D maps {(PROBE_BATCH, *shape)} images to {got}; it must give one logit per image")
+        if not logits.dtype.is_floating_point or not bool(torch.isfinite(logits).all()):
+            raise ConfigError(f"model.arch {arch!r}: its D returns logits that are not all finite numbers")
+    finally:
+        g.train(modes[0])
+        d.train(modes[1])
+
+
+def build_pair(config: ModelConfig, data_shape: Shape, bounded: bool = True,
+               num_classes: int | None = None) -> tuple[Generator, Discriminator]:
+    """G and D for ``config``: the built-in pair of ``config.arch``, or the pair its factory makes.
+
+    Built in this order (G, then D), so a seed gives the same networks whichever builds them.
+
+    Raises:
+        ConfigError: the architecture does not fit the data (a conv pair on a shape it cannot
+            halve), or a factory that cannot be used (see :func:`plugin_pair`).
+    """
+    if is_factory(config.arch):
+        g, d = plugin_pair(config, data_shape, bounded)
+        return Generator(config, data_shape, bounded, num_classes, net=g), Discriminator(config, data_shape, num_classes, net=d)
+    return Generator(config, data_shape, bounded, num_classes), Discriminator(config, data_shape, num_classes)
+
+
+# --------------------------------------------------------------------------------------------
 # Sampling and the generator file (what `raygan.sample` and `raygan.evaluate` read).
 
 GENERATOR_FORMAT = "raygan-generator/1"
+DISCRIMINATOR_FORMAT = "raygan-discriminator/1"
 
 
 def class_grid_labels(n: int, num_classes: int) -> torch.Tensor:
@@ -325,8 +471,9 @@ def generate(
     return torch.cat(out) if out else torch.empty(0, *generator.data_shape, device=device)
 
 
-def generator_state(generator: Generator) -> dict[str, Any]:
-    """Everything needed to rebuild ``generator`` elsewhere: weights, sizes, data shape, output kind, class count."""
+def generator_state(generator: Generator, discriminator: Discriminator | None = None) -> dict[str, Any]:
+    """Everything needed to rebuild ``generator`` elsewhere: weights, sizes, data shape, output kind, class count;
+    and, where given, the discriminator trained beside it (what :mod:`raygan.refine` corrects samples with)."""
     state = {
         "format": GENERATOR_FORMAT,
         "model": to_dict(generator.config),
@@ -336,12 +483,45 @@ def generator_state(generator: Generator) -> dict[str, Any]:
     }
     if generator.num_classes is not None:  # unconditional files stay exactly as they were
         state["num_classes"] = generator.num_classes
+    if discriminator is not None:
+        state["discriminator"] = discriminator_state(discriminator)
     return state
 
 
-def save_generator(path: str | Path, generator: Generator) -> None:
-    """Write ``generator`` to ``path`` atomically, as tensors and plain values only."""
-    atomic_torch_save(generator_state(generator), path)
+def discriminator_state(discriminator: Discriminator) -> dict[str, Any]:
+    """A discriminator's weights, sizes, data shape and class count, as tensors and plain values."""
+    state = {
+        "format": DISCRIMINATOR_FORMAT,
+        "model": to_dict(discriminator.config),
+        "data_shape": list(discriminator.data_shape),
+        "state_dict": {k: v.detach().cpu() for k, v in discriminator.state_dict().items()},
+    }
+    if discriminator.num_classes is not None:
+        state["num_classes"] = discriminator.num_classes
+    return state
+
+
+def discriminator_from_state(state: Any, source: str, bounded: bool = True) -> Discriminator:
+    """Rebuild a discriminator, on the CPU and in eval mode, from a :func:`discriminator_state` dict
+    (``bounded``: its generator's, which a user factory's pair is checked against).
+
+    Raises:
+        CheckpointError: ``state`` is not a raygan discriminator's, or is damaged.
+    """
+    if not isinstance(state, dict) or state.get("format") != DISCRIMINATOR_FORMAT:
+        raise CheckpointError(f"{source} is not a raygan discriminator (expected format {DISCRIMINATOR_FORMAT})")
+    try:
+        model = build(ModelConfig, state["model"], "model")
+        discriminator = Discriminator(model, tuple(state["data_shape"]), state.get("num_classes"), bounded=bounded)
+        discriminator.load_state_dict(state["state_dict"])
+    except (KeyError, TypeError, RuntimeError, ConfigError) as e:
+        raise CheckpointError(f"{source} is damaged ({e.__class__.__name__})") from None
+    return discriminator.eval()
+
+
+def save_generator(path: str | Path, generator: Generator, discriminator: Discriminator | None = None) -> None:
+    """Write ``generator`` (and the discriminator trained beside it) to ``path`` atomically, as tensors and plain values only."""
+    atomic_torch_save(generator_state(generator, discriminator), path)
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
@@ -376,8 +556,18 @@ def generator_from_state(state: Any, source: str) -> Generator:
         raise CheckpointError(f"{source} is not a raygan generator checkpoint (expected format {GENERATOR_FORMAT})")
     try:
         model = build(ModelConfig, state["model"], "model")
+    except (KeyError, TypeError, ConfigError) as e:
+        raise CheckpointError(f"{source} holds a damaged generator ({e.__class__.__name__})") from None
+    try:
         generator = Generator(model, tuple(state["data_shape"]), state["bounded"], state.get("num_classes"))
+    except ConfigError as e:
+        if is_factory(model.arch):  # the user's factory is not importable here, or no longer fits
+            raise CheckpointError(f"cannot rebuild the generator in {source}: {e}") from None
+        raise CheckpointError(f"{source} holds a damaged generator ({e.__class__.__name__})") from None
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{source} holds a damaged generator ({e.__class__.__name__})") from None
+    try:
         generator.load_state_dict(state["state_dict"])
-    except (KeyError, TypeError, RuntimeError, ConfigError) as e:
+    except (KeyError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{source} holds a damaged generator ({e.__class__.__name__})") from None
     return generator.eval()

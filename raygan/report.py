@@ -126,11 +126,28 @@ def _mixture_lines(m: dict[str, Any] | None) -> list[str]:
     weights = ", ".join(f"{member['trial_id']} {member['weight']:.2f}" for member in m["members"])
     lines = [f"Mixture of the best {len(m['members'])} trials (weights fitted on validation to {m['fit']['fit_to']}: {weights}):"]
     for name, scores in (("mixture", m["mixture"]), ("best single trial", m["best_single"])):
-        q = scores.get("quality") or {}
-        quality = (f", FD {fmt(q['fd'], 3)}, classes covered {q['classes_covered']}, TVD {fmt(q['tvd'], 2)}" if q else "")
         lines.append(f"  {name:<18} Parzen test LL {nats(scores['parzen_test_ll'])} ± {nats(scores['parzen_test_se'])}"
-                     f" ({scores['num_samples']:,} samples){quality}")
+                     f" ({scores['num_samples']:,} samples){_quality_text(scores.get('quality'))}")
     lines.append(f"  saved as {m['file']}")
+    return lines
+
+
+def _quality_text(q: dict[str, Any] | None) -> str:
+    return f", FD {fmt(q['fd'], 3)}, classes covered {q['classes_covered']}, TVD {fmt(q['tvd'], 2)}" if q else ""
+
+
+def _refined_lines(refined: dict[str, Any] | None) -> list[str]:
+    """The best generator's refined samplers beside it (summary.json's "refined")."""
+    if not refined:
+        return []
+    lines = ["The best generator's samples corrected by its own discriminator (raygan.refine):"]
+    for method, r in refined.items():
+        if "error" in r:
+            lines.append(f"  {method:<4} not scored: {r['error']}")
+            continue
+        lines.append(f"  {method:<4} Parzen test LL {nats(r['parzen_test_ll'])} ± {nats(r['parzen_test_se'])}"
+                     f" ({r['num_samples']:,} samples){_quality_text(r.get('quality'))}; acceptance {r['acceptance']:.1%},"
+                     f" {r['seconds']:.0f} s")
     return lines
 
 
@@ -194,9 +211,11 @@ def format_report(report: Report) -> str:
     """The leaderboard and the best trial's numbers, as the user sees them at the end."""
     s = report.summary
     lines = ["", *format_leaderboard(report), "", *summary_lines(s)]
+    if report.extra.get("quality_note"):  # why there is no FD, classes or TVD beside Parzen
+        lines.append(report.extra["quality_note"])
+    lines += _refined_lines(s.get("refined"))
     lines += _mixture_lines(s.get("mixture"))
-    if report.extra.get("mixture_note"):
-        lines.append(report.extra["mixture_note"])
+    lines += [report.extra[note] for note in ("refine_note", "mixture_note") if report.extra.get(note)]
     if report.extra.get("checkpoints"):
         lines.append(checkpoint_line(report.extra["checkpoints"]))
     lines += [

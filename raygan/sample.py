@@ -13,12 +13,15 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from raygan import images
+from raygan import images, refine
+from raygan.config import RefineConfig, dataset_argument
 from raygan.errors import UserError
+from raygan.evaluate import add_refine_flags, refine_config, refine_data
 from raygan.files import atomic_write_bytes
 from raygan.mixture import draw, load_samplable
 from raygan.models import LabelError
@@ -49,7 +52,8 @@ def parse_labels(text: str) -> list[int]:
 
 
 def write_samples(
-    checkpoint: str | Path, out: str | Path, num: int = 100, seed: int = 0, classes: Sequence[int] | None = None
+    checkpoint: str | Path, out: str | Path, num: int = 100, seed: int = 0, classes: Sequence[int] | None = None,
+    refine_with: str | None = None, data: Any = None, refine_config: RefineConfig | None = None,
 ) -> torch.Tensor:
     """Draw ``num`` samples from the generator or mixture in ``checkpoint`` and write them to ``out``.
 
@@ -60,13 +64,18 @@ def write_samples(
         seed: seeds the noise.
         classes: for a conditional model, the classes to draw, one block (grid row) each, in this
             order; None: every class of a conditional model, nothing for an unconditional one.
+        refine_with: "drs" or "mh": correct the samples with the discriminator(s) saved in the file
+            (:mod:`raygan.refine`), calibrated on ``data``'s validation split; None: G's own samples.
+        data: the data set the model was trained on (for ``refine_with``).
+        refine_config: the refined samplers' settings (None: the defaults).
 
     Returns:
         The samples.
 
     Raises:
-        UserError: a bad checkpoint, a bad count, an unknown output extension, or classes the
-            model does not take (an unconditional model, or a class it does not have).
+        UserError: a bad checkpoint, a bad count, an unknown output extension, classes the
+            model does not take (an unconditional model, or a class it does not have), or a
+            refinement the file cannot give (no discriminator saved).
     """
     out = Path(out)
     if num < 1:
@@ -78,7 +87,11 @@ def write_samples(
     if classes is None and k is not None:
         classes = range(k)
     labels, nrow = (None, max(1, round(math.sqrt(num)))) if classes is None else class_rows(num, classes)
-    samples = draw(model, num, seed=seed, labels=labels)  # LabelError for labels it cannot take
+    if refine_with is None:
+        samples = draw(model, num, seed=seed, labels=labels)  # LabelError for labels it cannot take
+    else:
+        refined, _ = refine.sample_file(checkpoint, data, num, refine_with, refine_config or RefineConfig(), seed=seed, labels=labels)
+        samples = refined.samples
     if out.suffix == ".npy":
         buffer = io.BytesIO()
         np.save(buffer, samples.numpy())
@@ -100,10 +113,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--label", type=int, help="conditional models: draw every sample from this class")
     which.add_argument("--labels", help="conditional models: comma-separated classes, one grid row each (default: every class)")
+    add_refine_flags(p)
+    p.add_argument("--dataset", default=None, type=dataset_argument,
+                   help="--refine calibrates on this data set's validation split (default: the data of the run "
+                   "holding --checkpoint, else mnist5k)")
+    p.add_argument("--data-root", default=None, help="where the data set's files are (default: its usual place)")
     args = p.parse_args(argv)
     try:
         classes = [args.label] if args.label is not None else None if args.labels is None else parse_labels(args.labels)
-        samples = write_samples(args.checkpoint, args.out, args.num, args.seed, classes)
+        data = None if args.refine is None else refine_data(args.dataset, args.data_root, args.checkpoint)
+        samples = write_samples(args.checkpoint, args.out, args.num, args.seed, classes, args.refine, data,
+                                refine_config(args.calibration, args.checkpoint))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -23,13 +23,21 @@ from ray.tune.schedulers import (
     PopulationBasedTraining,
     TrialScheduler,
 )
+from ray.tune.schedulers.resource_changing_scheduler import (
+    DistributeResources,
+    DistributeResourcesToTopJob,
+    ResourceChangingScheduler,
+)
 from ray.tune.search import BasicVariantGenerator
 
 from raygan import hyperparameters, keys
 from raygan.config import ConfigError, ExperimentConfig, SearchConfig, to_dict
 from raygan.hyperparameters import LOG_UNIFORM, TRIAL_SEED, UNIFORM, Hyperparameter
+from raygan.trainable import torch_threads
 
-METRIC = keys.PARZEN_VALID_LL  # trials are ranked on validation data only, never the test set
+# Trials are ranked on validation data only, never the test set, with the collapse rule
+# (raygan.ranking): the scheduler stops, copies and feeds the trials the final ranking would pick.
+METRIC = keys.RANK_SCORE
 MODE = "max"
 CTRL_C = threading.Event()  # set by NoteCtrlC: clear it before Tuner.fit(), read it after
 
@@ -148,14 +156,61 @@ class BudgetedPBT(PopulationBasedTraining):
         super()._exploit(tune_controller, trial, trial_to_clone)
 
 
-def make_scheduler(config: ExperimentConfig) -> TrialScheduler:
-    """The trial scheduler named by ``config.tune.scheduler``.
+def make_scheduler(config: ExperimentConfig, trial_resources: dict[str, float] | None = None,
+                   reserved: dict[str, float] | None = None) -> TrialScheduler:
+    """The trial scheduler named by ``config.tune.scheduler``, inside Tune's ResourceChangingScheduler
+    unless ``tune.reallocate`` is none.
+
+    Args:
+        config: the experiment.
+        trial_resources: one trial's request, ``{"CPU": c, "GPU": g}`` (default: tune.cpus_per_trial,
+            no GPU): the unit by which a trial's share grows.
+        reserved: what the cluster holds outside Tune's trials (the evaluator's CPUs and GPU
+            share), never handed to a trial.
+    """
+    base = _base_scheduler(config)
+    if config.tune.reallocate == "none":
+        return base
+    unit = {k: v for k, v in (trial_resources or {"CPU": config.tune.cpus_per_trial}).items() if v}
+    kwargs = {"add_bundles": False, "increase_by": unit, "reserve_resources": dict(reserved or {})}
+    if config.tune.reallocate == "best":
+        allocation = DistributeResourcesToTopJob(metric=METRIC, mode=MODE, **kwargs)
+    else:
+        allocation = DistributeResources(**kwargs)
+    return ResourceChangingScheduler(base_scheduler=base, resources_allocation_function=WhenItChangesTheRun(allocation))
+
+
+class WhenItChangesTheRun:
+    """Tune's allocation function, applied only where the new resources change how the trial runs.
+
+    A change of resources costs a restart (checkpoint, a new actor, restore: seconds of a trial's
+    time). Half a CPU more changes nothing for a trial whose torch threads are whole cores
+    (:func:`raygan.trainable.torch_threads`): 0.5 and 1.0 CPUs both run one thread. So a new
+    allocation is passed on only where it changes the thread count or the GPU share.
+    """
+
+    def __init__(self, allocation: DistributeResources) -> None:
+        self.allocation = allocation
+
+    def __call__(self, tune_controller: Any, trial: Any, result: dict[str, Any], scheduler: Any) -> Any:
+        new = self.allocation(tune_controller, trial, result, scheduler)
+        if new is None:
+            return None
+        old, now = trial.placement_group_factory.required_resources, new.required_resources
+        same_threads = torch_threads(old.get("CPU", 0.0)) == torch_threads(now.get("CPU", 0.0))
+        return None if same_threads and old.get("GPU", 0.0) == now.get("GPU", 0.0) else new
+
+
+def _base_scheduler(config: ExperimentConfig) -> TrialScheduler:
+    """PBT, ASHA or FIFO, as ``config.tune.scheduler`` names it.
 
     PBT perturbs every ``search.perturbation_interval`` training iterations: the bottom quantile
     copies a top trial's checkpoint (weights, optimiser state) and its lineage settings, then each
     continuous hyperparameter is scaled by 0.8 or 1.2 (kept within its search range) or resampled,
     and each choice moves to a neighbouring value of its list or is resampled
-    (:mod:`raygan.hyperparameters` says which is which).
+    (:mod:`raygan.hyperparameters` says which is which). ASHA is successive halving: at each rung
+    (grace_period, then times reduction_factor) a trial below the top 1/reduction_factor of the
+    trials that reached the rung stops.
 
     Raises:
         ConfigError: PBT without a searched hyperparameter, or with fewer kept checkpoints than
@@ -199,14 +254,18 @@ def _base_point(config: ExperimentConfig) -> list[dict[str, Any]]:
     return [{h.name: h.base_value(config) for h in hyperparameters.table() if h.searched(config.search)}]
 
 
-def tune_config(config: ExperimentConfig) -> tune.TuneConfig:
-    """Tune's TuneConfig: metric, scheduler, population size, time budget, actor reuse."""
+def tune_config(config: ExperimentConfig, trial_resources: dict[str, float] | None = None,
+                reserved: dict[str, float] | None = None) -> tune.TuneConfig:
+    """Tune's TuneConfig: metric, scheduler (see :func:`make_scheduler` for the resources), population
+    size, time budget, actor reuse."""
     return tune.TuneConfig(
         metric=METRIC,
         mode=MODE,
-        scheduler=make_scheduler(config),
+        scheduler=make_scheduler(config, trial_resources, reserved),
         num_samples=config.tune.num_trials,
         search_alg=BasicVariantGenerator(points_to_evaluate=_base_point(config), random_state=config.tune.seed),
         time_budget_s=config.tune.time_budget_s,
-        reuse_actors=True,  # PBT's exploit resets an actor in place instead of starting a new one
+        # PBT's exploit resets an actor in place instead of starting a new one; Tune's
+        # ResourceChangingScheduler needs a new actor for each trial whose resources change.
+        reuse_actors=config.tune.reallocate == "none",
     )

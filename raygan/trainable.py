@@ -66,6 +66,20 @@ def trial_device(gpu_ids: list | None = None, cuda_available: bool | None = None
     return torch.device("cpu"), None
 
 
+def torch_threads(cpus: float) -> int:
+    """The torch threads a trial holding ``cpus`` CPUs runs: whole cores only (two threads on one
+    core spin in OpenMP barriers), at least one."""
+    return max(1, int(cpus))
+
+
+def trial_cpus(resources: Any, requested: float) -> float:
+    """The CPUs this trial actor holds: its placement group's (Tune's ``Trainable.trial_resources``,
+    which a ResourceChangingScheduler changes between restarts), or ``requested`` outside Tune."""
+    if resources is None:
+        return requested
+    return float(resources.required_resources.get("CPU", requested))
+
+
 def trial_log_dir(trainable: tune.Trainable) -> str:
     """Where a trial's TensorBoard events go: its directory under the experiment's storage path.
 
@@ -99,8 +113,10 @@ class GANTrainable(tune.Trainable):
 
     def setup(self, config: dict[str, Any], data: dict[str, Any]) -> None:
         self.experiment = experiment_from_trial_config(config)
-        cpus = self.experiment.tune.cpus_per_trial
-        torch.set_num_threads(max(1, int(cpus)))
+        # Tune's ResourceChangingScheduler restarts a trial with more (or fewer) CPUs from its checkpoint:
+        # the threads follow what this actor holds now, not what the trial started with.
+        self.cpus = trial_cpus(self.trial_resources, self.experiment.tune.cpus_per_trial)
+        torch.set_num_threads(torch_threads(self.cpus))
         self.device, device_note = trial_device()
         with warnings.catch_warnings():  # the object store's arrays are read-only; we never write them
             warnings.simplefilter("ignore", UserWarning)
@@ -155,9 +171,9 @@ class GANTrainable(tune.Trainable):
         if not metrics.finite:
             self.diverged = True
             self.scores = dict(NOT_SCORED)
-        elif self.iteration == 0 or (self.iteration + 1) % self.experiment.eval.every == 0 or self._last_step():
-            # The first step is always scored (schedulers need the metric in every result), and
-            # the last, so the final ranking is of the final generators.
+        elif (self.iteration + 1) % self.experiment.eval.every == 0 or self._last_step():
+            # Every eval.every steps (a result in between carries the last scores: -inf before the
+            # first), and the last, so the final ranking is of the final generators.
             eval_start = time.perf_counter()
             self._evaluate()
             eval_s = time.perf_counter() - eval_start
@@ -185,9 +201,15 @@ class GANTrainable(tune.Trainable):
         scores = evaluators.score_valid(samples.cpu().numpy(), labels)
         self.queue_s = scores.pop(keys.QUEUE_SECONDS)
         self.scores = scores
-        state = generator_state(self.trainer.generator)
-        state["state_dict"] = {k: v.clone() for k, v in state["state_dict"].items()}  # detach from training
-        self.ranked_generator, self.ranked_at = state, self.iteration + 1
+        self.ranked_generator, self.ranked_at = self._generator_state(), self.iteration + 1
+
+    def _generator_state(self) -> dict[str, Any]:
+        """G as it is now, with the D trained beside it (raygan.refine corrects G's samples with it),
+        copied out of training."""
+        state = generator_state(self.trainer.generator, self.trainer.discriminator)
+        for part in (state, state["discriminator"]):  # on the CPU, state_dict() shares the training tensors
+            part["state_dict"] = {k: v.clone() for k, v in part["state_dict"].items()}
+        return state
 
     def _result(self, metrics: Any, iterations_per_s: float, iterations_per_cpu_s: float, eval_s: float) -> dict[str, Any]:
         result = {
@@ -197,6 +219,7 @@ class GANTrainable(tune.Trainable):
             keys.ITERATIONS_PER_S: iterations_per_s,
             keys.ITERATIONS_PER_CPU_S: iterations_per_cpu_s,
             keys.ALGORITHM_ITERATION: self.trainer.iteration,
+            keys.CPUS: self.cpus,
             **self._hparams_in_force(),
             keys.DIVERGED: self.diverged,
             keys.NODE_ID: self.node_id,
@@ -229,7 +252,7 @@ class GANTrainable(tune.Trainable):
             "trial_id": self.trial_id,
         }
         atomic_torch_save(state, Path(checkpoint_dir) / TRAINER_FILE)
-        ranked = self.ranked_generator or generator_state(self.trainer.generator)
+        ranked = self.ranked_generator or self._generator_state()
         atomic_torch_save(ranked, Path(checkpoint_dir) / GENERATOR_FILE)
         scores = {**self.scores, keys.TRAINING_ITERATION: self.ranked_at, keys.DIVERGED: self.diverged}
         write_scores(checkpoint_dir, scores)

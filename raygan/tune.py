@@ -25,11 +25,12 @@ import yaml
 
 from raygan import keys
 from raygan.config import (
-    DATASETS,
     SCHEDULERS,
+    DataConfig,
     ExperimentConfig,
     TuneConfig,
     build,
+    dataset_argument,
     field_docs,
     load_yaml,
     merge,
@@ -37,6 +38,7 @@ from raygan.config import (
 )
 from raygan.errors import UserError
 from raygan.files import (
+    DATA_SPLIT_FILE,
     DATASET_FILE,
     EXPERIMENT_FILE,
     checkpoint_usage,
@@ -89,6 +91,14 @@ def saved_experiment(path: str) -> dict[str, Any] | None:
     return values
 
 
+def saved_split(path: str) -> dict[str, Any] | None:
+    """The data split an experiment on a user's data recorded (``data_split.json``), or None where there is none."""
+    from raygan import userdata
+
+    text = _read_text(f"{path}/{DATA_SPLIT_FILE}")
+    return None if text is None else userdata.read_record(text, f"{path}/{DATA_SPLIT_FILE}")
+
+
 def _leaves(values: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(values, dict):
         out: dict[str, Any] = {}
@@ -124,23 +134,37 @@ def _check_storage(storage: Path) -> None:
 
 
 def load_quality_model(config: ExperimentConfig, dataset: Any) -> Any:
-    """The data set's domain classifier (trained once, then loaded from its cache), or None.
+    """The classifier that reads the samples (eval.classifier, else the data set's own, trained
+    once and then loaded from its cache), or None.
 
-    None where ``eval.quality`` is false, or unset and the data set has no labels (the generated
-    point sets keep their own measures).
+    None where ``eval.quality`` is false, or unset where the data set has no labels and no
+    classifier is named (:func:`quality_note` says why).
 
     Raises:
-        UserError: ``eval.quality`` (or ``eval.rank_by: fd``) asks for the measures and the data
-            set has no labels.
+        UserError: ``eval.quality`` (or ``eval.rank_by: fd``) asks for the measures and there is
+            neither a label nor a named classifier, or the named classifier is unusable.
     """
     wanted = config.eval.quality
     if wanted is False:
         return None
-    if getattr(dataset, "train_labels", None) is None and wanted is None and config.eval.rank_by != "fd":
+    unmeasured = config.eval.classifier is None and getattr(dataset, "train_labels", None) is None
+    if unmeasured and wanted is None and config.eval.rank_by != "fd":
         return None
     from raygan import quality
 
-    return quality.load_or_train(dataset)
+    return quality.for_data(dataset, config.eval.classifier)
+
+
+def quality_note(config: ExperimentConfig, dataset: Any) -> str | None:
+    """Why a run on images has no FD, classes or TVD beside Parzen (one line), or None: where it has
+    them, where the user turned them off (eval.quality false), and for point sets, which have their own."""
+    if config.eval.quality is False or not getattr(dataset, "bounded", True):
+        return None
+    if config.eval.classifier is None and getattr(dataset, "train_labels", None) is None:
+        name = getattr(dataset, "name", config.data.name)
+        return (f"FD, classes and TVD not measured: {name} has no class labels to train a classifier on; ranked on Parzen "
+                "alone (name a classifier of images of its shape with eval.classifier for FD)")
+    return None
 
 
 def preflight(config: ExperimentConfig, dataset: Any = None) -> tuple[str, Any, Any]:
@@ -155,25 +179,52 @@ def preflight(config: ExperimentConfig, dataset: Any = None) -> tuple[str, Any, 
     """
     from ray import tune
 
-    from raygan.data import DataSource, load_source
+    from raygan.data import load_data
     from raygan.search import tune_config
 
     path = experiment_path(config)
     if not _is_uri(path):
         _check_storage(Path(path).parent)
+    recorded = None
     if config.tune.resume:
         saved = saved_experiment(path)
         if saved is None or not tune.Tuner.can_restore(path):
             raise UserError(f"nothing to resume at {path!r}; run without --resume to start the experiment")
         check_same_experiment(config, saved, path)
+        recorded = saved_split(path)  # a user's data: the very split the experiment started with
     elif not _is_uri(path) and Path(path).exists():
         raise UserError(f"experiment {path!r} already exists; pass --resume to continue it or --name for a new one")
     if dataset is None:
-        dataset = load_source(DataSource(config.data, config.tune.seed))
+        dataset = load_data(config.data, seed=config.tune.seed, recorded=recorded)
     if config.model.conditional and getattr(dataset, "train_labels", None) is None:
         raise UserError(f"model.conditional needs class labels, and {config.data.name} has none; set model.conditional: false")
+    check_models(config, dataset)
     tune_config(config)  # validates the scheduler settings
     return path, dataset, load_quality_model(config, dataset)
+
+
+def check_models(config: ExperimentConfig, dataset: Any) -> None:
+    """Build each architecture the trials may run (model.arch and every search.arch) on the data's
+    shape once, on the CPU: a user's factory that cannot be imported or returns the wrong thing, or
+    a conv pair on a shape it cannot halve, is refused here rather than in every trial.
+
+    Raises:
+        ConfigError: an architecture that does not fit the data.
+    """
+    import torch
+
+    from raygan import hyperparameters
+    from raygan.models import build_pair
+
+    if getattr(dataset, "train", None) is None:  # a stand-in without arrays (tests of the settings alone)
+        return
+    shape = tuple(dataset.train.shape[1:])
+    labels = getattr(dataset, "train_labels", None)
+    num_classes = getattr(dataset, "num_classes", None) if labels is not None else None
+    for arch in dict.fromkeys((config.model.arch, *config.search.arch)):
+        model = hyperparameters.apply(config, {"arch": arch}).model
+        with torch.random.fork_rng(devices=[]):
+            build_pair(model, shape, dataset.bounded, num_classes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,6 +296,7 @@ def _progress_reporter(config: ExperimentConfig) -> Any:
             keys.CLASSES_COVERED: "classes",
             keys.FD: "FD",
             keys.ITERATIONS_PER_S: "iter/s",
+            keys.CPUS: "cpus",
         },
         sort_by_metric=True,  # metric and mode come from the TuneConfig
         max_report_frequency=20,
@@ -279,21 +331,23 @@ def _run_config(config: ExperimentConfig, path: str, verbose: int, callbacks: Se
     )
 
 
-def data_source(config: ExperimentConfig, path: str, in_memory: Any = None) -> Any:
+def data_source(config: ExperimentConfig, path: str, dataset: Any, in_memory: bool = False) -> Any:
     """Where the evaluator replicas load the data set from, on any node, at any restart: the
-    experiment's data settings, or for a data set handed over in memory (tests, benchmarks) a
-    snapshot of it written to the experiment's storage.
+    experiment's data settings (for a user's data, with the split the experiment recorded), or
+    for a data set handed over in memory (tests, benchmarks) a snapshot of it written to the
+    experiment's storage.
 
     Returns:
         A :class:`raygan.data.DataSource`.
     """
     from raygan.data import DataSource, write_snapshot
 
-    if in_memory is None:
-        return DataSource(config.data, config.tune.seed)
-    snapshot = f"{path}/{DATASET_FILE}"
-    write_snapshot(in_memory, snapshot)
-    return DataSource(config.data, config.tune.seed, snapshot=snapshot)
+    if in_memory:
+        snapshot = f"{path}/{DATASET_FILE}"
+        write_snapshot(dataset, snapshot)
+        return DataSource(config.data, config.tune.seed, snapshot=snapshot)
+    split = f"{path}/{DATA_SPLIT_FILE}" if getattr(dataset, "split_record", None) is not None else None
+    return DataSource(config.data, config.tune.seed, split=split)
 
 
 def fit(config: ExperimentConfig, path: str, dataset: Any, quality: Any = None, verbose: int = 1,
@@ -314,6 +368,7 @@ def fit(config: ExperimentConfig, path: str, dataset: Any, quality: Any = None, 
     """
     from ray import tune
 
+    from raygan import userdata
     from raygan.evaluator import evaluator_name, start_evaluators
     from raygan.quality import resolve_cache_dir
     from raygan.search import CTRL_C, param_space, tune_config
@@ -328,14 +383,20 @@ def fit(config: ExperimentConfig, path: str, dataset: Any, quality: Any = None, 
     _init_ray(config)
     _check_resources(config)
     trial_gpus, eval_gpus = _gpus(config)
-    source = data_source(config, path, dataset if in_memory else None)
+    if not config.tune.resume and getattr(dataset, "split_record", None) is not None:
+        # A user's data: its split, before the replicas that load it and the file that makes the experiment resumable.
+        _write_text(f"{path}/{DATA_SPLIT_FILE}", userdata.record(dataset))
+    source = data_source(config, path, dataset, in_memory)
     evaluators = start_evaluators(source, config.eval, name=evaluator_name(config.tune.name, config.tune.storage_path),
                                   classifier_cache=None if quality is None else str(resolve_cache_dir()), gpus=eval_gpus)
     trainable = with_data({"train": dataset.train, "bounded": dataset.bounded, "train_labels": getattr(dataset, "train_labels", None)}, config.tune.cpus_per_trial, trial_gpus)
     if config.tune.resume:
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = tune.Tuner(trainable, param_space=param_space(config), tune_config=tune_config(config),
+        # A trial's request is the unit a ResourceChangingScheduler grows it by; the evaluator's is never handed out.
+        trial_resources = {"CPU": config.tune.cpus_per_trial, "GPU": trial_gpus}
+        reserved = {"CPU": config.eval.replicas * config.eval.cpus, "GPU": config.eval.replicas * eval_gpus}
+        tuner = tune.Tuner(trainable, param_space=param_space(config), tune_config=tune_config(config, trial_resources, reserved),
                            run_config=_run_config(config, path, verbose, callbacks))
         _write_text(f"{path}/{EXPERIMENT_FILE}", yaml.safe_dump(to_dict(config), sort_keys=False))
     CTRL_C.clear()
@@ -494,7 +555,49 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
     report = report_best(config, path, results, evaluators)
     disk = {**dataclasses.asdict(checkpoint_usage(path)), "kept_per_trial": config.tune.checkpoints_kept}
     report = dataclasses.replace(report, extra={**report.extra, "checkpoints": disk})
+    note = quality_note(config, dataset) if quality is None else None
+    if note is not None:
+        report = dataclasses.replace(report, extra={**report.extra, "quality_note": note})
+    report = add_refined(config, report, dataset, evaluators)
     return add_mixture(config, report, dataset)
+
+
+def add_refined(config: ExperimentConfig, report: Report, dataset: Any, evaluators: Any) -> Report:
+    """The best generator's samples corrected by its own discriminator (raygan.refine), one sampler per
+    ``refine.methods``, scored like the raw ones (same count, same seed, test split once) and added to
+    summary.json's "refined"; each one's first 100 samples as best/samples_<method>.png. D is
+    calibrated on the validation split (and, for finetune, trained on the training split) only."""
+    import ray
+
+    from raygan import images, refine
+    from raygan.files import atomic_write_bytes, atomic_write_json
+    from raygan.models import class_grid_labels
+
+    if not config.refine.methods:
+        return report
+    if _is_uri(report.experiment_path):
+        note = (f"refined samplers: not scored on remote storage; run python -m raygan.evaluate --refine drs on a local "
+                f"copy of {report.best_dir}/generator.pt")
+        return dataclasses.replace(report, extra={**report.extra, "refine_note": note})
+    best_dir = Path(report.best_dir)
+    model = refine.load_refinable(best_dir / "generator.pt")
+    ratios = refine.calibrate_all(model, dataset, config.refine, seed=config.eval.seed)
+    n = config.eval.num_samples
+    labels = None if model.num_classes is None else class_grid_labels(n, model.num_classes)
+    refined: dict[str, Any] = {}
+    for method in config.refine.methods:
+        try:
+            r = refine.refine(model.members, ratios, model.weights, n, method, config.refine, seed=config.eval.seed, labels=labels)
+        except refine.RefineError as e:
+            refined[method] = {"error": str(e)}
+            continue
+        scores = evaluators.score_test(r.samples.numpy(), None if labels is None else labels.numpy())
+        refined[method] = {**{k: scores[k] for k in PARZEN_KEYS}, "quality": scores.get("quality"), "num_samples": n,
+                           **r.as_dict(), "calibration": ratios[0].as_dict()}
+        atomic_write_bytes(best_dir / f"samples_{method}.png", images.png_bytes(r.samples[:100], nrow=10, padding=1))
+    summary = {**report.summary, "refined": refined}
+    atomic_write_json(best_dir / "summary.json", summary)
+    return dataclasses.replace(report, summary=summary)
 
 
 def add_mixture(config: ExperimentConfig, report: Report, dataset: Any = None) -> Report:
@@ -528,18 +631,17 @@ def add_mixture(config: ExperimentConfig, report: Report, dataset: Any = None) -
 _FLAGS = {  # flag -> (section, setting)
     "dataset": ("data", "name"),
     "data_root": ("data", "root"),
+    "resize": ("data", "resize"),
     **{
         k: ("tune", k)
         for k in ("num_trials", "scheduler", "cpus_per_trial", "gpus_per_trial", "time_budget_s", "max_iterations",
                   "storage_path", "name", "resume", "address", "seed")
     },
 }
-_CHOICES = {"dataset": DATASETS, "scheduler": SCHEDULERS}
+_CHOICES = {"scheduler": SCHEDULERS}
 
 
 def _parser() -> argparse.ArgumentParser:
-    from raygan.config import DataConfig
-
     p = argparse.ArgumentParser(
         prog="python -m raygan.tune",
         description="Train a population of GANs (Goodfellow et al., 2014) with Ray Tune and rank them. "
@@ -547,14 +649,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="YAML file with sections data/model/train/eval/search/tune (see experiments/)")
     docs = {"data": field_docs(DataConfig), "tune": field_docs(TuneConfig)}
-    types = {f.name: f.type for f in dataclasses.fields(TuneConfig)}
+    types = {section: {f.name: f.type for f in dataclasses.fields(cls)} for section, cls in (("data", DataConfig), ("tune", TuneConfig))}
     for flag, (section, key) in _FLAGS.items():
         option = "--" + flag.replace("_", "-")
-        help_text = docs[section].get(key, "")
+        help_text = docs[section].get(key, "").replace("%", "%%")
         if key == "resume":
             p.add_argument(option, action="store_true", default=None, help=help_text)
             continue
-        kind = {"int": int, "float": float}.get(str(types.get(key, "str")).split(" ")[0], str)
+        kind = {"int": int, "float": float}.get(str(types[section].get(key, "str")).split(" ")[0], str)
+        if flag == "dataset":
+            kind = dataset_argument
         p.add_argument(option, type=kind, choices=_CHOICES.get(flag), help=help_text)
     return p
 

@@ -199,3 +199,32 @@ def mnist5k_quality(mnist5k_labelled, quality_cache_dir):
     model = quality.load_or_train(mnist5k_labelled, cache_dir=quality_cache_dir, log=lines.append)
     assert len(lines) == 1 and "accuracy" in lines[0], lines
     return model
+
+
+# ---- a user's own data: images drawn from shapes and colours, written as files -----------------
+
+
+def _shapes(n: int, side: int = 32, seed: int = 0, grey: bool = False):
+    """(uint8 images, int64 labels) of shapes in colours: experiments/make_shapes.py's, the README's example data."""
+    from experiments.make_shapes import draw
+
+    return draw(n, side, seed, grey)
+
+
+def _write_images(root, images, labels=None, classes=("discs", "squares", "crosses"), suffix=".png", start: int = 0):
+    """Image files under ``root``, one subfolder per class (none where ``labels`` is None), named by index."""
+    from experiments.make_shapes import write
+
+    return write(root, images, labels, classes, suffix, start)
+
+
+@pytest.fixture(scope="session")
+def shape_images():
+    """``shape_images(n, side=32, seed=0, grey=False)``: (uint8 images, labels) of discs, squares, crosses."""
+    return _shapes
+
+
+@pytest.fixture(scope="session")
+def write_images():
+    """``write_images(root, images, labels=None, classes=(discs, squares, crosses), suffix=".png")``: image files, one folder per class."""
+    return _write_images

@@ -398,3 +398,71 @@ def test_tune_refuses_a_trial_the_local_ray_can_never_start(ray_local, tmp_path,
         raygan_tune.run_experiment(config, dataset=tiny_dataset(), verbose=0)
     assert time.monotonic() - start < 30
     assert not (tmp_path / config.tune.name).exists()
+
+
+# ---- your own data and your own model: refused before Ray, nothing written ---------------------
+
+
+@pytest.fixture
+def your_data(workspace, shape_images, write_images):
+    """Data sets and settings a user might get wrong, beside a good small folder to pair them with."""
+    storage, _, configs = workspace
+    root = storage.parent / "yours"
+    images, labels = shape_images(30, side=8, seed=0)
+    write_images(root / "good", images, labels)
+    (root / "empty").mkdir()
+    write_images(root / "mixed", images[:6])
+    write_images(root / "mixed", shape_images(6, side=16, seed=1)[0], start=6)
+    write_images(root / "corrupt", images[:10])
+    (root / "corrupt" / "00004.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    write_images(root / "loose", images)
+    write_images(root / "six", shape_images(30, side=6, seed=2)[0])
+    np.save(root / "flat.npy", np.zeros((30, 64), np.uint8))
+    for name, text in {
+        "missing-module.yaml": "model:\n  arch: no_such_module_xyz:pair\n",
+        "missing-factory.yaml": "model:\n  arch: tests.plugin_gan:nope\n",
+        "one-net.yaml": "model:\n  arch: tests.plugin_gan:one_net\n",
+        "tanh.yaml": "model:\n  arch: conv\nsearch:\n  arch: [conv, tests.plugin_gan:tanh_generator]\n",
+        "no-classifier-file.yaml": f"eval:\n  classifier: {root / 'nowhere.pt'}\n",
+        "fd-without-labels.yaml": "eval:\n  rank_by: fd\n",
+        "conditional.yaml": "model:\n  arch: mlp\n  conditional: true\n",
+    }.items():
+        (configs / name).write_text(text)
+    return root
+
+
+YOUR_DATA_CASES = {
+    "an empty folder": (["--dataset", "{yours}/empty"], "holds no PNG or JPEG images"),
+    "mixed image sizes without data.resize": (["--dataset", "{yours}/mixed"], "differ in size"),
+    "a corrupt image": (["--dataset", "{yours}/corrupt"], "cannot decode"),
+    "an array of the wrong rank": (["--dataset", "{yours}/flat.npy"], "expected (N, H, W)"),
+    "a data set that does not exist": (["--dataset", "{yours}/nothing-here"], "does not exist"),
+    "a factory whose module does not exist": (["--dataset", "{yours}/good", "--config", "{configs}/missing-module.yaml"], "cannot import"),
+    "a factory that does not exist": (["--dataset", "{yours}/good", "--config", "{configs}/missing-factory.yaml"], "has no 'nope'"),
+    "a factory that returns one net": (["--dataset", "{yours}/good", "--config", "{configs}/one-net.yaml"], "must return a pair (G, D)"),
+    "a searched factory whose G leaves [0, 1]": (["--dataset", "{yours}/good", "--config", "{configs}/tanh.yaml"], "lie in [0, 1]"),
+    "a conv pair on images it cannot halve": (["--dataset", "{yours}/six"], "set data.resize"),
+    "a classifier file that does not exist": (["--dataset", "{yours}/loose", "--config", "{configs}/no-classifier-file.yaml"], "does not exist"),
+    "ranking by fd on unlabelled data": (["--dataset", "{yours}/loose", "--config", "{configs}/fd-without-labels.yaml"], "eval.classifier"),
+    "conditional on an unlabelled folder": (["--dataset", "{yours}/loose", "--config", "{configs}/conditional.yaml"], "needs class labels"),
+}
+
+
+@pytest.mark.parametrize("argv, fragment", YOUR_DATA_CASES.values(), ids=YOUR_DATA_CASES.keys())
+def test_tune_refuses_bad_data_and_models_in_one_sentence_writing_nothing(workspace, your_data, capsys, argv, fragment):
+    storage, _, configs = workspace
+    before = _snapshot(storage.parent)
+    argv = [a.format(yours=your_data, configs=configs) for a in argv] + ["--storage-path", str(storage), "--name", "mine"]
+    assert raygan_tune.main(argv) == 2
+    assert fragment in _one_error_line(capsys.readouterr().err)
+    assert _snapshot(storage.parent) == before  # no experiment directory, the data untouched
+
+
+def test_a_missing_factory_as_a_user_runs_it_is_one_line(workspace, your_data):
+    storage, _, configs = workspace
+    run = subprocess.run([sys.executable, "-m", "raygan.tune", "--dataset", str(your_data / "good"), "--config",
+                          str(configs / "missing-module.yaml"), "--storage-path", str(storage), "--name", "mine"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stdout == "" and "Traceback" not in run.stderr
+    assert "no_such_module_xyz" in _one_error_line(run.stderr)
+    assert not (storage / "mine").exists()

@@ -16,13 +16,21 @@ from raygan.search import BudgetedPBT, checkpoints_pbt_needs, make_scheduler
 
 def _pbt(perturbation_interval: int, checkpoint_every: int, kept: int) -> ExperimentConfig:
     return ExperimentConfig(search=SearchConfig(perturbation_interval=perturbation_interval),
-                            tune=TuneConfig(checkpoint_every=checkpoint_every, checkpoints_kept=kept))
+                            tune=TuneConfig(scheduler="pbt", checkpoint_every=checkpoint_every, checkpoints_kept=kept))
+
+
+def _pbt_inside(scheduler):
+    """The PBT that runs the exploits, inside the ResourceChangingScheduler that tune.reallocate puts around it."""
+    from ray.tune.schedulers import ResourceChangingScheduler
+
+    assert isinstance(scheduler, ResourceChangingScheduler)
+    return scheduler._base_scheduler
 
 
 @pytest.mark.parametrize(("interval", "every", "needed"), [(4, 2, 3), (2, 1, 3), (5, 2, 4), (2, 4, 2), (1, 1, 2)])
 def test_pbt_needs_one_checkpoint_more_than_a_donor_saves_between_perturbations(interval, every, needed):
     assert checkpoints_pbt_needs(_pbt(interval, every, 10)) == needed
-    assert isinstance(make_scheduler(_pbt(interval, every, needed)), BudgetedPBT)
+    assert isinstance(_pbt_inside(make_scheduler(_pbt(interval, every, needed))), BudgetedPBT)
     with pytest.raises(ConfigError, match=f"checkpoints_kept {needed - 1} is too few for PBT.*at least {needed}"):
         make_scheduler(_pbt(interval, every, needed - 1))
 
@@ -44,7 +52,7 @@ def test_pbt_skips_an_exploit_whose_donor_checkpoint_is_gone(tmp_path, monkeypat
 
     copied = []
     monkeypatch.setattr(PopulationBasedTraining, "_exploit", lambda self, controller, trial, donor: copied.append(donor))
-    scheduler = make_scheduler(ExperimentConfig())
+    scheduler = _pbt_inside(make_scheduler(_pbt(4, 2, 3)))
     trial, donor = _Trial("a"), _Trial("b")
     kept, deleted = tmp_path / "checkpoint_000004", tmp_path / "checkpoint_000002"
     kept.mkdir()

@@ -19,7 +19,10 @@ from hypothesis import strategies as st
 
 from raygan.config import (
     ARCHS,
+    CALIBRATIONS,
     OPTIMIZERS,
+    REALLOCATE,
+    REFINE_METHODS,
     DATASETS,
     G_LOSSES,
     INITS,
@@ -34,6 +37,8 @@ from raygan.config import (
     TrainConfig,
     TuneConfig,
     build,
+    is_dataset_path,
+    is_factory,
     load_config,
     replace,
     to_dict,
@@ -57,6 +62,11 @@ unit = st.floats(min_value=0.0, max_value=1.0, exclude_max=True, **finite)
 names = st.text(st.characters(categories=("L", "N", "P", "S", "Zs"), exclude_characters="/"), min_size=1, max_size=12)
 
 
+# Absolute paths, as DataConfig and EvalConfig keep a user's paths (a relative one is made absolute).
+abs_paths = names.filter(lambda n: n not in (".", "..")).map(lambda n: "/data/" + n)
+shares = st.tuples(*[st.floats(0.01, 1.0, **finite)] * 3).map(lambda t: tuple(x / sum(t) for x in t))
+
+
 def _pair(low: float, high: float):
     return st.tuples(st.floats(low, high, **finite), st.floats(low, high, **finite)).map(lambda p: tuple(sorted(p)))
 
@@ -66,7 +76,14 @@ def _subset(choices):
 
 
 VALID: dict[str, dict[str, st.SearchStrategy]] = {
-    "data": {"name": st.sampled_from(DATASETS), "root": st.none() | names, "download": st.booleans()},
+    "data": {
+        "name": st.sampled_from(DATASETS) | abs_paths | abs_paths.map(lambda p: p + ".npz"),
+        "root": st.none() | names,
+        "download": st.booleans(),
+        "resize": st.none() | st.integers(1, 512),
+        "split": shares,
+        "split_seed": st.integers(0, 2**63 - 1),
+    },
     "model": {
         "arch": st.sampled_from(ARCHS),
         "noise_dim": st.integers(1, 1000),
@@ -108,13 +125,14 @@ VALID: dict[str, dict[str, st.SearchStrategy]] = {
         "gpus": st.none() | st.floats(0.0, 8.0, **finite),
         "seed": st.integers(0, 2**63 - 1),
         "quality": st.sampled_from([None, True]),
+        "classifier": st.none() | abs_paths.map(lambda p: p + ".pt"),
         "rank_by": st.just("parzen"),
         "min_classes": st.none() | st.integers(1, 1000),
         "min_class_share": st.floats(1e-6, 0.999, **finite),
         "replicas": st.integers(1, 64),
     },
     "search": {
-        "arch": st.just(()) | _subset(ARCHS),
+        "arch": st.just(()) | _subset((*ARCHS, "tests.plugin_gan:pair")),
         "optimizer": st.just(()) | _subset(OPTIMIZERS),
         "k": st.lists(st.integers(1, 20), min_size=1, max_size=5).map(tuple),
         "momentum": _pair(0.0, 0.999),
@@ -146,6 +164,17 @@ VALID: dict[str, dict[str, st.SearchStrategy]] = {
         "resume": st.booleans(),
         "address": st.none() | st.sampled_from(["auto", "ray://head:10001"]),
         "seed": st.integers(0, 2**63 - 1),
+        "reallocate": st.sampled_from(REALLOCATE),
+    },
+    "refine": {
+        "methods": st.just(()) | _subset(REFINE_METHODS),
+        "calibration": st.sampled_from(CALIBRATIONS),
+        "finetune_steps": st.integers(0, 10**5),
+        "finetune_lr": positive,
+        "gamma_quantile": st.none() | unit,
+        "burn_in": st.integers(1, 10**6),
+        "max_proposals": st.integers(1, 10**4),
+        "mh_steps": st.integers(1, 1000),
     },
     "mixture": {"members": st.integers(1, 64), "fit_to": st.none() | st.sampled_from(["parzen", "fd", "tvd"])},
 }
@@ -447,6 +476,7 @@ CHOICES = [
 def test_unknown_names_are_rejected_naming_the_valid_choices(case, name):
     section, key, choices, what = case
     assume(name not in choices)
+    assume(not (key == "name" and is_dataset_path(name)) and not (key == "arch" and is_factory(name)))  # a path, a factory
     with pytest.raises(ConfigError) as info:
         build(ExperimentConfig, {section: {key: name}})
     message = str(info.value)

@@ -225,3 +225,54 @@ def test_corrupt_classifier_cache_is_retrained_not_a_crash(
     assert json.loads(captured.out)["quality"]["classes_covered"] == 10
     err = captured.err.strip().splitlines()
     assert len(err) == 2 and "unusable" in err[0] and "accuracy" in err[1], err
+
+
+def test_a_checkpoint_in_a_run_is_scored_on_the_runs_data_and_its_recorded_split(tmp_path, capsys, shape_images, write_images):
+    """No --dataset: a generator file inside a run is scored on that run's data, split as the run
+    recorded it (data_split.json), not on mnist5k and not on a fresh draw."""
+    import shutil
+
+    import yaml
+
+    from raygan.config import ExperimentConfig, build, to_dict
+    from raygan.userdata import load, record
+
+    images, _ = shape_images(60, side=8, seed=0)
+    write_images(tmp_path / "shapes", images)  # unlabelled: Parzen only
+    data = load(tmp_path / "shapes", seed=3)
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    config = build(ExperimentConfig, {"data": {"name": str(tmp_path / "shapes"), "split_seed": 3}})
+    (run / "experiment.yaml").write_text(yaml.safe_dump(to_dict(config)))
+    (run / "data_split.json").write_text(record(data))
+    torch.manual_seed(0)
+    g = Generator(ModelConfig(arch="mlp", noise_dim=4, g_hidden=(8,)), (3, 8, 8))
+    save_generator(run / "best" / "generator.pt", g)
+
+    assert main(["--checkpoint", str(run / "best" / "generator.pt"), "--num-samples", "50", "--json"]) == 0
+    captured = capsys.readouterr()
+    got = json.loads(captured.out)
+    want = parzen.evaluate(generate(g, 50, seed=0), data.valid, data.test)
+    assert got["dataset"] == str(tmp_path / "shapes") and got["quality"] is None and "no class labels" in captured.err
+    assert got["parzen_test_ll"] == pytest.approx(want.test_ll, abs=1e-3)
+    # The same file outside the run, --dataset the folder: a fresh split with the default seed.
+    shutil.copy(run / "best" / "generator.pt", tmp_path / "loose.pt")
+    assert main(["--checkpoint", str(tmp_path / "loose.pt"), "--dataset", str(tmp_path / "shapes"), "--num-samples", "50", "--json"]) == 0
+    fresh = json.loads(capsys.readouterr().out)
+    other = load(tmp_path / "shapes", seed=0)
+    assert fresh["parzen_test_ll"] == pytest.approx(parzen.evaluate(generate(g, 50, seed=0), other.valid, other.test).test_ll, abs=1e-3)
+    assert fresh["parzen_test_ll"] != pytest.approx(got["parzen_test_ll"], abs=1e-3)
+    # A run whose settings this version cannot read: named data still score; unnamed, one sentence.
+    (tmp_path / "newer" / "best").mkdir(parents=True)
+    (tmp_path / "newer" / "experiment.yaml").write_text("tune:\n  a_setting_of_a_later_version: 1\n")
+    shutil.copy(run / "best" / "generator.pt", tmp_path / "newer" / "best" / "generator.pt")
+    newer = str(tmp_path / "newer" / "best" / "generator.pt")
+    assert main(["--checkpoint", newer, "--dataset", str(tmp_path / "shapes"), "--num-samples", "50", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["parzen_test_ll"] == pytest.approx(fresh["parzen_test_ll"], abs=1e-6)
+    assert main(["--checkpoint", newer, "--num-samples", "50"]) == 2
+    assert "cannot read the run's settings" in errors_of(capsys)[-1]
+    # --run with other data, or a directory that is no run: one sentence.
+    assert main(["--run", str(run), "--dataset", "mnist5k", "--checkpoint", str(tmp_path / "loose.pt")]) == 2
+    assert "is not the data of the run" in errors_of(capsys)[-1]
+    assert main(["--run", str(tmp_path), "--checkpoint", str(tmp_path / "loose.pt")]) == 2
+    assert "not a raygan run directory" in errors_of(capsys)[-1]

@@ -140,7 +140,7 @@ def test_pbt_explore_always_gives_a_config_a_trial_can_run():
     from raygan.trainable import experiment_from_trial_config
 
     config = ExperimentConfig()
-    pbt = make_scheduler(config)
+    pbt = make_scheduler(replace(config, tune=replace(config.tune, scheduler="pbt")))._base_scheduler  # inside the resource mover
     search = config.search
     random.seed(0)
     for i in range(400):
@@ -191,8 +191,9 @@ def test_a_trial_whose_process_is_killed_resumes_from_its_last_checkpoint_and_fi
     from raygan.tune import run_experiment
 
     iterations_per_step, max_iterations = 300, 6
+    # reallocate "none": a lone trial handed the idle CPUs would also restart in a new process.
     config = tiny_experiment(tmp_path, scheduler="random", num_trials=1, max_iterations=max_iterations,
-                             iterations_per_step=iterations_per_step, checkpoint_every=1, max_failures=2)
+                             iterations_per_step=iterations_per_step, checkpoint_every=1, max_failures=2, reallocate="none")
     experiment = tmp_path / config.tune.name
     killed: dict[str, int] = {}
 
@@ -363,7 +364,7 @@ model: {arch: mlp, noise_dim: 2, g_hidden: [16], d_hidden: [16], d_pieces: 2, d_
 train: {batch_size: 50}
 eval: {num_samples: 200, ranking_samples: 200, sigmas: [0.05, 0.1, 0.2, 0.5], every: 1, cpus: 1.0}
 search: {perturbation_interval: 2}
-tune: {num_trials: 2, cpus_per_trial: 1.0, gpus_per_trial: 0.0, time_budget_s: null, max_iterations: 20,
+tune: {scheduler: pbt, num_trials: 2, cpus_per_trial: 1.0, gpus_per_trial: 0.0, time_budget_s: null, max_iterations: 20,
        iterations_per_step: 1000, checkpoint_every: 2, seed: 0}
 """
 REPO = Path(__file__).resolve().parents[1]

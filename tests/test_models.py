@@ -109,6 +109,12 @@ def test_unbounded_generator_has_a_linear_output():
         (MNIST, [(64, 7), (32, 14), (1, 28)], [(32, 14), (64, 7)]),
         # 32x32: base side 4, three stride-2 layers; D 32 -> 64 -> 128, G 128 -> 64 -> 32 -> 3
         (CIFAR, [(128, 4), (64, 8), (32, 16), (3, 32)], [(32, 16), (64, 8), (128, 4)]),
+        # Sized from a user's data: 28, 32 and 64 pixels, 1 or 3 channels
+        ((3, 28, 28), [(64, 7), (32, 14), (3, 28)], [(32, 14), (64, 7)]),
+        ((1, 32, 32), [(128, 4), (64, 8), (32, 16), (1, 32)], [(32, 16), (64, 8), (128, 4)]),
+        # 64x64: base side 4, four stride-2 layers; D 32 -> 64 -> 128 -> 256
+        ((3, 64, 64), [(256, 4), (128, 8), (64, 16), (32, 32), (3, 64)], [(32, 32), (64, 16), (128, 8), (256, 4)]),
+        ((1, 64, 64), [(256, 4), (128, 8), (64, 16), (32, 32), (1, 64)], [(32, 32), (64, 16), (128, 8), (256, 4)]),
     ],
 )
 def test_conv_pair_layer_shapes(shape, g_channels, d_channels):
@@ -155,7 +161,7 @@ def test_conv_pair_on_cifar_shapes():
 def test_conv_arch_refuses_points_and_images_it_cannot_halve(shape):
     """Point sets (1x1), non-square images and sides without one halving down to >= 4 pixels get one sentence."""
     c = ModelConfig(arch="conv")
-    message = r"^the conv architecture needs square images with an even side of at least 8 pixels, got \d+x\d+; use model.arch: mlp"
+    message = r"^the conv architecture needs square images with an even side of at least 8 pixels, got \d+x\d+; set data.resize \(e.g. 32\), or use model.arch: mlp"
     with pytest.raises(ConfigError, match=message):
         Generator(c, shape)
     with pytest.raises(ConfigError, match=message):

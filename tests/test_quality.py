@@ -215,3 +215,22 @@ def test_one_pass_with_labels_equals_the_two_separate_scores(mnist5k_labelled, m
     assert both == mnist5k_quality.score(images)
     assert conditional == mnist5k_quality.score_conditional(images, labels)
     assert mnist5k_quality.score_with_labels(images, None)[1] is None
+
+
+def test_subnormal_weights_are_zeroed_without_changing_what_the_classifier_reads(mnist5k_quality, mnist5k_labelled):
+    """Weight decay leaves weights below float32's smallest normal number, which x86 multiplies
+    ~10x slower; a loaded classifier holds none, and zeroing them changes no score."""
+    import copy
+
+    tiny = torch.finfo(torch.float32).tiny
+    assert not any(((p != 0) & (p.abs() < tiny)).any() for p in mnist5k_quality.classifier.parameters())
+    planted = copy.deepcopy(mnist5k_quality.classifier)
+    with torch.no_grad():
+        for p in planted.parameters():
+            p.masked_fill_(p == 0, tiny / 4)  # subnormal where the weights are zero now
+    assert any(((p != 0) & (p.abs() < tiny)).any() for p in planted.parameters())
+    images = torch.from_numpy(mnist5k_labelled.valid[:300])
+    before = planted(images)
+    quality.zero_subnormal_weights(planted)
+    assert not any(((p != 0) & (p.abs() < tiny)).any() for p in planted.parameters())
+    torch.testing.assert_close(planted(images), before, rtol=0, atol=1e-6)

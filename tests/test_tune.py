@@ -64,8 +64,18 @@ def test_end_to_end_tune_of_two_trials(ray_local, tmp_path, tiny_dataset, tiny_e
     assert len(weights) == 2 and all(w >= 0 for w in weights) and sum(weights) == pytest.approx(1, abs=1e-6)
     assert mixture["best_single"]["trial_id"] == summary["trial_id"] and (best / "mixture.pt").is_file()
     assert math.isfinite(mixture["mixture"]["parzen_test_ll"])
+    # The best generator's samples corrected by its own D (raygan.refine), scored the same way.
+    drs = summary["refined"]["drs"]
+    assert math.isfinite(drs["parzen_test_ll"]) and 0 < drs["acceptance"] <= 1 and drs["num_samples"] == config.eval.num_samples
+    assert drs["calibration"]["method"] == config.refine.calibration and (best / "samples_drs.png").stat().st_size > 0
+    assert state["discriminator"]["format"] == "raygan-discriminator/1"
+    from raygan import refine
+
+    again, _ = refine.sample_file(best / "generator.pt", data, config.eval.num_samples, "drs", config.refine, seed=config.eval.seed)
+    assert parzen.evaluate(again.samples, data.valid, data.test, config.eval.sigmas).test_ll == pytest.approx(drs["parzen_test_ll"], abs=1e-3)
     text = format_report(report)
     assert "Leaderboard" in text and "Held-out-data reference" in text and "Mixture of the best 2 trials" in text
+    assert "corrected by its own discriminator" in text
 
     # Every step is scored in the tiny config: each result says how long its samples waited for the
     # evaluator, a part of the step's evaluation time.

@@ -37,16 +37,17 @@ from raygan.config import TuneConfig, replace
 
 
 def build_config(args: argparse.Namespace, storage: str, name: str, trials: int, cpus: float):
-    from raygan.config import EvalConfig, ExperimentConfig, MixtureConfig, SearchConfig, TrainConfig, TuneConfig
+    from raygan.config import EvalConfig, ExperimentConfig, MixtureConfig, ModelConfig, SearchConfig, TrainConfig, TuneConfig
 
     base = TrainConfig()  # today's default learning rule, pinned: every trial does the same work per iteration
     return ExperimentConfig(
         eval=EvalConfig(every=1000, ranking_samples=500, num_samples=500),
         search=SearchConfig(k=(base.k,), momentum=(base.momentum, base.momentum), lr_d=(base.lr_d, base.lr_d),
-                            lr_g=(base.lr_g, base.lr_g), prior=("uniform",), g_loss=(base.g_loss,)),
+                            lr_g=(base.lr_g, base.lr_g), prior=(ModelConfig().prior,), g_loss=(base.g_loss,)),
         tune=TuneConfig(
             num_trials=trials,
             scheduler="random",
+            reallocate="none",  # a trial keeps the CPUs it asked for: a restart with more would be timed too
             cpus_per_trial=cpus,
             gpus_per_trial=0.0,
             time_budget_s=None,

@@ -8,8 +8,9 @@ temp dir, ports and token; every process it starts is stopped by id at the end):
 that declares one CPU per evaluator replica, where the driver and the replicas run, and CPU
 worker nodes that Ray's autoscaler adds for the trials. The worker nodes' declared CPUs bound
 how many trials run at once (``--workers`` x ``--cpus-per-worker``, one CPU per trial), so a
-running trial has the same share of the machine at 8, 32 and 64 trials; the rest wait, and PBT
-(the default scheduler) pauses each trial at its perturbation until the others catch up, so the
+running trial has the same share of the machine at 8, 32 and 64 trials (``tune.reallocate: none``:
+no trial is handed the CPUs of those that finished); the rest wait, and PBT
+(this benchmark's scheduler: the one whose exploits the disk budget must not break) pauses each trial at its perturbation until the others catch up, so the
 population moves through the steps in waves. Training and scoring are both ten times shorter
 than the default run's (``--iterations-per-step`` 25 of 250, ``--ranking-samples`` 1,000 of
 10,000), so the evaluators' share of the work is the default run's.
@@ -86,7 +87,7 @@ def experiment(args: argparse.Namespace) -> dict:
         "eval": {"num_samples": args.ranking_samples, "ranking_samples": args.ranking_samples, "every": 2,
                  "replicas": args.replicas, "cpus": 1.0},
         "search": {"perturbation_interval": 2},
-        "tune": {"scheduler": args.scheduler, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "time_budget_s": None,
+        "tune": {"scheduler": args.scheduler, "reallocate": "none", "cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "time_budget_s": None,
                  "max_iterations": args.steps, "iterations_per_step": args.iterations_per_step, "checkpoint_every": 2,
                  "checkpoints_kept": args.checkpoints_kept, "max_failures": 1},
         "mixture": {"members": 1},

@@ -1,0 +1,486 @@
+"""Sampling corrected by the discriminator: the paper's Proposition 1 put to work.
+
+For a fixed G the optimal discriminator is D*(x) = p_data(x) / (p_data(x) + p_g(x)) (Prop. 1), so
+
+    p_data(x) / p_g(x) = D*(x) / (1 - D*(x)) = exp(logit D*(x)).
+
+Every trial trains a D beside its G. Read as a density-ratio estimate, it can move G's samples
+toward the data with no more training of G:
+
+- **Discriminator rejection sampling** (DRS; Azadi et al., ICLR 2019): accept a proposal
+  x ~ p_g with probability exp(l(x) - M), l the log ratio and M its maximum, which draws exactly
+  from p_data where l is exact and bounded by M (rejection sampling with envelope e^M p_g). The
+  paper's practical form, sigmoid(F(x) - gamma) with
+  F(x) = l(x) - M - log(1 - exp(l(x) - M - eps)), equals exp(l - M) at gamma = 0 (up to eps);
+  a gamma above 0 trades exactness for acceptance (gamma is a quantile of F over a burn-in).
+- **Metropolis-Hastings GAN** (MH-GAN; Turner et al., ICML 2019): an independent MH chain with
+  G as the proposal: from x, move to x' ~ p_g with probability min(1, r(x') / r(x)),
+  r = p_data / p_g; its stationary distribution is p_data. Each chain starts at a proposal (not at
+  a real image, so no held-out image can come out) and its state after ``steps`` moves is the sample.
+
+A trained D is neither optimal nor calibrated, so its logit is calibrated first, on held-out real
+images against fresh samples, never the test split: ``platt`` fits log ratio = a * logit + b by
+logistic regression (Platt 1999; what MH-GAN found necessary), and ``finetune`` first trains a
+copy of D for a few hundred steps against the frozen G on the training split (as DRS does), then
+fits a and b the same way.
+
+Samples are made slot by slot: each of the n requested samples has a slot, with its class (a
+conditional G) and its component (a mixture, whose members each bring their own G and D: each
+member's samples are corrected toward p_data by its own D, so the mixture of corrected members
+is too). Everything draws from one seeded ``torch.Generator``: the same seed, the same samples.
+No Ray here.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from raygan.algorithm import discriminator_loss
+from raygan.config import CALIBRATIONS, REFINE_METHODS, RefineConfig
+from raygan.errors import UserError
+from raygan.models import Discriminator, Generator, check_labels
+from raygan.priors import sample_noise
+
+EPS = 1e-6  # DRS's epsilon: keeps log(1 - exp(l - M - eps)) finite at the maximum
+PLATT_L2 = 1e-4  # a weak ridge on (a, b): finite when D separates the calibration set perfectly
+NEWTON_STEPS = 50
+BATCH = 1000  # proposals per forward pass
+
+# propose(labels or None, count, gen) -> (count, C, H, W);  log_ratio(x, labels or None) -> (count,)
+Propose = Callable[[torch.Tensor | None, int, torch.Generator], torch.Tensor]
+LogRatio = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+class RefineError(UserError):
+    """A refinement that cannot be made: no discriminator saved, or acceptance too low to finish."""
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration: D's logit as a log density ratio.
+
+
+def platt(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> tuple[float, float]:
+    """Fit (a, b) so that sigmoid(a * logit + b) is the probability that an image is real.
+
+    Logistic regression of real (1) against fake (0) on one feature, by Newton's method (the
+    log-loss is convex in (a, b)); the classes are weighted equally whatever their counts, so
+    a * logit + b estimates log p_data(x) / p_g(x) (the log odds at equal priors).
+
+    Args:
+        real_logits: D's logits on held-out real images, (R,).
+        fake_logits: D's logits on fresh generated samples, (F,).
+
+    Returns:
+        (a, b).
+    """
+    x = torch.cat([real_logits, fake_logits]).double().cpu()
+    y = torch.cat([torch.ones(len(real_logits)), torch.zeros(len(fake_logits))]).double()
+    w = torch.cat([torch.full((len(real_logits),), 0.5 / len(real_logits)),
+                   torch.full((len(fake_logits),), 0.5 / len(fake_logits))]).double()
+    X = torch.stack([x, torch.ones_like(x)], dim=1)  # (R + F, 2)
+    theta = torch.tensor([1.0, 0.0], dtype=torch.float64)  # start at D's own reading
+    for _ in range(NEWTON_STEPS):
+        p = torch.sigmoid(X @ theta)
+        grad = X.T @ (w * (p - y)) + PLATT_L2 * theta
+        hess = (X.T * (w * p * (1 - p))) @ X + PLATT_L2 * torch.eye(2, dtype=torch.float64)
+        step = torch.linalg.solve(hess, grad)
+        theta = theta - step
+        if float(step.abs().max()) < 1e-10:
+            break
+    return float(theta[0]), float(theta[1])
+
+
+@dataclass
+class Calibrated:
+    """A discriminator read as a log density ratio: log p_data(x) / p_g(x) ~ scale * logit(x) + shift.
+
+    Attributes:
+        discriminator: D (or its fine-tuned copy), in eval mode.
+        scale, shift: the Platt fit's a and b.
+        method: the calibration that made it (platt or finetune).
+    """
+
+    discriminator: Discriminator
+    scale: float
+    shift: float
+    method: str
+
+    @torch.no_grad()
+    def log_ratio(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, C, H, W) points (and their classes, conditional D) -> (N,) estimated log p_data/p_g."""
+        out = [self.discriminator(x[i : i + BATCH], None if labels is None else labels[i : i + BATCH])
+               for i in range(0, len(x), BATCH)]
+        return self.scale * torch.cat(out) + self.shift
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "scale": self.scale, "shift": self.shift}
+
+
+@torch.no_grad()
+def _logits(d: Discriminator, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    return torch.cat([d(x[i : i + BATCH], None if labels is None else labels[i : i + BATCH])
+                      for i in range(0, len(x), BATCH)])
+
+
+def _finetune(generator: Generator, discriminator: Discriminator, train: torch.Tensor,
+              train_labels: torch.Tensor | None, steps: int, lr: float, batch_size: int,
+              gen: torch.Generator) -> Discriminator:
+    """A copy of D trained ``steps`` minibatch steps against the frozen G (in eval mode, the G that
+    is sampled), on the training split: Algorithm 1's D step without the G step."""
+    d = copy.deepcopy(discriminator).train()
+    optimizer = torch.optim.Adam(d.parameters(), lr=lr, betas=(0.5, 0.999))
+    with torch.random.fork_rng(devices=[]):  # dropout masks, if D has dropout, from this stream only
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+        for _ in range(steps):
+            index = torch.randint(0, len(train), (batch_size,), generator=gen)
+            real = train[index]
+            c = None if train_labels is None else train_labels[index]
+            with torch.no_grad():
+                fake = generator(sample_noise(generator.config.prior, batch_size, generator.config.noise_dim, gen), c)
+            logits = d(torch.cat([real, fake]), None if c is None else torch.cat([c, c]))
+            loss = discriminator_loss(logits[:batch_size], logits[batch_size:])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            d.apply_max_norm()
+    return d.eval()
+
+
+def calibrate(
+    generator: Generator,
+    discriminator: Discriminator,
+    valid: Any,
+    config: RefineConfig,
+    *,
+    seed: int = 0,
+    train: Any = None,
+    valid_labels: Any = None,
+    train_labels: Any = None,
+    batch_size: int = 64,
+) -> Calibrated:
+    """Calibrate D's logit as the log ratio p_data / p_g of this G, on held-out real images.
+
+    Args:
+        generator: G (sampled in eval mode, as refinement samples it).
+        discriminator: the D trained beside it.
+        valid: held-out real images (N, C, H, W): the validation split, never the test split.
+        config: ``calibration`` (platt, or finetune then platt), ``finetune_steps``, ``finetune_lr``.
+        seed: seeds the fresh samples and the fine-tuning.
+        train: the training split (finetune only).
+        valid_labels, train_labels: their classes, for a conditional pair.
+        batch_size: the fine-tuning minibatch.
+
+    Returns:
+        The :class:`Calibrated` ratio.
+
+    Raises:
+        RefineError: finetune without the training split, or a conditional pair without labels.
+    """
+    if config.calibration not in CALIBRATIONS:
+        raise RefineError(f"unknown calibration {config.calibration!r}; choose one of: {', '.join(CALIBRATIONS)}")
+    generator = generator.eval()
+    gen = torch.Generator().manual_seed(seed)
+    valid = torch.as_tensor(np.asarray(valid), dtype=torch.float32)
+    conditional = generator.num_classes is not None
+    v_labels = _labels(valid_labels, conditional, len(valid), "the validation split")
+    d = discriminator.eval()
+    if config.calibration == "finetune":
+        if train is None:
+            raise RefineError("calibration finetune trains D on the training split; it was not given")
+        t = torch.as_tensor(np.asarray(train), dtype=torch.float32)
+        t_labels = _labels(train_labels, conditional, len(t), "the training split")
+        d = _finetune(generator, discriminator, t, t_labels, config.finetune_steps, config.finetune_lr, batch_size, gen)
+    fake = _propose_from(generator)(v_labels, len(valid), gen)  # as many fakes as real images, same classes
+    scale, shift = platt(_logits(d, valid, v_labels), _logits(d, fake, v_labels))
+    return Calibrated(d, scale, shift, config.calibration)
+
+
+def _labels(labels: Any, conditional: bool, n: int, what: str) -> torch.Tensor | None:
+    if not conditional:
+        return None
+    if labels is None:
+        raise RefineError(f"a conditional pair is calibrated on labelled images, and {what} has no labels")
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    if y.shape != (n,):
+        raise RefineError(f"{what} has {n} images but {tuple(y.shape)} labels")
+    return y
+
+
+# --------------------------------------------------------------------------------------------
+# The two samplers, on proposals and a log ratio (pure: the tests give them exact densities).
+
+
+@dataclass(frozen=True)
+class Refined:
+    """Refined samples and what they cost.
+
+    Attributes:
+        samples: (n, C, H, W), slot i's sample at row i.
+        proposals: G samples drawn, the burn-in included.
+        accepted: DRS: samples accepted (n); MH: moves accepted over every chain.
+        acceptance: DRS: n over the proposals after the burn-in; MH: the share of proposed moves accepted.
+        seconds: wall time, calibration excluded.
+    """
+
+    samples: torch.Tensor
+    method: str
+    proposals: int
+    accepted: int
+    acceptance: float
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "proposals": self.proposals, "acceptance": self.acceptance, "seconds": self.seconds}
+
+
+def _drs_f(l: torch.Tensor, m: float) -> torch.Tensor:
+    """DRS's F(x) = l - M - log(1 - exp(l - M - eps)) (Azadi et al., Eq. 8, before the gamma shift)."""
+    d = (l - m).clamp(max=0.0)
+    return d - torch.log1p(-torch.exp(d - EPS))
+
+
+def rejection_sample(
+    propose: Propose,
+    log_ratio: LogRatio,
+    slot_labels: torch.Tensor | None,
+    n: int,
+    gen: torch.Generator,
+    *,
+    gamma_quantile: float | None,
+    burn_in: int,
+    max_proposals: int,
+) -> tuple[torch.Tensor, int, int, int]:
+    """Discriminator rejection sampling of ``n`` slots (Azadi et al. 2019, Algorithm 1).
+
+    The burn-in's proposals estimate M (the largest log ratio seen, raised whenever a larger one
+    appears) and gamma (the ``gamma_quantile`` of F over the burn-in; None: 0, exact rejection).
+    Each round proposes for the open slots, as many as the burn-in's acceptance says they need
+    (a conditional slot's proposals are of its class), and fills them in order with the accepted
+    proposals of their class.
+
+    Returns:
+        (samples (n, ...), proposals drawn after the burn-in, of which accepted, proposals in the burn-in).
+
+    Raises:
+        RefineError: more than ``max_proposals`` proposals per sample were needed.
+    """
+    burn_labels = _cycle(slot_labels, burn_in)
+    l_burn = log_ratio(propose(burn_labels, burn_in, gen), burn_labels)
+    m = float(l_burn.max())
+    gamma = 0.0 if gamma_quantile is None else float(torch.quantile(_drs_f(l_burn, m).double(), gamma_quantile))
+    rate = max(float(torch.sigmoid(_drs_f(l_burn, m) - gamma).mean()), 1.0 / max_proposals)
+    samples: torch.Tensor | None = None
+    open_slots = torch.arange(n)
+    drawn = accepted = 0
+    while len(open_slots):
+        if drawn >= max_proposals * n:
+            raise RefineError(f"DRS accepted only {n - len(open_slots)} of {n} samples in {drawn} proposals "
+                              f"(refine.max_proposals = {max_proposals} per sample); lower refine.gamma_quantile")
+        count = min(max(math.ceil(1.1 * len(open_slots) / rate), 64), 20 * BATCH)
+        target = open_slots.repeat(math.ceil(count / len(open_slots)))[:count]  # proposal i has slot target[i]'s class
+        labels = None if slot_labels is None else slot_labels[target]
+        x = propose(labels, count, gen)
+        l = log_ratio(x, labels)
+        m = max(m, float(l.max()))
+        ok = (torch.rand(count, generator=gen) < torch.sigmoid(_drs_f(l, m) - gamma)).nonzero().view(-1)
+        drawn, accepted = drawn + count, accepted + len(ok)
+        if samples is None:
+            samples = torch.empty(n, *x.shape[1:], dtype=x.dtype)
+        for c in [None] if labels is None else labels[ok].unique().tolist():
+            have = ok if c is None else ok[labels[ok] == c]
+            want = open_slots if c is None else open_slots[slot_labels[open_slots] == c]
+            k = min(len(have), len(want))
+            samples[want[:k]] = x[have[:k]]
+            open_slots = open_slots[~torch.isin(open_slots, want[:k])]
+    return (samples if samples is not None else torch.empty(0)), drawn, accepted, burn_in
+
+
+def mh_sample(
+    propose: Propose,
+    log_ratio: LogRatio,
+    slot_labels: torch.Tensor | None,
+    n: int,
+    gen: torch.Generator,
+    *,
+    steps: int,
+) -> tuple[torch.Tensor, int, int]:
+    """Independent Metropolis-Hastings with G as the proposal (Turner et al. 2019), one chain per slot.
+
+    A chain starts at a proposal; each of ``steps`` moves proposes x' ~ p_g (of the slot's class)
+    and moves with probability min(1, exp(l(x') - l(x))). Its last state is the slot's sample.
+
+    Returns:
+        (samples (n, ...), proposals drawn, moves accepted).
+    """
+    x = propose(slot_labels, n, gen)
+    l = log_ratio(x, slot_labels)
+    moves = 0
+    for _ in range(steps):
+        x_new = propose(slot_labels, n, gen)
+        l_new = log_ratio(x_new, slot_labels)
+        accept = torch.rand(n, generator=gen).log() < (l_new - l).clamp(max=0.0)
+        x = torch.where(accept.view(-1, *[1] * (x.ndim - 1)), x_new, x)
+        l = torch.where(accept, l_new, l)
+        moves += int(accept.sum())
+    return x, n * (steps + 1), moves
+
+
+def _cycle(labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """``n`` labels cycling over ``labels`` (the burn-in asks for the slots' classes in their shares)."""
+    return None if labels is None else labels.repeat(math.ceil(n / max(1, len(labels))))[:n]
+
+
+# --------------------------------------------------------------------------------------------
+# Generators and mixtures.
+
+
+def _propose_from(generator: Generator) -> Propose:
+    @torch.no_grad()
+    def propose(labels: torch.Tensor | None, count: int, gen: torch.Generator) -> torch.Tensor:
+        out = []
+        for i in range(0, count, BATCH):
+            k = min(BATCH, count - i)
+            z = sample_noise(generator.config.prior, k, generator.config.noise_dim, gen)
+            out.append(generator(z, None if labels is None else labels[i : i + k]))
+        return torch.cat(out) if out else torch.empty(0, *generator.data_shape)
+
+    return propose
+
+
+def refine(
+    members: list[Generator],
+    ratios: list[Calibrated],
+    weights: Any,
+    n: int,
+    method: str,
+    config: RefineConfig,
+    *,
+    seed: int = 0,
+    labels: Any = None,
+) -> Refined:
+    """``n`` samples of a generator (one member, weight 1) or a mixture, each member's corrected by its own D.
+
+    Args:
+        members: the generators (in eval mode).
+        ratios: one calibrated D per member.
+        weights: the members' weights (a mixture's; [1.0] for one generator).
+        n: samples.
+        method: "drs" or "mh".
+        config: the samplers' settings.
+        seed: the same seed, the same samples.
+        labels: a conditional model's class per sample (None: every class equally often).
+
+    Raises:
+        RefineError: an unknown method, or DRS's proposal cap reached.
+    """
+    if method not in REFINE_METHODS:
+        raise RefineError(f"unknown refinement {method!r}; choose one of: {', '.join(REFINE_METHODS)}")
+    start = time.perf_counter()
+    y = check_labels(members[0], labels, n)
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.as_tensor(np.asarray(weights, dtype=np.float64))
+    comps = torch.multinomial(w, n, replacement=True, generator=gen) if len(members) > 1 else torch.zeros(n, dtype=torch.int64)
+    samples = torch.empty(n, *members[0].data_shape)
+    proposals = sampling = accepted = 0  # sampling: DRS's proposals after the burn-in
+    for j, (g, ratio) in enumerate(zip(members, ratios)):
+        where = (comps == j).nonzero().view(-1)
+        if not len(where):
+            continue
+        slot_labels = None if y is None else y[where]
+        if method == "drs":
+            x, drawn, took, burn = rejection_sample(_propose_from(g.eval()), ratio.log_ratio, slot_labels, len(where), gen,
+                                                    gamma_quantile=config.gamma_quantile, burn_in=config.burn_in,
+                                                    max_proposals=config.max_proposals)
+            proposals, sampling, accepted = proposals + drawn + burn, sampling + drawn, accepted + took
+        else:
+            x, drawn, moves = mh_sample(_propose_from(g.eval()), ratio.log_ratio, slot_labels, len(where), gen,
+                                        steps=config.mh_steps)
+            proposals, accepted = proposals + drawn, accepted + moves
+        samples[where] = x
+    acceptance = accepted / max(1, sampling if method == "drs" else n * config.mh_steps)
+    return Refined(samples, method, proposals, accepted, acceptance, time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------------------------
+# The discriminators a generator or mixture file carries.
+
+
+@dataclass
+class Refinable:
+    """A generator or mixture file's members, each with the discriminator trained beside it.
+
+    Attributes:
+        members: the generators (one for a generator file).
+        discriminators: one D per member.
+        weights: the members' weights ([1.0] for a generator file).
+    """
+
+    members: list[Generator]
+    discriminators: list[Discriminator]
+    weights: np.ndarray
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.members[0].num_classes
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return tuple(self.members[0].data_shape)
+
+
+def load_refinable(path: str | Path) -> Refinable:
+    """A ``generator.pt`` or ``mixture.pt`` with its discriminator(s) (read with ``weights_only=True``).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable or not raygan's.
+        RefineError: it holds no discriminator (written by an earlier raygan, or saved without one).
+    """
+    from raygan.mixture import GeneratorMixture, load_pair, load_samplable
+
+    model = load_samplable(path)
+    source = repr(str(Path(path).expanduser()))
+    if isinstance(model, GeneratorMixture):
+        if model.discriminators is None:
+            raise RefineError(f"the mixture {source} holds no discriminators to refine with; build it again "
+                              "with python -m raygan.mixture from a run of this version of raygan")
+        return Refinable(model.members, model.discriminators, model.weights)
+    generator, discriminator = load_pair(path)
+    if discriminator is None:
+        raise RefineError(f"{source} holds no discriminator to refine with; refine a best/generator.pt "
+                          "written by this version of raygan.tune")
+    return Refinable([generator], [discriminator], np.ones(1))
+
+
+def calibrate_all(model: Refinable, data: Any, config: RefineConfig, seed: int = 0) -> list[Calibrated]:
+    """Each member's D calibrated against its own G (:func:`calibrate`) on ``data``'s validation split
+    (and, for finetune, its training split); ``data`` is a :class:`raygan.data.Dataset`."""
+    return [calibrate(g, d, data.valid, config, seed=seed + i, train=data.train, valid_labels=data.valid_labels,
+                      train_labels=data.train_labels)
+            for i, (g, d) in enumerate(zip(model.members, model.discriminators))]
+
+
+def sample_file(path: str | Path, data: Any, n: int, method: str, config: RefineConfig, *, seed: int = 0,
+                labels: Any = None) -> tuple[Refined, list[Calibrated]]:
+    """``n`` refined samples of a ``generator.pt`` or ``mixture.pt``: each member's D calibrated on
+    ``data`` (a :class:`raygan.data.Dataset` of the shape it was trained on), then ``method``.
+
+    Raises:
+        CheckpointError: a missing or foreign file, or one for another data shape.
+        RefineError: no discriminator in the file, an unknown method, or DRS's proposal cap.
+    """
+    from raygan.errors import CheckpointError
+
+    model = load_refinable(path)
+    if model.data_shape != tuple(data.shape):
+        raise CheckpointError(f"{str(path)!r} generates {model.data_shape} samples, but {data.name} is {tuple(data.shape)}")
+    ratios = calibrate_all(model, data, config, seed=seed)
+    return refine(model.members, ratios, model.weights, n, method, config, seed=seed, labels=labels), ratios

@@ -1,0 +1,278 @@
+"""raygan.refine: sampling corrected by the discriminator (Proposition 1).
+
+With the exact D* of known densities, rejection sampling and independent Metropolis-Hastings
+must turn a biased G's samples into p_data's; Platt's fit must recover a known logit scale; the
+samplers must be reproducible; files without a discriminator must be refused in one sentence.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from raygan import refine
+from raygan.config import ModelConfig, RefineConfig
+from raygan.data import TOY_1D_MEAN, TOY_1D_STD, load_dataset
+from raygan.models import Discriminator, Generator, save_generator
+
+G_MEAN, G_STD = 4.4, 0.8  # the biased G: shifted and wider than p_data = N(4, 0.5^2), so p_data/p_g is bounded
+
+
+def _log_normal(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    return -0.5 * ((x - mean) / std) ** 2 - math.log(std * math.sqrt(2 * math.pi))
+
+
+def biased_propose(labels, count: int, gen: torch.Generator) -> torch.Tensor:
+    return (G_MEAN + G_STD * torch.randn(count, generator=gen, dtype=torch.float64)).view(count, 1, 1, 1)
+
+
+def exact_log_ratio(x: torch.Tensor, labels=None) -> torch.Tensor:
+    """log D*/(1 - D*) = log p_data(x) - log p_g(x), from the known densities (Proposition 1)."""
+    x = x.view(-1)
+    return _log_normal(x, TOY_1D_MEAN, TOY_1D_STD) - _log_normal(x, G_MEAN, G_STD)
+
+
+def _matches_p_data(samples: torch.Tensor) -> float:
+    return stats.kstest(samples.view(-1).numpy(), "norm", args=(TOY_1D_MEAN, TOY_1D_STD)).pvalue
+
+
+N = 5000
+
+
+def test_the_biased_generator_fails_the_two_sample_test_that_refinement_passes():
+    raw = biased_propose(None, N, torch.Generator().manual_seed(0))
+    assert _matches_p_data(raw) < 1e-6
+
+
+def test_exact_rejection_sampling_with_the_optimal_discriminator_draws_p_data():
+    gen = torch.Generator().manual_seed(1)
+    samples, drawn, accepted, burn = refine.rejection_sample(biased_propose, exact_log_ratio, None, N, gen,
+                                                             gamma_quantile=None, burn_in=20_000, max_proposals=100)
+    assert samples.shape == (N, 1, 1, 1) and burn == 20_000 and accepted >= N
+    assert _matches_p_data(samples) > 0.01
+    # Rejection with envelope e^M p_g accepts 1/e^M of the proposals: M = max log ratio.
+    x = torch.linspace(0, 8, 100_001, dtype=torch.float64)
+    expected = math.exp(-float(exact_log_ratio(x).max()))
+    assert accepted / drawn == pytest.approx(expected, rel=0.05)
+
+
+def test_independent_metropolis_hastings_with_the_optimal_discriminator_draws_p_data():
+    gen = torch.Generator().manual_seed(2)
+    samples, drawn, moves = refine.mh_sample(biased_propose, exact_log_ratio, None, N, gen, steps=40)
+    assert samples.shape == (N, 1, 1, 1) and drawn == N * 41
+    assert _matches_p_data(samples) > 0.01
+    assert 0.2 < moves / (N * 40) < 0.95
+
+
+def test_the_gamma_quantile_sets_the_share_of_proposals_accepted():
+    def acceptance(q):
+        _, drawn, accepted, _ = refine.rejection_sample(biased_propose, exact_log_ratio, None, 2000, torch.Generator().manual_seed(3),
+                                                        gamma_quantile=q, burn_in=5000, max_proposals=100)
+        return accepted / drawn
+
+    # gamma = the q-quantile of F = logit of each proposal's exact acceptance: F - gamma > 0 for a
+    # share 1 - q of the proposals, so about 1 - q are accepted; exact rejection (gamma 0) here ~0.5.
+    loose, exact, strict = acceptance(0.2), acceptance(None), acceptance(0.8)
+    assert loose == pytest.approx(0.8, abs=0.08) and strict == pytest.approx(0.2, abs=0.08)
+    assert loose > exact > strict
+
+
+def test_the_samplers_are_reproducible_for_a_seed_and_differ_across_seeds():
+    def both(seed):
+        drs = refine.rejection_sample(biased_propose, exact_log_ratio, None, 500, torch.Generator().manual_seed(seed),
+                                      gamma_quantile=0.5, burn_in=1000, max_proposals=100)
+        mh = refine.mh_sample(biased_propose, exact_log_ratio, None, 500, torch.Generator().manual_seed(seed), steps=5)
+        return drs, mh
+
+    (d1, m1), (d2, m2), (d3, _) = both(7), both(7), both(8)
+    assert torch.equal(d1[0], d2[0]) and d1[1:] == d2[1:]
+    assert torch.equal(m1[0], m2[0]) and m1[1:] == m2[1:]
+    assert not torch.equal(d1[0], d3[0])
+
+
+def test_rejection_sampling_gives_up_with_one_sentence_when_it_accepts_too_little():
+    def one_outlier_per_batch(x, labels=None):  # M = 30 from the burn-in: every other proposal has e^-30
+        return torch.cat([torch.tensor([30.0], dtype=torch.float64), torch.zeros(len(x) - 1, dtype=torch.float64)])
+
+    with pytest.raises(refine.RefineError, match="max_proposals") as e:
+        refine.rejection_sample(biased_propose, one_outlier_per_batch, None, 100, torch.Generator().manual_seed(0),
+                                gamma_quantile=None, burn_in=1000, max_proposals=3)
+    assert "\n" not in str(e.value)
+
+
+def test_platt_recovers_the_log_ratio_scale_and_shift_of_a_miscalibrated_logit():
+    # Real x ~ N(1, 1), fake x ~ N(-1, 1): log p_real/p_fake = 2x. D reports logit = (2x - 0.5) / 3.
+    gen = torch.Generator().manual_seed(0)
+    real = torch.randn(40_000, generator=gen, dtype=torch.float64) + 1
+    fake = torch.randn(20_000, generator=gen, dtype=torch.float64) - 1
+    a, b = refine.platt((2 * real - 0.5) / 3, (2 * fake - 0.5) / 3)
+    assert a == pytest.approx(3.0, rel=0.03)
+    assert b == pytest.approx(0.5, abs=0.05)  # classes weighted equally despite 2:1 counts
+
+
+def test_platt_stays_finite_when_the_logit_separates_the_classes():
+    a, b = refine.platt(torch.tensor([3.0, 4.0, 5.0]), torch.tensor([-3.0, -4.0, -5.0]))
+    assert math.isfinite(a) and math.isfinite(b) and a > 0
+
+
+# ---- generators, discriminators and their files -----------------------------------------------
+
+
+def _pair(conditional: bool = False, seed: int = 0):
+    torch.manual_seed(seed)
+    config = ModelConfig(arch="mlp", noise_dim=4, g_hidden=(16,), d_hidden=(8,), d_pieces=2, init="torch", conditional=conditional)
+    k = 3 if conditional else None
+    return Generator(config, (1, 4, 4), True, k).eval(), Discriminator(config, (1, 4, 4), k).eval()
+
+
+def test_a_generator_file_keeps_its_discriminator_and_refines_from_it(tmp_path):
+    g, d = _pair()
+    save_generator(tmp_path / "g.pt", g, d)
+    loaded = refine.load_refinable(tmp_path / "g.pt")
+    x = torch.rand(5, 1, 4, 4)
+    torch.testing.assert_close(loaded.discriminators[0](x), d(x))
+    valid = np.random.default_rng(0).random((200, 1, 4, 4), dtype=np.float32)
+    ratio = refine.calibrate(loaded.members[0], loaded.discriminators[0], valid, RefineConfig(calibration="platt"), seed=0)
+    for method in ("drs", "mh"):
+        out = refine.refine(loaded.members, [ratio], loaded.weights, 300, method, RefineConfig(burn_in=500, mh_steps=3), seed=5)
+        again = refine.refine(loaded.members, [ratio], loaded.weights, 300, method, RefineConfig(burn_in=500, mh_steps=3), seed=5)
+        assert out.samples.shape == (300, 1, 4, 4) and torch.equal(out.samples, again.samples)
+        assert 0 < out.acceptance <= 1
+
+
+def test_a_generator_file_without_a_discriminator_is_refused_in_one_sentence(tmp_path):
+    g, _ = _pair()
+    save_generator(tmp_path / "g.pt", g)
+    with pytest.raises(refine.RefineError, match="no discriminator") as e:
+        refine.load_refinable(tmp_path / "g.pt")
+    assert "\n" not in str(e.value)
+
+
+def test_a_conditional_pair_refines_each_slot_within_its_asked_class():
+    g, d = _pair(conditional=True)
+    rng = np.random.default_rng(1)
+    valid, labels = rng.random((90, 1, 4, 4), dtype=np.float32), np.arange(90) % 3
+    ratio = refine.calibrate(g, d, valid, RefineConfig(calibration="platt"), valid_labels=labels)
+    asked = torch.tensor([2, 0, 1, 1] * 25)
+    seen = []
+
+    def spy(labels, count, gen):  # every proposal is drawn for the class of the slot it may fill
+        seen.append(labels.clone())
+        return refine._propose_from(g)(labels, count, gen)
+
+    samples, _, _, _ = refine.rejection_sample(spy, ratio.log_ratio, asked, 100, torch.Generator().manual_seed(0),
+                                            gamma_quantile=0.5, burn_in=60, max_proposals=50)
+    assert samples.shape == (100, 1, 4, 4)
+    assert sorted(set(torch.cat(seen).tolist())) == [0, 1, 2]
+    # Each slot's sample is G(z | its class): D(x | c) on it is finite and the class shares match the asked ones.
+    assert torch.bincount(asked).tolist() == [25, 50, 25]
+
+
+def test_finetune_calibration_trains_a_copy_and_leaves_the_saved_discriminator_alone():
+    data = load_dataset("toy-1d")
+    config = ModelConfig(arch="mlp", noise_dim=2, g_hidden=(8,), d_hidden=(8,), d_pieces=2, init="torch")
+    torch.manual_seed(0)
+    g, d = Generator(config, (1, 1, 1), bounded=False).eval(), Discriminator(config, (1, 1, 1)).eval()
+    before = {k: v.clone() for k, v in d.state_dict().items()}
+    ratio = refine.calibrate(g, d, data.valid[:2000], RefineConfig(calibration="finetune", finetune_steps=200, finetune_lr=1e-2),
+                             train=data.train, seed=0)
+    for k, v in d.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    # G is far from N(4, 0.5^2) at initialisation: the fine-tuned D tells them apart, so real points
+    # get a higher log ratio than G's own.
+    real = torch.from_numpy(data.valid[2000:3000])
+    fake = refine._propose_from(g)(None, 1000, torch.Generator().manual_seed(9))
+    assert float(ratio.log_ratio(real).mean()) > float(ratio.log_ratio(fake).mean()) + 1.0
+
+
+# ---- the command lines ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mnist_pair_file(tmp_path):
+    """An untrained 28x28 MLP pair saved as a best/generator.pt would be: G with its D."""
+    torch.manual_seed(0)
+    config = ModelConfig(arch="mlp", noise_dim=8, g_hidden=(16,), d_hidden=(8,), d_pieces=2)
+    path = tmp_path / "generator.pt"
+    save_generator(path, Generator(config, (1, 28, 28)), Discriminator(config, (1, 28, 28)))
+    return path
+
+
+def test_sample_refine_writes_the_refined_samples_of_the_seed(mnist_pair_file, tmp_path):
+    from raygan.sample import main
+
+    out = tmp_path / "drs.npy"
+    args = ["--checkpoint", str(mnist_pair_file), "--num", "50", "--out", str(out), "--seed", "2", "--refine", "drs",
+            "--calibration", "platt"]
+    assert main(args) == 0
+    first = np.load(out)
+    assert first.shape == (50, 1, 28, 28) and 0 <= first.min() and first.max() <= 1
+    assert main(args) == 0
+    np.testing.assert_array_equal(np.load(out), first)  # reproducible for a seed
+    data = load_dataset("mnist5k")
+    want, _ = refine.sample_file(mnist_pair_file, data, 50, "drs", RefineConfig(calibration="platt"), seed=2)
+    np.testing.assert_array_equal(first, want.samples.numpy())
+
+
+def test_refine_without_a_saved_discriminator_is_one_sentence_and_exit_2(tmp_path, capsys):
+    from raygan.evaluate import main as evaluate_main
+    from raygan.sample import main as sample_main
+
+    path = tmp_path / "old.pt"
+    save_generator(path, Generator(ModelConfig(arch="mlp", noise_dim=8, g_hidden=(16,)), (1, 28, 28)))
+    out = tmp_path / "keep.npy"
+    out.write_bytes(b"keep me")
+    assert sample_main(["--checkpoint", str(path), "--out", str(out), "--refine", "mh"]) == 2
+    assert evaluate_main(["--checkpoint", str(path), "--refine", "drs", "--no-quality", "--num-samples", "50"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(e.startswith("error: ") and "no discriminator" in e for e in errors)
+    assert out.read_bytes() == b"keep me"
+
+
+def test_evaluate_refine_scores_the_refined_samples(mnist_pair_file, capsys):
+    from raygan import parzen
+    from raygan.evaluate import evaluate_samples, main
+
+    report = evaluate_samples("mnist5k", checkpoint=mnist_pair_file, num_samples=60, seed=3, with_quality=False,
+                              refine_with="mh", refine_config=RefineConfig(calibration="platt", mh_steps=2))
+    data = load_dataset("mnist5k")
+    want, _ = refine.sample_file(mnist_pair_file, data, 60, "mh", RefineConfig(calibration="platt", mh_steps=2), seed=3)
+    assert report.model == parzen.evaluate(want.samples.numpy(), data.valid, data.test)
+    assert report.refined["method"] == "mh" and report.refined["proposals"] == 60 * 3
+    assert main(["--checkpoint", str(mnist_pair_file), "--refine", "drs", "--calibration", "platt", "--no-quality",
+                 "--num-samples", "40"]) == 0
+    assert "corrected by the saved discriminator (drs" in capsys.readouterr().out
+    assert main(["--samples", str(mnist_pair_file), "--refine", "drs"]) == 2
+
+
+def test_a_mixture_keeps_each_members_discriminator_and_refines_each_member_with_its_own(tmp_path):
+    from raygan.mixture import GeneratorMixture
+
+    (g0, d0), (g1, d1) = _pair(seed=0), _pair(seed=1)
+    GeneratorMixture([g0, g1], [0.25, 0.75], ["a", "b"], discriminators=[d0, d1]).save(tmp_path / "mixture.pt")
+    loaded = refine.load_refinable(tmp_path / "mixture.pt")
+    x = torch.rand(6, 1, 4, 4)
+    torch.testing.assert_close(loaded.discriminators[1](x), d1(x))
+    np.testing.assert_allclose(loaded.weights, [0.25, 0.75])
+
+    calls = []
+    ratios = []
+    for g, d in zip(loaded.members, loaded.discriminators):
+        r = refine.calibrate(g, d, np.random.default_rng(0).random((100, 1, 4, 4), dtype=np.float32), RefineConfig(calibration="platt"))
+
+        def spy(x, labels=None, r=r, d=d):
+            calls.append(d)
+            return r.log_ratio(x, labels)
+
+        ratios.append(type("Spy", (), {"log_ratio": staticmethod(spy)})())
+    out = refine.refine(loaded.members, ratios, loaded.weights, 400, "mh", RefineConfig(mh_steps=2), seed=0)
+    assert out.samples.shape == (400, 1, 4, 4)
+    assert {id(d) for d in calls} == {id(d) for d in loaded.discriminators}  # each member scored by its own D
+
+    GeneratorMixture([g0, g1], [0.5, 0.5]).save(tmp_path / "old_mixture.pt")
+    with pytest.raises(refine.RefineError, match="no discriminators"):
+        refine.load_refinable(tmp_path / "old_mixture.pt")
