@@ -487,7 +487,8 @@ class Rehearsal:
 
 
 def cluster_facts(address: str, evaluator: str) -> dict[str, Any]:
-    """Connected as a driver of its own: the cluster's nodes, live and dead, and the evaluator's node.
+    """Connected as a driver of its own: the cluster's nodes, live and dead, and the nodes of the
+    evaluator's replicas (actors named ``<evaluator>-<i>``, :func:`raygan.evaluator.replica_names`).
 
     Runs in a process of its own (``--cluster-facts``), so that the caller never holds a Ray
     connection (a test runner may hold its own).
@@ -507,7 +508,7 @@ def cluster_facts(address: str, evaluator: str) -> dict[str, Any]:
             n["NodeID"]: {"alive": n["Alive"], "type": n.get("Labels", {}).get(NODE_TYPE_LABEL), "gpus": n["Resources"].get("GPU", 0)}
             for n in nodes
         },
-        "evaluator_nodes": sorted({a["Address"]["NodeID"] for a in actors if a.get("Name") == evaluator}),
+        "evaluator_nodes": sorted({a["Address"]["NodeID"] for a in actors if (a.get("Name") or "").startswith(f"{evaluator}-")}),
     }
 
 

@@ -274,9 +274,11 @@ class EvalConfig:
     chunk_size: int = 2048
     """Points scored per distance block: bounds the evaluator's memory."""
     cpus: float = 1.0
-    """The evaluator actor's CPU request."""
+    """Each evaluator replica's CPU request."""
     gpus: float | None = None
-    """The evaluator actor's GPU request (None: tune.default_gpu_fraction where the cluster has GPUs, else 0)."""
+    """Each evaluator replica's GPU request (None: tune.default_gpu_fraction where the cluster has GPUs, else 0)."""
+    replicas: int = 1
+    """Evaluator actors scoring side by side, each with its own copy of the validation and test data; a trial's samples go to the one with the shortest queue. Raise it when eval/queue_seconds grows towards a step's time (experiments/README.md, "Scale")."""
     histograms: bool = False
     """G and D weight histograms in TensorBoard at each evaluation (~0.1 s each)."""
     seed: int = 1234
@@ -304,6 +306,8 @@ class EvalConfig:
         if self.chunk_size < 1:
             raise ConfigError(f"eval.chunk_size must be at least 1, got {self.chunk_size}")
         _positive(self.cpus, "eval.cpus")
+        if self.replicas < 1:
+            raise ConfigError(f"eval.replicas must be at least 1, got {self.replicas}")
         if self.gpus is not None and self.gpus < 0:
             raise ConfigError(f"eval.gpus must be non-negative, got {self.gpus!r}")
         _seed(self.seed, "eval.seed")
@@ -469,7 +473,7 @@ class TuneConfig:
     checkpoint_every: int = 2
     """Tune steps between checkpoints (PBT also checkpoints the donors it copies). Each holds the generator last scored, and best/ is the best of those: a multiple of eval.every keeps every scored state."""
     checkpoints_kept: int = 4
-    """The most recent checkpoints kept per trial (PBT restores a donor's latest)."""
+    """The most recent checkpoints kept per trial: the run's disk budget. PBT needs at least ceil(search.perturbation_interval / checkpoint_every) + 1, so that a donor's checkpoint outlives those it saves before its next perturbation."""
     max_failures: int = 3
     """Restarts of a trial from its last checkpoint (-1: unlimited)."""
     storage_path: str = "~/raygan_results"

@@ -26,6 +26,11 @@ Labelled sets carry each split's class labels (int64, aligned with the images), 
 domain classifier of :mod:`raygan.quality` is trained on.
 
 Nothing is cached on disk and nothing is downloaded unless ``download=True``.
+
+A :class:`DataSource` says where a process gets a data set back on its own (the experiment's
+data settings, or a snapshot file on the experiment's storage for a data set handed over in
+memory); :func:`load_source` is the one place that reads it, for the driver and for every
+evaluator replica, including one that Ray restarts on another node.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import importlib.util
+import io
 import itertools
 import math
 import zlib
@@ -45,6 +51,7 @@ import numpy as np
 
 from raygan.config import DATASETS, ConfigError, DataConfig, is_dataset_path
 from raygan.errors import DataError
+from raygan.files import read_bytes_anywhere, write_bytes_anywhere
 
 # Where torchvision-style data sets live when no root is given (``<root>/MNIST/raw``,
 # ``<root>/FashionMNIST/raw``, ``<root>/cifar-10-batches-py``).
@@ -246,6 +253,85 @@ def resize_images(images: np.ndarray, side: int) -> np.ndarray:
         y = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
         out.append(y[:, :, top : top + side, left : left + side].clamp_(0, 1).numpy())
     return np.ascontiguousarray(np.concatenate(out)) if out else np.zeros((0, images.shape[1], side, side), np.float32)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a process gets an experiment's data set back without the driver's help.
+
+    Small and plain, so that it travels inline as an actor's constructor argument: Ray runs a
+    restarted actor's constructor again with the same arguments, and an argument held in the
+    object store is gone once its owner (the driver, or the node it lived on) is.
+
+    Attributes:
+        data: the experiment's data settings (name, root, download).
+        seed: seeds the generated sets' draw (``tune.seed``).
+        snapshot: a file (local path or storage URI) holding a data set that was handed over in
+            memory rather than named by ``data`` (:func:`write_snapshot`); None: load ``data``.
+        split: for a user's data, the file (local path or storage URI) where the experiment
+            recorded its split (``data_split.json``), so that every load has the same members.
+    """
+
+    data: DataConfig
+    seed: int = 0
+    snapshot: str | None = None
+    split: str | None = None
+
+
+def load_source(source: DataSource) -> Dataset:
+    """The data set a :class:`DataSource` names: the snapshot file where there is one, else
+    ``source.data`` loaded by :func:`load_data` (a user's data with the split recorded in
+    ``source.split``). A new kind of data set plugs in here.
+
+    Raises:
+        ConfigError: an unknown data set name.
+        DataError: the files (or the snapshot, or the split's record) are missing, unreadable or
+            corrupt, or the user's files changed since the split was recorded.
+    """
+    if source.snapshot is not None:
+        return read_snapshot(source.snapshot)
+    recorded = None
+    if source.split is not None:
+        from raygan import userdata
+
+        text = read_bytes_anywhere(source.split)
+        if text is None:
+            raise DataError(f"the record of the data's split {source.split!r} is missing")
+        recorded = userdata.read_record(text.decode(), source.split)
+    return load_data(source.data, seed=source.seed, recorded=recorded)
+
+
+_SNAPSHOT_SPLITS = ("train", "valid", "test", "train_labels", "valid_labels", "test_labels")
+
+
+def write_snapshot(dataset: Dataset, path: str) -> None:
+    """Save a data set (its splits, labels, name and bounds) as one uncompressed .npz file.
+
+    Args:
+        dataset: the data set.
+        path: a local path or a storage URI that every node of the cluster can read.
+    """
+    arrays = {k: getattr(dataset, k) for k in _SNAPSHOT_SPLITS if getattr(dataset, k) is not None}
+    buffer = io.BytesIO()
+    np.savez(buffer, name=np.array(dataset.name), bounded=np.array(dataset.bounded), **arrays)
+    write_bytes_anywhere(path, buffer.getvalue())
+
+
+def read_snapshot(path: str) -> Dataset:
+    """The data set :func:`write_snapshot` saved.
+
+    Raises:
+        DataError: there is no such file, or it is not a snapshot.
+    """
+    data = read_bytes_anywhere(path)
+    if data is None:
+        raise DataError(f"the data set snapshot {path!r} is missing")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as f:
+            parts = {k: f[k] for k in _SNAPSHOT_SPLITS if k in f}
+            return Dataset(str(f["name"]), bounded=bool(f["bounded"]), **parts)
+    except (OSError, KeyError, ValueError, zlib.error) as e:
+        raise DataError(f"the data set snapshot {path!r} is damaged ({e.__class__.__name__})") from None
 
 
 def read_idx(path: str | Path) -> np.ndarray:

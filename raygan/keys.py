@@ -21,6 +21,7 @@ LABEL_ACCURACY = "eval/label_accuracy"  # conditional G: share of samples classi
 CLASS_FD = "eval/class_fd"  # conditional G: mean over classes of the FD of a class's samples to its training features
 RANK_SCORE = "eval/rank_score"  # what the scheduler ranks on (see raygan.ranking)
 EVAL_SECONDS = "eval/seconds"  # time the step spent evaluating
+QUEUE_SECONDS = "eval/queue_seconds"  # of those, the time its samples waited for an evaluator replica (NaN: not scored this step)
 
 # Algorithm 1's running means over the step.
 LOSS_D = "loss/d"
@@ -29,6 +30,8 @@ D_REAL = "d/real"  # mean D(x)
 D_FAKE = "d/fake"  # mean D(G(z))
 
 ITERATIONS_PER_S = "perf/iterations_per_s"
+# Per second of the trial process's own CPU time: its speed whatever else shares the machine.
+ITERATIONS_PER_CPU_S = "perf/iterations_per_cpu_s"
 CPUS = "perf/cpus"  # the CPUs the trial holds now (a ResourceChangingScheduler moves them between trials)
 ALGORITHM_ITERATION = "algorithm/iteration"  # Algorithm 1 iterations since the lineage began
 DIVERGED = "diverged"  # NaN or infinite losses: the trial waits for PBT to replace it

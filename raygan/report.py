@@ -188,6 +188,25 @@ def summary_lines(s: dict[str, Any], strong: Any = str) -> list[str]:
     return lines
 
 
+def size(num_bytes: float) -> str:
+    """A byte count for people: 512 B, 40.2 MB, 1.31 GB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if num_bytes >= scale:
+            return f"{num_bytes / scale:.3g} {unit}"
+    return f"{num_bytes:.0f} B"
+
+
+def checkpoint_line(disk: dict[str, Any]) -> str:
+    """What the run's checkpoints take on storage, against the budget per trial.
+
+    Args:
+        disk: ``checkpoints``, ``trials``, ``bytes``, ``most_per_trial`` (:func:`raygan.files.checkpoint_usage`)
+            and ``kept_per_trial`` (``tune.checkpoints_kept``).
+    """
+    return (f"Checkpoints on storage: {size(disk['bytes'])} in {disk['checkpoints']:,} checkpoints of {disk['trials']:,} trials "
+            f"(at most {disk['most_per_trial']} per trial; tune.checkpoints_kept: {disk['kept_per_trial']})")
+
+
 def format_report(report: Report) -> str:
     """The leaderboard and the best trial's numbers, as the user sees them at the end."""
     s = report.summary
@@ -197,6 +216,8 @@ def format_report(report: Report) -> str:
     lines += _refined_lines(s.get("refined"))
     lines += _mixture_lines(s.get("mixture"))
     lines += [report.extra[note] for note in ("refine_note", "mixture_note") if report.extra.get(note)]
+    if report.extra.get("checkpoints"):
+        lines.append(checkpoint_line(report.extra["checkpoints"]))
     lines += [
         f"Best generator, config, summary and samples: {report.best_dir}/",
         f"TensorBoard: tensorboard --logdir {report.experiment_path}",

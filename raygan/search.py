@@ -8,10 +8,14 @@ schedulers can see and mutate them), the rest of the experiment unchanged.
 from __future__ import annotations
 
 import functools
+import logging
+import math
 import signal
 import threading
 from collections.abc import Callable
 from typing import Any
+
+import pyarrow.fs
 
 from ray import tune
 from ray.tune.execution.placement_groups import PlacementGroupFactory
@@ -38,6 +42,8 @@ from raygan.trainable import torch_threads
 METRIC = keys.RANK_SCORE
 MODE = "max"
 CTRL_C = threading.Event()  # set by NoteCtrlC: clear it before Tuner.fit(), read it after
+
+logger = logging.getLogger(__name__)
 
 
 class NoteCtrlC(tune.Callback):
@@ -107,6 +113,49 @@ def _clip_to_search(config: dict[str, Any], search: SearchConfig) -> dict[str, A
             low, high = h.values(search)
             config[h.name] = min(max(config[h.name], low), high)
     return config
+
+
+def checkpoints_pbt_needs(config: ExperimentConfig) -> int:
+    """The fewest checkpoints per trial (``tune.checkpoints_kept``) with which PBT never finds its
+    donor's checkpoint deleted.
+
+    PBT records a top trial's checkpoint at a perturbation and hands it to the trials that copy
+    it until that trial's next perturbation. A copy restores it when it next starts, which, with
+    more trials than slots, can be after the donor has trained on; but PBT starts the least
+    advanced trials first, so that is before the donor trains past its next perturbation. Until
+    then the donor saves up to ceil(perturbation_interval / checkpoint_every) more checkpoints,
+    each pushing the oldest kept one out: one more than that keeps the recorded one on disk.
+    """
+    return math.ceil(config.search.perturbation_interval / config.tune.checkpoint_every) + 1
+
+
+def _on_storage(checkpoint: Any) -> bool:
+    """Whether a Tune checkpoint's directory still exists on its storage."""
+    info = checkpoint.filesystem.get_file_info(checkpoint.path)
+    return info.type == pyarrow.fs.FileType.Directory
+
+
+class BudgetedPBT(PopulationBasedTraining):
+    """PopulationBasedTraining that never restores a donor checkpoint that is gone from storage.
+
+    :func:`checkpoints_pbt_needs` keeps the donor's checkpoint within ``tune.checkpoints_kept``;
+    should it be gone all the same (deleted by hand, lost storage), the exploit is skipped as PBT
+    skips a donor without a checkpoint, instead of failing the copying trial on a missing
+    directory. ``skipped_exploits`` counts them.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.skipped_exploits = 0
+
+    def _exploit(self, tune_controller: Any, trial: Any, trial_to_clone: Any) -> None:
+        checkpoint = self._trial_state[trial_to_clone].last_checkpoint
+        if checkpoint is not None and not _on_storage(checkpoint):
+            self.skipped_exploits += 1
+            logger.warning("PBT: trial %s's checkpoint %s is gone from storage; trial %s goes on without copying it",
+                           trial_to_clone.trial_id, checkpoint.path, trial.trial_id)
+            return
+        super()._exploit(tune_controller, trial, trial_to_clone)
 
 
 def make_scheduler(config: ExperimentConfig, trial_resources: dict[str, float] | None = None,
@@ -190,13 +239,23 @@ def _base_scheduler(config: ExperimentConfig) -> TrialScheduler:
     (:mod:`raygan.hyperparameters` says which is which). ASHA is successive halving: at each rung
     (grace_period, then times reduction_factor) a trial below the top 1/reduction_factor of the
     trials that reached the rung stops.
+
+    Raises:
+        ConfigError: PBT without a searched hyperparameter, or with fewer kept checkpoints than
+            :func:`checkpoints_pbt_needs`.
     """
     search, name = config.search, config.tune.scheduler
     if name == "pbt":
         mutations = _mutations(search)
         if not mutations:
             raise ConfigError("the PBT scheduler needs at least one searched hyperparameter; widen a search range or use --scheduler random")
-        return PopulationBasedTraining(
+        needed = checkpoints_pbt_needs(config)
+        if config.tune.checkpoints_kept < needed:
+            raise ConfigError(
+                f"tune.checkpoints_kept {config.tune.checkpoints_kept} is too few for PBT: a donor saves up to {needed - 1} "
+                f"checkpoints between perturbations, so keep at least {needed} (or raise tune.checkpoint_every)"
+            )
+        return BudgetedPBT(
             time_attr="training_iteration",
             perturbation_interval=search.perturbation_interval,
             hyperparam_mutations=mutations,

@@ -2,8 +2,9 @@
 
 Each method is a few lines: ``setup`` builds the core's :class:`~raygan.algorithm.GANTrainer`
 on the trial's device from the training set in Ray's object store; ``step`` runs Algorithm 1
-iterations and, every ``eval.every`` steps, has the Parzen evaluator actor score a batch of
-samples; ``save_checkpoint``/``load_checkpoint`` carry the trainer's full state so PBT's
+iterations and, every ``eval.every`` steps, has a Parzen evaluator actor score a batch of
+samples (the pool's least busy replica, which reports how long they waited for it);
+``save_checkpoint``/``load_checkpoint`` carry the trainer's full state so PBT's
 exploit copies a donor exactly; ``reset_config`` applies a PBT mutation in place. A
 :class:`~raygan.monitor.TrialMonitor` writes each result, and a grid of the evaluation's
 fixed-noise samples, as TensorBoard events into the trial's directory.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from raygan import hyperparameters, keys
 from raygan.algorithm import GANTrainer
 from raygan.config import ExperimentConfig, build, replace
 from raygan.errors import CheckpointError
-from raygan.evaluator import evaluator_name, find_evaluator
+from raygan.evaluator import EvaluatorPool, evaluator_name
 from raygan.files import GENERATOR_FILE, TRAINER_FILE, atomic_torch_save, write_scores
 from raygan.models import class_grid_labels, generate, generator_state
 from raygan.monitor import TrialMonitor, search_domains, shows_as_image
@@ -156,14 +158,15 @@ class GANTrainable(tune.Trainable):
         return result
 
     def _train_and_evaluate(self) -> dict[str, Any]:
+        self.queue_s = math.nan  # the step's wait for an evaluator: NaN unless it scores
         if self.diverged:  # nothing to learn from NaN weights: wait for PBT to replace us,
             # at the pace of a trained step: racing through the remaining steps would end the trial
             # before its peers reach a perturbation and hold checkpoints for PBT to copy.
             time.sleep(self.step_s)
-            return self._result(None, 0.0, eval_s=0.0)
-        start = time.perf_counter()
+            return self._result(None, 0.0, 0.0, eval_s=0.0)
+        start, cpu_start = time.perf_counter(), time.process_time()
         metrics = self.trainer.run(self.iterations_per_step)
-        train_s = time.perf_counter() - start
+        train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
         eval_s = 0.0
         if not metrics.finite:
             self.diverged = True
@@ -175,7 +178,7 @@ class GANTrainable(tune.Trainable):
             self._evaluate()
             eval_s = time.perf_counter() - eval_start
         self.step_s = train_s + eval_s
-        return self._result(metrics, self.iterations_per_step / train_s, eval_s)
+        return self._result(metrics, self.iterations_per_step / train_s, self.iterations_per_step / max(train_cpu_s, 1e-9), eval_s)
 
     def _last_step(self) -> bool:
         return self.iteration + 1 >= self.experiment.tune.max_iterations
@@ -191,9 +194,13 @@ class GANTrainable(tune.Trainable):
             shown = SAMPLE_GRID if labels is None else generator.num_classes**2
             self.monitor.log_samples(self.iteration + 1, samples[:shown])
         self.monitor.log_histograms(self.iteration + 1, self.trainer.generator, self.trainer.discriminator)
-        evaluator = find_evaluator(evaluator_name(self.experiment.tune.name, self.experiment.tune.storage_path))
+        name = evaluator_name(self.experiment.tune.name, self.experiment.tune.storage_path)
+        # Looked up at each scoring: a resumed experiment's driver starts replicas of its own.
+        evaluators = EvaluatorPool.find(name, self.experiment.eval.replicas, home=zlib.crc32(self.trial_id.encode()))
         labels = None if labels is None else labels.numpy()
-        self.scores = ray.get(evaluator.score_valid.remote(ray.put(samples.cpu().numpy()), labels))
+        scores = evaluators.score_valid(samples.cpu().numpy(), labels)
+        self.queue_s = scores.pop(keys.QUEUE_SECONDS)
+        self.scores = scores
         self.ranked_generator, self.ranked_at = self._generator_state(), self.iteration + 1
 
     def _generator_state(self) -> dict[str, Any]:
@@ -204,11 +211,13 @@ class GANTrainable(tune.Trainable):
             part["state_dict"] = {k: v.clone() for k, v in part["state_dict"].items()}
         return state
 
-    def _result(self, metrics: Any, iterations_per_s: float, eval_s: float) -> dict[str, Any]:
+    def _result(self, metrics: Any, iterations_per_s: float, iterations_per_cpu_s: float, eval_s: float) -> dict[str, Any]:
         result = {
             **self.scores,
             keys.EVAL_SECONDS: eval_s,
+            keys.QUEUE_SECONDS: self.queue_s,
             keys.ITERATIONS_PER_S: iterations_per_s,
+            keys.ITERATIONS_PER_CPU_S: iterations_per_cpu_s,
             keys.ALGORITHM_ITERATION: self.trainer.iteration,
             keys.CPUS: self.cpus,
             **self._hparams_in_force(),

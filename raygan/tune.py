@@ -37,7 +37,15 @@ from raygan.config import (
     to_dict,
 )
 from raygan.errors import UserError
-from raygan.files import DATA_SPLIT_FILE, EXPERIMENT_FILE
+from raygan.files import (
+    DATA_SPLIT_FILE,
+    DATASET_FILE,
+    EXPERIMENT_FILE,
+    checkpoint_usage,
+    read_bytes_anywhere,
+    write_bytes_anywhere,
+)
+from raygan.files import is_uri as _is_uri
 from raygan.report import (
     Report,
     TrialRow,
@@ -59,38 +67,17 @@ def experiment_path(config: ExperimentConfig) -> str:
     return f"{storage.rstrip('/')}/{config.tune.name}"
 
 
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
 # --------------------------------------------------------------------------------------------
 # The experiment file: written once, read back by --resume.
 
 
 def _write_text(path: str, text: str) -> None:
-    if _is_uri(path):
-        import pyarrow.fs
-
-        fs, inner = pyarrow.fs.FileSystem.from_uri(path)
-        fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
-        with fs.open_output_stream(inner) as f:
-            f.write(text.encode())
-    else:
-        from raygan.files import atomic_write_text
-
-        atomic_write_text(path, text)
+    write_bytes_anywhere(path, text.encode())
 
 
 def _read_text(path: str) -> str | None:
-    if _is_uri(path):
-        import pyarrow.fs
-
-        fs, inner = pyarrow.fs.FileSystem.from_uri(path)
-        if fs.get_file_info(inner).type != pyarrow.fs.FileType.File:
-            return None
-        with fs.open_input_stream(inner) as f:
-            return f.read().decode()
-    return Path(path).read_text() if Path(path).is_file() else None
+    data = read_bytes_anywhere(path)
+    return None if data is None else data.decode()
 
 
 def saved_experiment(path: str) -> dict[str, Any] | None:
@@ -241,7 +228,7 @@ def check_models(config: ExperimentConfig, dataset: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Step 2: fit. Start (or join) Ray and the evaluator, run the population.
+# Step 2: fit. Start (or join) Ray and the evaluators, run the population.
 
 
 def _init_ray(config: ExperimentConfig) -> None:
@@ -252,13 +239,14 @@ def _init_ray(config: ExperimentConfig) -> None:
     if config.tune.address is not None:
         ray.init(address=config.tune.address, log_to_driver=False)
         return
-    # Locally, the evaluator is idle most of the time: it gets its own logical CPU on top of
-    # the machine's cores so that it does not take a trial's place.
-    ray.init(num_cpus=(os.cpu_count() or 1) + math.ceil(config.eval.cpus), include_dashboard=False, log_to_driver=False)
+    # Locally, the evaluators are idle most of the time: they get logical CPUs of their own on top
+    # of the machine's cores so that they do not take a trial's place.
+    ray.init(num_cpus=(os.cpu_count() or 1) + math.ceil(config.eval.replicas * config.eval.cpus), include_dashboard=False,
+             log_to_driver=False)
 
 
 def _gpus(config: ExperimentConfig) -> tuple[float, float]:
-    """(per trial, for the evaluator): what was asked for, else the default share where there are GPUs."""
+    """(per trial, per evaluator replica): what was asked for, else the default share where there are GPUs."""
     import ray
 
     cluster_gpus = ray.cluster_resources().get("GPU", 0)
@@ -266,8 +254,8 @@ def _gpus(config: ExperimentConfig) -> tuple[float, float]:
 
 
 def _check_resources(config: ExperimentConfig) -> None:
-    """Refuse what a local Ray can never start: nothing joins it later, so such a trial (or the
-    evaluator) would wait, PENDING, until the time budget ran out. A cluster may scale up: no check."""
+    """Refuse what a local Ray can never start: nothing joins it later, so such a trial (or an
+    evaluator replica) would wait, PENDING, until the time budget ran out. A cluster may scale up: no check."""
     import ray
 
     if config.tune.address is not None:
@@ -279,6 +267,9 @@ def _check_resources(config: ExperimentConfig) -> None:
         ("a trial", "GPU", trial_gpus, "--gpus-per-trial"),
         ("the evaluator", "CPU", config.eval.cpus, "eval.cpus"),
         ("the evaluator", "GPU", eval_gpus, "eval.gpus"),
+        # The replicas hold their resources for the whole run, and at least one trial must fit beside them.
+        ("a trial beside the evaluator's replicas", "CPU", config.tune.cpus_per_trial + config.eval.replicas * config.eval.cpus,
+         "eval.replicas"),
     )
     for who, resource, amount, setting in asks:
         if amount > have.get(resource, 0.0):
@@ -340,22 +331,46 @@ def _run_config(config: ExperimentConfig, path: str, verbose: int, callbacks: Se
     )
 
 
-def fit(config: ExperimentConfig, path: str, dataset: Any, quality: Any = None, verbose: int = 1,
-        callbacks: Sequence[Any] = ()) -> tuple[Any, Any, list]:
-    """Start Ray and the evaluator, write the experiment file, run the population.
+def data_source(config: ExperimentConfig, path: str, dataset: Any, in_memory: bool = False) -> Any:
+    """Where the evaluator replicas load the data set from, on any node, at any restart: the
+    experiment's data settings (for a user's data, with the split the experiment recorded), or
+    for a data set handed over in memory (tests, benchmarks) a snapshot of it written to the
+    experiment's storage.
 
     Returns:
-        Tune's ResultGrid, the evaluator's handle, and the object references of its data (the
-        caller keeps them alive while it may call the evaluator).
+        A :class:`raygan.data.DataSource`.
+    """
+    from raygan.data import DataSource, write_snapshot
+
+    if in_memory:
+        snapshot = f"{path}/{DATASET_FILE}"
+        write_snapshot(dataset, snapshot)
+        return DataSource(config.data, config.tune.seed, snapshot=snapshot)
+    split = f"{path}/{DATA_SPLIT_FILE}" if getattr(dataset, "split_record", None) is not None else None
+    return DataSource(config.data, config.tune.seed, split=split)
+
+
+def fit(config: ExperimentConfig, path: str, dataset: Any, quality: Any = None, verbose: int = 1,
+        callbacks: Sequence[Any] = (), in_memory: bool = False) -> tuple[Any, Any]:
+    """Start Ray and the evaluators, write the experiment file, run the population.
+
+    Args:
+        dataset: the data set the trials train on (its training split goes into the object store).
+        quality: the data set's QualityModel (the replicas load it from its cache), or None.
+        in_memory: ``dataset`` was handed over rather than loaded from ``config.data``: the
+            evaluator replicas read it back from a snapshot (:func:`data_source`).
+
+    Returns:
+        Tune's ResultGrid and the :class:`~raygan.evaluator.EvaluatorPool`.
 
     Raises:
         KeyboardInterrupt: the run was interrupted (Ctrl-C); its state is saved for ``resume``.
     """
-    import ray
     from ray import tune
 
     from raygan import userdata
-    from raygan.evaluator import evaluator_name, get_or_create_evaluator
+    from raygan.evaluator import evaluator_name, start_evaluators
+    from raygan.quality import resolve_cache_dir
     from raygan.search import CTRL_C, param_space, tune_config
     from raygan.trainable import with_data
 
@@ -368,21 +383,21 @@ def fit(config: ExperimentConfig, path: str, dataset: Any, quality: Any = None, 
     _init_ray(config)
     _check_resources(config)
     trial_gpus, eval_gpus = _gpus(config)
-    # References held for the whole run: a restarted evaluator reloads its data from them.
-    splits = [ray.put(part) for part in (dataset.valid, dataset.test, dataset.train, quality)]
-    evaluator = get_or_create_evaluator(*splits[:3], config.eval, name=evaluator_name(config.tune.name, config.tune.storage_path),
-                                        gpus=eval_gpus, quality=splits[3])
+    if not config.tune.resume and getattr(dataset, "split_record", None) is not None:
+        # A user's data: its split, before the replicas that load it and the file that makes the experiment resumable.
+        _write_text(f"{path}/{DATA_SPLIT_FILE}", userdata.record(dataset))
+    source = data_source(config, path, dataset, in_memory)
+    evaluators = start_evaluators(source, config.eval, name=evaluator_name(config.tune.name, config.tune.storage_path),
+                                  classifier_cache=None if quality is None else str(resolve_cache_dir()), gpus=eval_gpus)
     trainable = with_data({"train": dataset.train, "bounded": dataset.bounded, "train_labels": getattr(dataset, "train_labels", None)}, config.tune.cpus_per_trial, trial_gpus)
     if config.tune.resume:
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         # A trial's request is the unit a ResourceChangingScheduler grows it by; the evaluator's is never handed out.
         trial_resources = {"CPU": config.tune.cpus_per_trial, "GPU": trial_gpus}
-        reserved = {"CPU": config.eval.cpus, "GPU": eval_gpus}
+        reserved = {"CPU": config.eval.replicas * config.eval.cpus, "GPU": config.eval.replicas * eval_gpus}
         tuner = tune.Tuner(trainable, param_space=param_space(config), tune_config=tune_config(config, trial_resources, reserved),
                            run_config=_run_config(config, path, verbose, callbacks))
-        if getattr(dataset, "split_record", None) is not None:  # a user's data: its split, before the file that makes the experiment resumable
-            _write_text(f"{path}/{DATA_SPLIT_FILE}", userdata.record(dataset))
         _write_text(f"{path}/{EXPERIMENT_FILE}", yaml.safe_dump(to_dict(config), sort_keys=False))
     CTRL_C.clear()
     results = tuner.fit()
@@ -390,7 +405,7 @@ def fit(config: ExperimentConfig, path: str, dataset: Any, quality: Any = None, 
         # Tune ends fit() early on Ctrl-C, after saving the experiment's state: say so (main tells
         # the user to --resume) rather than rank unfinished trials and write best/ from one.
         raise KeyboardInterrupt
-    return results, evaluator, splits
+    return results, evaluators
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,16 +459,14 @@ def _trial_row(result: Any) -> tuple[TrialRow, Any]:
 PARZEN_KEYS = ("parzen_valid_ll", "parzen_test_ll", "parzen_test_se", "sigma")
 
 
-def _best_summary(config: ExperimentConfig, row: TrialRow, trial_config: dict[str, Any], samples: Any, evaluator: Any,
+def _best_summary(config: ExperimentConfig, row: TrialRow, trial_config: dict[str, Any], samples: Any, evaluators: Any,
                   labels: Any = None) -> dict[str, Any]:
     """summary.json: the best trial's scores on eval.num_samples samples, the reference's beside
     them, and the model's Parzen score at the reference's number of centres (on mnist5k only
     4,000 training images exist, so the paper's 10,000 centres cannot be matched by real data).
     ``labels``: the classes a conditional generator was asked for (its label accuracy is scored)."""
-    import ray
-
-    scores = ray.get(evaluator.score_test.remote(ray.put(samples), labels))
-    reference = ray.get(evaluator.reference.remote())
+    scores = evaluators.score_test(samples, labels)
+    reference = evaluators.reference()
     summary = {
         **{k: scores[k] for k in PARZEN_KEYS},
         "trial_id": row.trial_id,
@@ -466,14 +479,14 @@ def _best_summary(config: ExperimentConfig, row: TrialRow, trial_config: dict[st
     }
     if reference["num_samples"] < len(samples):
         n = reference["num_samples"]
-        matched = ray.get(evaluator.score_test.remote(ray.put(samples[:n]), None if labels is None else labels[:n]))
+        matched = evaluators.score_test(samples[:n], None if labels is None else labels[:n])
         summary["at_reference_size"] = {"num_samples": reference["num_samples"], **{k: matched[k] for k in PARZEN_KEYS}}
     if "quality" in scores:
         summary["quality"] = {**scores["quality"], "reference": reference.get("quality")}
     return summary
 
 
-def report_best(config: ExperimentConfig, path: str, results: Any, evaluator: Any) -> Report:
+def report_best(config: ExperimentConfig, path: str, results: Any, evaluators: Any) -> Report:
     """Rank the trials, score the best one's ranked generator on the test split, write best/.
 
     Raises:
@@ -502,7 +515,7 @@ def report_best(config: ExperimentConfig, path: str, results: Any, evaluator: An
         n = config.eval.num_samples
         labels = None if generator.num_classes is None else class_grid_labels(n, generator.num_classes)  # every class alike
         samples = generate(generator, n, seed=config.eval.seed, labels=labels)
-        summary = _best_summary(config, best_row, best.config, samples.numpy(), evaluator,
+        summary = _best_summary(config, best_row, best.config, samples.numpy(), evaluators,
                                 None if labels is None else labels.numpy())
         with tempfile.TemporaryDirectory() as staging:
             local_best = Path(path) / "best" if not _is_uri(path) else Path(staging) / "best"
@@ -536,17 +549,20 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
         UserError: bad settings, missing data, or an existing experiment without ``resume``.
         KeyboardInterrupt: the run was interrupted (Ctrl-C); its state is saved for ``resume``.
     """
+    in_memory = dataset is not None
     path, dataset, quality = preflight(config, dataset)
-    results, evaluator, _data_refs = fit(config, path, dataset, quality, verbose, callbacks)
-    report = report_best(config, path, results, evaluator)
+    results, evaluators = fit(config, path, dataset, quality, verbose, callbacks, in_memory=in_memory)
+    report = report_best(config, path, results, evaluators)
+    disk = {**dataclasses.asdict(checkpoint_usage(path)), "kept_per_trial": config.tune.checkpoints_kept}
+    report = dataclasses.replace(report, extra={**report.extra, "checkpoints": disk})
     note = quality_note(config, dataset) if quality is None else None
     if note is not None:
         report = dataclasses.replace(report, extra={**report.extra, "quality_note": note})
-    report = add_refined(config, report, dataset, evaluator)
+    report = add_refined(config, report, dataset, evaluators)
     return add_mixture(config, report, dataset)
 
 
-def add_refined(config: ExperimentConfig, report: Report, dataset: Any, evaluator: Any) -> Report:
+def add_refined(config: ExperimentConfig, report: Report, dataset: Any, evaluators: Any) -> Report:
     """The best generator's samples corrected by its own discriminator (raygan.refine), one sampler per
     ``refine.methods``, scored like the raw ones (same count, same seed, test split once) and added to
     summary.json's "refined"; each one's first 100 samples as best/samples_<method>.png. D is
@@ -575,7 +591,7 @@ def add_refined(config: ExperimentConfig, report: Report, dataset: Any, evaluato
         except refine.RefineError as e:
             refined[method] = {"error": str(e)}
             continue
-        scores = ray.get(evaluator.score_test.remote(ray.put(r.samples.numpy()), None if labels is None else labels.numpy()))
+        scores = evaluators.score_test(r.samples.numpy(), None if labels is None else labels.numpy())
         refined[method] = {**{k: scores[k] for k in PARZEN_KEYS}, "quality": scores.get("quality"), "num_samples": n,
                            **r.as_dict(), "calibration": ratios[0].as_dict()}
         atomic_write_bytes(best_dir / f"samples_{method}.png", images.png_bytes(r.samples[:100], nrow=10, padding=1))

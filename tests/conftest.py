@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -144,16 +146,33 @@ def make_trainable(tmp_path):
         trainable.stop()
 
 
+def _snapshot_source(dataset, directory):
+    """A DataSource that loads ``dataset`` back from a snapshot file written into ``directory``."""
+    from raygan.config import DataConfig
+    from raygan.data import DataSource, write_snapshot
+
+    path = str(Path(directory) / f"{dataset.name}-snapshot.npz")
+    write_snapshot(dataset, path)
+    return DataSource(DataConfig(), snapshot=path)
+
+
+@pytest.fixture(scope="session")
+def snapshot_source():
+    """``snapshot_source(dataset, directory)``: a DataSource that evaluator replicas load ``dataset``
+    back from (a snapshot file in ``directory``), as run_experiment does for a data set given in memory."""
+    return _snapshot_source
+
+
 @pytest.fixture
 def evaluator(ray_local, tmp_path):
-    """The named evaluator that ``make_trainable``'s trials look up (the same experiment, stored
-    under the test's tmp_path); alive while the test runs."""
-    from raygan.evaluator import evaluator_name, get_or_create_evaluator
+    """The named evaluator pool that ``make_trainable``'s trials look up (the same experiment,
+    stored under the test's tmp_path); alive while the test runs."""
+    from raygan.evaluator import evaluator_name, start_evaluators
 
     data, config = _tiny_dataset(), _tiny_experiment(tmp_path)
-    handle = get_or_create_evaluator(data.valid, data.test, data.train, config.eval, name=evaluator_name(config.tune.name, config.tune.storage_path))
-    yield handle
-    ray_local.kill(handle)
+    pool = start_evaluators(_snapshot_source(data, tmp_path), config.eval, name=evaluator_name(config.tune.name, config.tune.storage_path))
+    yield pool
+    pool.kill()
 
 
 @pytest.fixture(scope="session")

@@ -129,6 +129,7 @@ VALID: dict[str, dict[str, st.SearchStrategy]] = {
         "rank_by": st.just("parzen"),
         "min_classes": st.none() | st.integers(1, 1000),
         "min_class_share": st.floats(1e-6, 0.999, **finite),
+        "replicas": st.integers(1, 64),
     },
     "search": {
         "arch": st.just(()) | _subset((*ARCHS, "tests.plugin_gan:pair")),

@@ -234,42 +234,128 @@ def test_a_trial_whose_process_is_killed_resumes_from_its_last_checkpoint_and_fi
                 assert (b["loss/d"], b["loss/g"]) == (r["loss/d"], r["loss/g"])
 
 
-def test_a_killed_evaluator_restarts_and_answers_the_calls_in_flight(ray_local):
+def test_a_killed_evaluator_restarts_and_answers_the_calls_in_flight(ray_local, tmp_path, snapshot_source):
     """SIGKILL the evaluator's process while it is scoring one call and others wait on it: it
-    restarts (max_restarts=-1), reloads its data from its constructor's arguments, and every
-    call, including those in flight, is answered with the right score (max_task_retries=-1)."""
+    restarts (max_restarts=-1), loads its data again from its data source, and every call,
+    including those in flight, is answered with the right score (max_task_retries=-1)."""
     import uuid
 
     from raygan import parzen
     from raygan.config import EvalConfig
-    from raygan.evaluator import get_or_create_evaluator
+    from raygan.data import Dataset
+    from raygan.evaluator import start_evaluators
 
     rng = np.random.default_rng(0)
     valid = rng.random((3000, 1, 16, 16), dtype=np.float32)
     test = rng.random((500, 1, 16, 16), dtype=np.float32)
     batches = [rng.random((3000, 1, 16, 16), dtype=np.float32) for _ in range(6)]  # each about 0.5 s to score
     eval_config = EvalConfig(num_samples=3000, cpus=0.5)
-    splits = [ray_local.put(valid), ray_local.put(test)]  # held, as run_experiment holds them, for restarts
-    handle = get_or_create_evaluator(*splits, None, eval_config, name=f"test-faults-{uuid.uuid4().hex[:8]}")
+    source = snapshot_source(Dataset("random", test, valid, test, bounded=True), tmp_path)
+    pool = start_evaluators(source, eval_config, name=f"test-faults-{uuid.uuid4().hex[:8]}")
+    (handle,) = pool.handles
     try:
-        pid = ray_local.get(handle.pid.remote(), timeout=120)
+        (pid,) = pool.pids()
         calls = [handle.score_valid.remote(ray_local.put(b)) for b in batches]
         deadline = time.monotonic() + 120
-        while ray_local.get(handle.stats.remote())["calls"] < 1:  # stats does not wait for the scoring lock
+        while pool.stats()[0]["calls"] < 1:  # stats does not wait for the scoring lock
             assert time.monotonic() < deadline
             time.sleep(0.01)
         os.kill(pid, signal.SIGKILL)
         answers = ray_local.get(calls, timeout=180)
-        new_pid = ray_local.get(handle.pid.remote())
-        served_after_restart = ray_local.get(handle.stats.remote())["calls"]
+        new_pid = pool.pids()[0]
+        served_after_restart = pool.stats()[0]["calls"]
     finally:
-        ray_local.kill(handle, no_restart=True)
+        pool.kill()
 
     assert new_pid != pid
     assert 1 <= served_after_restart < len(batches)  # the calls in flight were re-run by the new process
     for batch, answer in zip(batches, answers):
         sigma, valid_ll = parzen.validation_score(batch, valid, eval_config.sigmas, chunk_size=eval_config.chunk_size)
         assert answer[keys.SIGMA] == sigma and answer[keys.PARZEN_VALID_LL] == pytest.approx(valid_ll, rel=1e-6, abs=1e-4)
+
+
+def _objects_in_plasma() -> int:
+    """How many objects the session's Ray holds in its object store now, on every node."""
+    import re
+
+    import ray
+    from ray._private.internal_api import memory_summary
+
+    summary = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)  # never another session's Ray
+    return int(re.search(r"Plasma memory usage \d+ MiB, (\d+) objects", summary).group(1))
+
+
+def _sigkill(pid: int) -> None:
+    """Kill a process as a crash would, and wait until it is gone."""
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_the_evaluator_restarts_after_its_creators_references_are_gone(ray_local, capfd):
+    """Ray runs a restarted actor's constructor again with the same arguments; an argument held in
+    the object store is gone once its owner drops it (or dies with its node), and the restart
+    fails (Ray issue 53727). The control shows that with an actor fed by ray.put. An evaluator
+    replica's arguments are its data's name and seed: killed after the creator dropped everything
+    it had, it comes back, loads its data itself, and scores exactly as before."""
+    import gc
+    import uuid
+
+    import ray
+
+    from raygan import parzen
+    from raygan.config import DataConfig, EvalConfig
+    from raygan.data import DataSource, load_dataset
+    from raygan.evaluator import start_evaluators
+
+    class HoldsArrays:  # defined here: Ray ships it by value (the workers cannot import tests/)
+        """An actor fed its data as its creator's objects in the object store, as raygan's evaluator was."""
+
+        def __init__(self, valid: np.ndarray) -> None:
+            self.total = float(np.asarray(valid).sum())
+
+        def pid(self) -> int:
+            return os.getpid()
+
+        def sum(self) -> float:
+            return self.total
+
+    # The control: its constructor's argument lives in the object store, owned by this driver.
+    stored = _objects_in_plasma()
+    array = ray_local.put(np.ones((1000, 1000), dtype=np.float32))  # too large to travel inline in the task
+    held = ray_local.remote(HoldsArrays).options(max_restarts=-1, max_task_retries=-1).remote(array)
+    assert ray_local.get(held.sum.remote(), timeout=120) == 1_000_000 and _objects_in_plasma() == stored + 1
+    del array
+    gc.collect()
+    deadline = time.monotonic() + 60
+    while _objects_in_plasma() > stored:  # until the object store has freed it
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    _sigkill(ray_local.get(held.pid.remote()))
+    with pytest.raises(ray.exceptions.RayActorError, match="could not be computed"):
+        ray_local.get(held.sum.remote(), timeout=120)
+    assert "53727" in capfd.readouterr().err  # Ray warned about it when the actor was made
+
+    # The evaluator replica: made from a DataSource; no object of its creator's behind it.
+    eval_config = EvalConfig(num_samples=500, ranking_samples=500, sigmas=(0.05, 0.1, 0.2), cpus=0.5)
+    source = DataSource(DataConfig(name="ring-8"), seed=5)
+    pool = start_evaluators(source, eval_config, name=f"test-faults-{uuid.uuid4().hex[:8]}")
+    try:
+        samples = np.random.default_rng(1).normal(size=(500, 1, 1, 2)).astype(np.float32)
+        before = pool.score_valid(samples)
+        gc.collect()
+        (pid,) = pool.pids()
+        _sigkill(pid)
+        after = pool.score_valid(samples)
+        assert pool.pids() != [pid] and pool.stats()[0]["calls"] == 1  # a new process answered
+    finally:
+        pool.kill()
+    assert "53727" not in capfd.readouterr().err
+    valid = load_dataset("ring-8", seed=5).valid
+    sigma, valid_ll = parzen.validation_score(samples, valid, eval_config.sigmas, chunk_size=eval_config.chunk_size)
+    for scores in (before, after):
+        assert scores[keys.SIGMA] == sigma and scores[keys.PARZEN_VALID_LL] == pytest.approx(valid_ll, rel=1e-6, abs=1e-4)
 
 
 DRIVER_STEPS = 12  # room to interrupt after two recorded checkpoints (steps 2 and 4), and little more to resume

@@ -41,12 +41,12 @@ FAST_NODE_DEATH = {
 
 
 @pytest.fixture(scope="module")
-def cluster(without_local_ray, tiny_dataset, tiny_experiment):
+def cluster(without_local_ray, tiny_dataset, tiny_experiment, snapshot_source):
     """A head (1 CPU, the evaluator) and WORKERS worker nodes (1 CPU each), the driver connected."""
     import ray
     from ray.cluster_utils import Cluster
 
-    from raygan.evaluator import evaluator_name, get_or_create_evaluator
+    from raygan.evaluator import evaluator_name, replica_names, start_evaluators
 
     # The cluster writes its address to <RAY_TMPDIR>/ray/ray_current_cluster, where a plain
     # ray.init() anywhere on this machine would find and join it: keep it in a private place.
@@ -61,13 +61,14 @@ def cluster(without_local_ray, tiny_dataset, tiny_experiment):
         )
         ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
         data, config = tiny_dataset(), tiny_experiment(Path(temp), name=NAME)
-        evaluator = get_or_create_evaluator(data.valid, data.test, data.train, config.eval, name=evaluator_name(NAME, config.tune.storage_path))
+        evaluators = start_evaluators(snapshot_source(data, temp), config.eval, name=evaluator_name(NAME, config.tune.storage_path))
+        (evaluator,) = evaluators.handles
         evaluator_pid = ray.get(evaluator.pid.remote(), timeout=60)  # placed: the head is the only node
         for _ in range(WORKERS):
             cluster.add_node(num_cpus=1, wait=False)
         cluster.wait_for_nodes(timeout=60)
-        yield SimpleNamespace(cluster=cluster, evaluator=evaluator, evaluator_pid=evaluator_pid,
-                              evaluator_name=evaluator_name(NAME, config.tune.storage_path))
+        (replica,) = replica_names(evaluator_name(NAME, config.tune.storage_path), config.eval.replicas)
+        yield SimpleNamespace(cluster=cluster, evaluator=evaluator, evaluator_pid=evaluator_pid, evaluator_name=replica)
     finally:
         ray.shutdown()
         if cluster is not None:

@@ -13,7 +13,8 @@ from raygan.monitor import SAMPLES_TAG, SUMMARY_FILE
 
 pytestmark = pytest.mark.ray
 
-COMPARED_TAGS = ("loss/d", "loss/g", "d/real", "d/fake", "eval/parzen_valid_ll", "hparams/k", "hparams/lr_d", "hparams/momentum")
+COMPARED_TAGS = ("loss/d", "loss/g", "d/real", "d/fake", "eval/parzen_valid_ll", "eval/queue_seconds", "hparams/k", "hparams/lr_d",
+                 "hparams/momentum")
 
 
 def lineage(points: list[tuple[int, float]]) -> list[tuple[int, float]]:

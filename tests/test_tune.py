@@ -77,6 +77,21 @@ def test_end_to_end_tune_of_two_trials(ray_local, tmp_path, tiny_dataset, tiny_e
     assert "Leaderboard" in text and "Held-out-data reference" in text and "Mixture of the best 2 trials" in text
     assert "corrected by its own discriminator" in text
 
+    # Every step is scored in the tiny config: each result says how long its samples waited for the
+    # evaluator, a part of the step's evaluation time.
+    for result_file in Path(report.experiment_path).glob("*/result.json"):
+        for line in result_file.read_text().splitlines():
+            result = json.loads(line)
+            assert 0 <= result["eval/queue_seconds"] <= result["eval/seconds"]
+            # Training on one torch thread uses at most about a second of CPU per second of wall.
+            assert result["perf/iterations_per_cpu_s"] >= 0.5 * result["perf/iterations_per_s"] > 0
+    # The checkpoints on disk, as the report counts them, and the line that says so.
+    disk = report.extra["checkpoints"]
+    on_disk = [f for f in Path(report.experiment_path).glob("*/checkpoint_*/*")]
+    assert disk["bytes"] == sum(f.stat().st_size for f in on_disk) > 0
+    assert 1 <= disk["most_per_trial"] <= config.tune.checkpoints_kept and disk["trials"] == 2
+    assert f"in {disk['checkpoints']} checkpoints of 2 trials" in text
+
 
 def _umask() -> int:
     import os

@@ -97,6 +97,25 @@ def test_a_record_refuses_data_that_changed(folder):
     one_sentence(err, "not of")
 
 
+def test_a_data_source_loads_the_split_the_experiment_recorded(folder, tmp_path):
+    """An evaluator replica gets a user's data back from a DataSource: the folder, and the record
+    file of the experiment's split, which wins over the settings' split seed."""
+    from raygan.data import DataSource, load_source
+
+    recorded = load(folder, seed=1)
+    split_file = tmp_path / "data_split.json"
+    split_file.write_text(record(recorded))
+    data = build(DataConfig, {"name": str(folder), "split_seed": 0}, "data")  # a seed that draws another split
+    again = load_source(DataSource(data, split=str(split_file)))
+    assert not np.array_equal(load_source(DataSource(data)).test, recorded.test)
+    for split in ("train", "valid", "test"):
+        assert np.array_equal(getattr(again, split), getattr(recorded, split))
+        assert np.array_equal(getattr(again, f"{split}_labels"), getattr(recorded, f"{split}_labels"))
+    with pytest.raises(DataError) as err:
+        load_source(DataSource(data, split=str(tmp_path / "gone.json")))
+    one_sentence(err, "gone.json", "missing")
+
+
 def test_split_indices_are_stratified_and_in_order():
     labels = np.array([0] * 50 + [1] * 30)
     idx = split_indices(labels, 80, (0.6, 0.2, 0.2), seed=3)

@@ -1,15 +1,19 @@
 """Algorithm 1 iterations per second: GANTrainer.run against a hand-written PyTorch loop.
 
-Both run the paper's MNIST pair (G 100-1200-1200-784, D maxout 240x5 twice with dropout, the
-default max-norm) at minibatch 100 with momentum SGD: k D-steps, each on a fresh data and
-noise minibatch, then one G-step. The plain loop is what a person would write by hand: no
-schedules, no metrics, no random-stream bookkeeping. The difference is the trainer's overhead.
+Two pairs, each with its own learning rule: today's default (the DCGAN-style conv pair trained
+by Adam at minibatch 32, raygan.config's defaults) and the paper's MNIST pair (G 100-1200-1200-784,
+D maxout 240x5 twice with dropout, momentum SGD at minibatch 100: experiments/mnist_paper.yaml).
+Both loops run k D-steps, each on a fresh data and noise minibatch, then one G-step. The plain
+loop is what a person would write by hand: no schedules, no metrics, no random-stream
+bookkeeping. The difference is the trainer's overhead.
 
 Measurements are interleaved (trainer, plain, plain, trainer, trainer, plain, ...) so that
-drifting machine load hits both alike and neither always runs first; medians are reported.
+drifting machine load hits both alike and neither always runs first; medians are reported, of
+wall time and of this process's CPU time (which other jobs sharing the cores hardly move, on one
+thread; on two, a busy machine makes OpenMP spin and both grow).
 
-    python experiments/benchmarks/bench_step.py                         # 1 and 2 CPU threads (+ CUDA if present)
-    python experiments/benchmarks/bench_step.py --threads 1 --iterations 20 --repeats 5
+    python experiments/benchmarks/bench_step.py                         # both pairs, 1 and 2 CPU threads (+ CUDA if present)
+    python experiments/benchmarks/bench_step.py --pair default --threads 1 --iterations 20 --repeats 5
     python experiments/benchmarks/bench_step.py --device cuda --iterations 500
 """
 
@@ -22,13 +26,17 @@ import shlex
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from raygan.algorithm import GANTrainer
-from raygan.config import ModelConfig, TrainConfig
+from raygan.config import ModelConfig, TrainConfig, load_config, replace
 from raygan.models import Discriminator, Generator
+
+PAPER_YAML = Path(__file__).resolve().parents[1] / "mnist_paper.yaml"
+PAIRS = ("default", "paper")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,8 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts (torch.set_num_threads)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: the CPU thread counts, then CUDA when torch.cuda.is_available()")
-    p.add_argument("--k", type=int, default=1, help="D-steps per G-step (the paper: 1)")
-    p.add_argument("--batch-size", type=int, default=100, help="minibatch size m (the paper: 100)")
+    p.add_argument("--pair", default="both", choices=[*PAIRS, "both"],
+                   help="default: the conv pair with Adam (raygan's defaults); paper: experiments/mnist_paper.yaml's MLP/maxout pair with SGD")
+    p.add_argument("--k", type=int, default=None, help="D-steps per G-step (default: the pair's own, 1)")
+    p.add_argument("--batch-size", type=int, default=None, help="minibatch size m (default: the pair's own: 32, the paper's 100)")
     p.add_argument("--profile", action="store_true", help="also print a cProfile of GANTrainer.run (CPU, first thread count)")
     return p.parse_args(argv)
 
@@ -64,8 +74,13 @@ class PlainLoop:
         shape = tuple(data.shape[1:])
         self.G = Generator(model, shape).to(data.device)
         self.D = Discriminator(model, shape).to(data.device)
-        self.opt_d = torch.optim.SGD(self.D.parameters(), lr=train.lr_d, momentum=train.momentum)
-        self.opt_g = torch.optim.SGD(self.G.parameters(), lr=train.lr_g, momentum=train.momentum)
+        if train.optimizer == "adam":
+            betas = (train.momentum, train.beta2)
+            self.opt_d = torch.optim.Adam(self.D.parameters(), lr=train.lr_d, betas=betas)
+            self.opt_g = torch.optim.Adam(self.G.parameters(), lr=train.lr_g, betas=betas)
+        else:
+            self.opt_d = torch.optim.SGD(self.D.parameters(), lr=train.lr_d, momentum=train.momentum)
+            self.opt_g = torch.optim.SGD(self.G.parameters(), lr=train.lr_g, momentum=train.momentum)
         self.g_params = list(self.G.parameters())
         self.d_linears = [m for m in self.D.modules() if isinstance(m, torch.nn.Linear)]
         self.data, self.m, self.k, self.nz, self.max_norm = data, train.batch_size, train.k, model.noise_dim, model.d_max_norm
@@ -99,14 +114,15 @@ class PlainLoop:
             torch.cuda.synchronize(dev)
 
 
-def timed(fn, iterations: int, device: torch.device) -> float:
+def timed(fn, iterations: int, device: torch.device) -> tuple[float, float]:
+    """Wall seconds and this process's CPU seconds of ``fn(iterations)``."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     fn(iterations)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def bench(device: torch.device, threads: int | None, args: argparse.Namespace, model: ModelConfig,
@@ -119,11 +135,13 @@ def bench(device: torch.device, threads: int | None, args: argparse.Namespace, m
     plain = PlainLoop(model, train, data)
     trainer.run(3)  # warm-up: allocator, kernels, lazy initialisation
     plain.run(3)
-    t_trainer, t_plain = [], []
+    trainer_times, plain_times = [], []
     for i in range(args.repeats):  # interleaved; who goes first alternates, so order effects cancel
-        first, second = ((trainer.run, t_trainer), (plain.run, t_plain))[:: 1 if i % 2 == 0 else -1]
+        first, second = ((trainer.run, trainer_times), (plain.run, plain_times))[:: 1 if i % 2 == 0 else -1]
         for fn, out in (first, second):
             out.append(timed(fn, iterations, device))
+    t_trainer, t_plain = [w for w, _ in trainer_times], [w for w, _ in plain_times]
+    cpu_t, cpu_p = statistics.median(c for _, c in trainer_times), statistics.median(c for _, c in plain_times)
     med_t, med_p = statistics.median(t_trainer), statistics.median(t_plain)
     ratios = sorted(a / b for a, b in zip(t_trainer, t_plain))
     return {
@@ -134,6 +152,9 @@ def bench(device: torch.device, threads: int | None, args: argparse.Namespace, m
         "pair_overhead_pct": 100 * (statistics.median(ratios) - 1),
         "spread_trainer_pct": 100 * (max(t_trainer) - min(t_trainer)) / med_t,
         "spread_plain_pct": 100 * (max(t_plain) - min(t_plain)) / med_p,
+        "trainer_cpu_its": iterations / cpu_t,
+        "plain_cpu_its": iterations / cpu_p,
+        "cpu_overhead_pct": 100 * (cpu_t / cpu_p - 1),
     }
 
 
@@ -153,19 +174,36 @@ def profile_trainer(model: ModelConfig, train: TrainConfig, threads: int, iterat
     pstats.Stats(prof).sort_stats("tottime").print_stats(15)
 
 
+def pair(name: str, args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
+    """The models and learning rule of one pair, with --k and --batch-size applied where given."""
+    if name == "default":
+        model, train = ModelConfig(), TrainConfig(seed=0)
+    else:
+        paper = load_config(PAPER_YAML)
+        model, train = paper.model, replace(paper.train, seed=0)
+    changes = {k: v for k, v in (("k", args.k), ("batch_size", args.batch_size)) if v is not None}
+    return model, replace(train, **changes)
+
+
+def describe(name: str, model: ModelConfig, train: TrainConfig) -> str:
+    if model.arch == "conv":
+        nets = f"G and D conv (width {model.conv_width}, DCGAN-style; batch norm in G)"
+    else:
+        nets = (f"G {model.noise_dim}-{'-'.join(map(str, model.g_hidden))}-784, D maxout {model.d_hidden} x {model.d_pieces} "
+                f"pieces, dropout {model.d_input_dropout}/{model.d_hidden_dropout}, max-norm {model.d_max_norm}")
+    rule = (f"Adam lr {train.lr_d}/{train.lr_g} betas ({train.momentum}, {train.beta2})" if train.optimizer == "adam"
+            else f"SGD lr {train.lr_d}/{train.lr_g} momentum {train.momentum}")
+    return f"{name} pair: {nets}; k={train.k}, m={train.batch_size}, {rule}"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench_step.py: --device cuda, but torch.cuda.is_available() is False", file=sys.stderr)
         raise SystemExit(2)
     print("$ python " + " ".join(shlex.quote(a) for a in sys.argv))
-    model = ModelConfig()  # the paper's MNIST pair, with the project's default max-norm
-    train = TrainConfig(k=args.k, batch_size=args.batch_size, g_loss="non-saturating", seed=0)
     print(f"torch {torch.__version__}, python {platform.python_version()}, {os.cpu_count()} CPUs visible, "
-          f"{platform.processor() or platform.machine()}")
-    print(f"G {model.noise_dim}-{'-'.join(map(str, model.g_hidden))}-784, D maxout {model.d_hidden} x {model.d_pieces} "
-          f"pieces, dropout {model.d_input_dropout}/{model.d_hidden_dropout}, max-norm {model.d_max_norm}; "
-          f"k={train.k}, m={train.batch_size}, SGD lr {train.lr_d}/{train.lr_g} momentum {train.momentum}")
+          f"{platform.processor() or platform.machine()}; load average {os.getloadavg()[0]:.1f}")
     print(f"data: {training_data(torch.device('cpu'))[1]}; {args.repeats} interleaved repeats per variant, medians")
 
     runs: list[tuple[str, torch.device, int | None]] = []
@@ -175,18 +213,24 @@ def main(argv: list[str] | None = None) -> None:
     if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
         runs.append((f"cuda ({torch.cuda.get_device_name(0)})", torch.device("cuda", 0), None))
 
-    header = f"{'device':<36} {'iters':>5} {'GANTrainer it/s':>16} {'plain loop it/s':>16} {'overhead':>9} {'paired':>8} {'spread T/P':>12}"
-    print("\n" + header + "\n" + "-" * len(header))
-    for label, device, threads in runs:
-        r = bench(device, threads, args, model, train)
-        print(f"{label:<36} {r['iterations']:>5} {r['trainer_its']:>16.2f} {r['plain_its']:>16.2f} "
-              f"{r['overhead_pct']:>+8.1f}% {r['pair_overhead_pct']:>+7.1f}% "
-              f"{r['spread_trainer_pct']:>5.0f}%/{r['spread_plain_pct']:.0f}%", flush=True)
+    header = (f"{'device':<16} {'iters':>5} {'GANTrainer it/s':>16} {'plain loop it/s':>16} {'overhead':>9} {'paired':>8} "
+              f"{'spread T/P':>11} {'it/CPU s T/P':>14} {'CPU overhead':>13}")
+    for name in PAIRS if args.pair == "both" else (args.pair,):
+        model, train = pair(name, args)
+        print("\n" + describe(name, model, train) + "\n" + header + "\n" + "-" * len(header))
+        for label, device, threads in runs:
+            r = bench(device, threads, args, model, train)
+            spread = f"{r['spread_trainer_pct']:.0f}%/{r['spread_plain_pct']:.0f}%"
+            per_cpu = f"{r['trainer_cpu_its']:.2f}/{r['plain_cpu_its']:.2f}"
+            print(f"{label:<16} {r['iterations']:>5} {r['trainer_its']:>16.2f} {r['plain_its']:>16.2f} "
+                  f"{r['overhead_pct']:>+8.1f}% {r['pair_overhead_pct']:>+7.1f}% {spread:>11} {per_cpu:>14} "
+                  f"{r['cpu_overhead_pct']:>+12.1f}%", flush=True)
+        if args.profile:
+            profile_trainer(model, train, int(args.threads.split(",")[0]), args.iterations or 30)
     print("\noverhead: median trainer time / median plain time - 1 (goal < 3 %); paired: median of the per-pair "
-          "ratios; spread: (max - min) / median of each variant's timings (machine noise).")
-    if args.profile:
-        threads = int(args.threads.split(",")[0])
-        profile_trainer(model, train, threads, args.iterations or 30)
+          "ratios; spread: (max - min) / median of each variant's wall timings (machine noise); it/CPU s: iterations per "
+          "second of this process's CPU time, trainer/plain; CPU overhead: the overhead in CPU time. "
+          f"Load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
