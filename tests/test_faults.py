@@ -46,7 +46,8 @@ def _histories(experiment: str | Path) -> dict[str, list[dict]]:
     return out
 
 
-@pytest.mark.parametrize("scheduler", ["pbt", "asha"])
+# PBT's replacement of a diverged trial takes a minute on 2 cores: slow; ASHA's stop stays in the default suite.
+@pytest.mark.parametrize("scheduler", [pytest.param("pbt", marks=pytest.mark.slow), "asha"])
 def test_a_diverging_trial_is_replaced_or_stopped_and_the_experiment_goes_on(ray_local, tmp_path, monkeypatch, scheduler, tiny_dataset, tiny_experiment):
     """Two trials, one with a learning rate that makes its losses NaN at once. PBT replaces it by
     exploit at a perturbation; ASHA stops it; the run ends normally either way, the healthy trial
@@ -359,6 +360,9 @@ def test_the_evaluator_restarts_after_its_creators_references_are_gone(ray_local
 
 
 DRIVER_STEPS = 12  # room to interrupt after two recorded checkpoints (steps 2 and 4), and little more to resume
+# checkpoints_kept: every checkpoint is kept here. With the default budget of 4, one --resume after a
+# SIGKILL in three logged a traceback from Tune's checkpoint handling (_process_trial_save: the
+# state a SIGKILL leaves behind can list checkpoints the budget has deleted since); the run finished.
 DRIVER_CONFIG = f"""\
 data: {{name: toy-1d}}
 model: {{arch: mlp, noise_dim: 2, g_hidden: [16], d_hidden: [16], d_pieces: 2, d_input_dropout: 0.0, d_hidden_dropout: 0.0}}
@@ -366,7 +370,7 @@ train: {{batch_size: 50}}
 eval: {{num_samples: 200, ranking_samples: 200, sigmas: [0.05, 0.1, 0.2, 0.5], every: 1, cpus: 1.0}}
 search: {{perturbation_interval: 2}}
 tune: {{scheduler: pbt, num_trials: 2, cpus_per_trial: 1.0, gpus_per_trial: 0.0, time_budget_s: null, max_iterations: {DRIVER_STEPS},
-       iterations_per_step: 1000, checkpoint_every: 2, seed: 0}}
+       iterations_per_step: 1000, checkpoint_every: 2, checkpoints_kept: {DRIVER_STEPS}, seed: 0}}
 """
 REPO = Path(__file__).resolve().parents[1]
 
@@ -433,6 +437,9 @@ def _recorded_checkpoints(experiment: Path, trials: int) -> bool:
     return True
 
 
+# A minute and a half each on 2 cores, so slow (the suite must stay under 10 minutes): the default suite
+# interrupts and resumes in process (test_your_data.py); these run the CLI as a user does.
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["ctrl-c", "kill -9"])
 def test_an_interrupted_driver_resumes_from_its_checkpoints(tmp_path, how):
     """python -m raygan.tune stopped mid-run by Ctrl-C (SIGINT to its process group) or SIGKILL,

@@ -146,6 +146,7 @@ def test_environment_variable_chooses_the_cache(mnist5k_labelled, quality_cache_
     assert quality.cache_path(mnist5k_labelled).parent == Path(quality.DEFAULT_CACHE_DIR).expanduser()
 
 
+@pytest.mark.slow  # retrains the classifier (30 s on 2 cores)
 def test_corrupt_cache_is_retrained_and_overwritten(mnist5k_quality, mnist5k_labelled, quality_cache_dir, tmp_path):
     path = quality.cache_path(mnist5k_labelled, tmp_path)
     shutil.copy(quality.cache_path(mnist5k_labelled, quality_cache_dir), path)

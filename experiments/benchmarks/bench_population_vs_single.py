@@ -147,13 +147,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--snapshot-s", type=float, default=30.0, help="seconds between the single run's snapshots")
     p.add_argument("--figure", type=Path, default=common.DOCS_DIR / "population_vs_single.png")
     p.add_argument("--arms", nargs="+", choices=["population", "single"], default=["population", "single"])
+    p.add_argument("--append", action="store_true", help="keep the seeds already in OUT/pvs.json, run only the others")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"$ python experiments/benchmarks/bench_population_vs_single.py {' '.join(sys.argv[1:])}")
     print(json.dumps(common.hardware()))
 
     results: dict[str, Any] = {"seeds": {}, "tune_flags": tune_flags}
+    if args.append and (args.out / "pvs.json").is_file():
+        results = json.loads((args.out / "pvs.json").read_text())
+        if results.get("tune_flags") != tune_flags:
+            raise SystemExit(f"--append: {args.out / 'pvs.json'} was run with tune flags {results.get('tune_flags')}, not {tune_flags}")
+        for seed, row in results["seeds"].items():
+            print_rows(int(seed), row)
     for seed in args.seeds:
+        if str(seed) in results["seeds"]:
+            continue
         row: dict[str, Any] = {}
         if "population" in args.arms:
             pop = run_population(seed, args.out, tune_flags)
@@ -220,7 +229,7 @@ def plot(results: dict[str, Any], out: Path) -> None:
             curve = row.get(arm, {}).get("curve") or []
             if curve:
                 t, ll = zip(*curve)
-                ax.step(t, ll, where="post", color=colour, alpha=0.8, label=f"{arm}, seed {seed}" if seed == min(results["seeds"]) else None)
+                ax.step(t, ll, where="post", color=colour, alpha=0.8, label=f"{arm}, seeds {', '.join(sorted(results['seeds']))}" if seed == min(results["seeds"]) else None)
     ax.set_xlabel("wall seconds since the start")
     ax.set_ylabel("best Parzen validation LL so far (nats)")
     ax.set_ylim(bottom=0)

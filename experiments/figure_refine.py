@@ -1,0 +1,73 @@
+"""The same generator's samples raw, corrected by rejection sampling (DRS) and by Metropolis-Hastings.
+
+Each panel is ``python -m raygan.sample --checkpoint CKPT --seed 0 [--refine METHOD]`` exactly as a
+user runs it (the run's own calibration data and refine settings), drawn side by side:
+
+    python experiments/figure_refine.py --checkpoint ~/raygan_results/raygan/best/generator.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import common
+import numpy as np
+
+PANELS = (("raw", None), ("DRS", "drs"), ("MH", "mh"))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Raw, DRS and MH samples of one generator, side by side.")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a raygan generator.pt that carries its discriminator")
+    p.add_argument("--num", type=int, default=64, help="samples per panel (a square number)")
+    p.add_argument("--out", type=Path, default=common.DOCS_DIR / "refine_mnist5k.png")
+    return p.parse_args(argv)
+
+
+def draw(checkpoint: Path, method: str | None, num: int, folder: Path) -> np.ndarray:
+    out = folder / f"{method or 'raw'}.npy"
+    argv = [sys.executable, "-m", "raygan.sample", "--checkpoint", str(checkpoint), "--num", str(num), "--seed", "0",
+            "--out", str(out)] + (["--refine", method] if method else [])
+    subprocess.run(argv, check=True)
+    return np.load(out)
+
+
+def grid(samples: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) in [0, 1] -> one (rows*H, cols*W) image with a one-pixel gap."""
+    n, _, h, w = samples.shape
+    side = int(np.ceil(np.sqrt(n)))
+    image = np.ones((side * (h + 1) + 1, side * (w + 1) + 1))
+    for i, x in enumerate(samples[:, 0]):
+        r, c = divmod(i, side)
+        image[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = x
+    return image
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with tempfile.TemporaryDirectory() as folder:
+        panels = [(title, draw(args.checkpoint, method, args.num, Path(folder))) for title, method in PANELS]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.3))
+    for ax, (title, samples) in zip(axes, panels):
+        ax.imshow(grid(samples), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(title)
+        ax.axis("off")
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=100)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
