@@ -82,6 +82,7 @@ def test_checkpoint_usage_counts_checkpoint_directories_only(tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # a minute on 2 cores; test_pbt_skips_an_exploit_whose_donor_checkpoint_is_gone covers the skip in the default suite
 def test_pbt_never_exploits_a_checkpoint_the_budget_deleted(ray_local, tmp_path, tiny_dataset, tiny_experiment, monkeypatch):
     """Four trials, two at a time (PBT pauses each at its perturbation until the others catch up),
     a checkpoint every step and the fewest kept that PBT allows: the budget deletes checkpoints all
