@@ -208,13 +208,19 @@ class WhenItChangesTheRun:
             return None
         old = trial.placement_group_factory.required_resources
         now = dict(new.required_resources)
+        if _runs_alike(old, now):  # the common case, decided before asking Ray for its nodes
+            return None
         for name, most in self.node_capacity().items():
             if now.get(name, 0.0) > most:
                 now[name] = max(most, old.get(name, 0.0))
-        same_threads = torch_threads(old.get("CPU", 0.0)) == torch_threads(now.get("CPU", 0.0))
-        if same_threads and old.get("GPU", 0.0) == now.get("GPU", 0.0):
+        if _runs_alike(old, now):
             return None
         return new if now == new.required_resources else PlacementGroupFactory([{k: v for k, v in now.items() if v}])
+
+
+def _runs_alike(old: dict[str, float], now: dict[str, float]) -> bool:
+    """Whether a trial would run the same on ``now`` as on ``old``: the same torch threads and GPU share."""
+    return torch_threads(old.get("CPU", 0.0)) == torch_threads(now.get("CPU", 0.0)) and old.get("GPU", 0.0) == now.get("GPU", 0.0)
 
 
 def largest_node() -> dict[str, float]:
