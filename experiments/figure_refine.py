@@ -17,6 +17,9 @@ from pathlib import Path
 
 import common
 import numpy as np
+import torch
+
+from raygan.images import tile
 
 PANELS = (("raw", None), ("DRS", "drs"), ("MH", "mh"))
 
@@ -37,17 +40,6 @@ def draw(checkpoint: Path, method: str | None, num: int, folder: Path) -> np.nda
     return np.load(out)
 
 
-def grid(samples: np.ndarray) -> np.ndarray:
-    """(N, C, H, W) in [0, 1] -> one (rows*H, cols*W) image with a one-pixel gap."""
-    n, _, h, w = samples.shape
-    side = int(np.ceil(np.sqrt(n)))
-    image = np.ones((side * (h + 1) + 1, side * (w + 1) + 1))
-    for i, x in enumerate(samples[:, 0]):
-        r, c = divmod(i, side)
-        image[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = x
-    return image
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import matplotlib
@@ -59,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         panels = [(title, draw(args.checkpoint, method, args.num, Path(folder))) for title, method in PANELS]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.3))
     for ax, (title, samples) in zip(axes, panels):
-        ax.imshow(grid(samples), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        grid = tile(torch.from_numpy(samples), nrow=int(np.ceil(np.sqrt(len(samples)))), padding=1, pad_value=1.0)
+        ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(title)
         ax.axis("off")
     fig.tight_layout()
