@@ -25,7 +25,7 @@ import ray
 import torch
 from ray import tune
 
-from raygan import hyperparameters, keys
+from raygan import heap, hyperparameters, keys
 from raygan.algorithm import GANTrainer
 from raygan.config import ExperimentConfig, build, replace
 from raygan.errors import CheckpointError
@@ -117,6 +117,7 @@ class GANTrainable(tune.Trainable):
         # the threads follow what this actor holds now, not what the trial started with.
         self.cpus = trial_cpus(self.trial_resources, self.experiment.tune.cpus_per_trial)
         torch.set_num_threads(torch_threads(self.cpus))
+        heap.keep_freed_memory()  # a worker that read its data zero-copy would page-fault every iteration
         self.device, device_note = trial_device()
         with warnings.catch_warnings():  # the object store's arrays are read-only; we never write them
             warnings.simplefilter("ignore", UserWarning)
