@@ -29,7 +29,7 @@ def keep_freed_memory(mmap_threshold: int = MMAP_THRESHOLD_BYTES, trim_threshold
     Returns whether they were set: False where the C library is not glibc (macOS, musl), where
     there is nothing to change.
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     # mallopt returns 1 on success, 0 on a rejected value

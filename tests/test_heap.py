@@ -36,5 +36,5 @@ def test_keep_freed_memory_stops_page_faults_every_iteration():
     done = subprocess.run([sys.executable, "-c", TRAIN], capture_output=True, text=True, check=True)
     faults = json.loads(done.stdout)
     assert faults["set"]
-    assert faults["default"] > 10 * 1000  # ~3,000 pages per iteration measured
-    assert faults["kept"] < faults["default"] / 10  # tens of pages per iteration measured
+    assert faults["default"] > 10 * 1000  # 1,200-2,200 pages per iteration measured
+    assert faults["kept"] < faults["default"] / 10  # 0.5-80 per iteration measured
