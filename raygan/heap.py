@@ -6,7 +6,7 @@ thresholds start low (128 KiB, 256 KiB) and rise only as the process frees large
 that has loaded and freed a data set has raised them; a Ray worker that reads its data zero-copy
 from the object store has not, so every iteration's activations (a few MB for the conv pair) are
 mapped, page-faulted in, zeroed and returned again: measured on 2 vCPUs, ~1,900 minor page faults
-per iteration and 8 % of the time in the kernel, the same loop ~11 % slower than in a plain process.
+per iteration and 8 % of the time in the kernel, the same loop 11-19 % slower than in a plain process.
 Pinning the thresholds at the values glibc's own adjustment tops out at removes that.
 """
 
