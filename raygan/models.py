@@ -431,6 +431,9 @@ def check_labels(generator: Generator, labels: Any, n: int) -> torch.Tensor | No
     return y.to(torch.int64)
 
 
+CPU_FORWARD_BATCH = 250  # the default conv G on 2 cores: 10,000 samples in 0.67 s at 100-250 a pass, 0.92 s at 1,000
+
+
 @torch.no_grad()
 def generate(
     generator: Generator, n: int, seed: int = 0, batch_size: int = 1000, labels: Any = None
@@ -456,16 +459,17 @@ def generate(
     device = next(generator.parameters()).device
     y = None if y is None else y.to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
+    # The noise is drawn batch_size at a time (the draws fix the samples); on a CPU the forward
+    # passes take CPU_FORWARD_BATCH of them at a time, whose activations stay in cache.
+    step = min(batch_size, CPU_FORWARD_BATCH) if device.type == "cpu" else batch_size
     was_training = generator.training
     generator.eval()
     try:
-        out = [
-            generator(
-                sample_noise(generator.config.prior, min(batch_size, n - i), generator.config.noise_dim, gen),
-                None if y is None else y[i : i + batch_size],
-            )
-            for i in range(0, n, batch_size)
-        ]
+        out = []
+        for i in range(0, n, batch_size):
+            z = sample_noise(generator.config.prior, min(batch_size, n - i), generator.config.noise_dim, gen)
+            c = None if y is None else y[i : i + batch_size]
+            out += [generator(z[j : j + step], None if c is None else c[j : j + step]) for j in range(0, len(z), step)]
     finally:
         generator.train(was_training)
     return torch.cat(out) if out else torch.empty(0, *generator.data_shape, device=device)

@@ -213,6 +213,23 @@ def test_generate_is_deterministic_for_a_seed_and_varies_across_seeds():
     assert generate(g, 0).shape == (0, 1, 4, 4)
 
 
+@pytest.mark.parametrize("prior", ["uniform", "gaussian"])
+def test_generate_samples_do_not_depend_on_the_forward_pass_size(monkeypatch, prior):
+    """The noise is drawn batch_size at a time and fixes the samples; the CPU's smaller forward
+    passes (models.CPU_FORWARD_BATCH) change the arithmetic's blocking, not the samples."""
+    import raygan.models
+
+    torch.manual_seed(0)
+    g = Generator(ModelConfig(arch="conv", noise_dim=4, conv_width=2, prior=prior, conditional=True), (1, 8, 8), num_classes=3)
+    labels = torch.arange(23) % 3
+    monkeypatch.setattr(raygan.models, "CPU_FORWARD_BATCH", 10**6)
+    whole = generate(g, 23, seed=5, batch_size=10, labels=labels)
+    monkeypatch.setattr(raygan.models, "CPU_FORWARD_BATCH", 3)
+    pieces = generate(g, 23, seed=5, batch_size=10, labels=labels)
+    assert torch.allclose(whole, pieces, atol=1e-6)
+    assert not torch.equal(pieces[:10], pieces[10:20])
+
+
 def test_generate_uses_eval_mode_and_restores_training_mode():
     torch.manual_seed(0)
     g = Generator(ModelConfig(arch="conv", noise_dim=4, conv_width=2), (1, 8, 8))  # BatchNorm: mode matters
