@@ -280,6 +280,21 @@ def _base_scheduler(config: ExperimentConfig) -> TrialScheduler:
     return FIFOScheduler()
 
 
+def asha_rungs(config: ExperimentConfig) -> frozenset[int]:
+    """The Tune steps at which ASHA decides (its rungs: grace_period x reduction_factor^i below
+    max_iterations, as Tune's ``_Bracket`` lays them out); empty for the other schedulers.
+
+    A trial scores at each of them whatever ``eval.every`` says: a rung read with a stale score
+    would stop or keep a trial on what it was, not what it is.
+    """
+    if config.tune.scheduler != "asha":
+        return frozenset()
+    max_t, rf = config.tune.max_iterations, config.search.reduction_factor
+    grace = min(config.search.grace_period, max_t)
+    count = int(math.log(max_t / grace) / math.log(rf) + 1)  # Tune's MAX_RUNGS for its one bracket
+    return frozenset(grace * rf**k for k in range(count))
+
+
 def _base_point(config: ExperimentConfig) -> list[dict[str, Any]]:
     """The experiment's own hyperparameters as the first trial, where the search asks for it."""
     if not config.search.start_from_base:

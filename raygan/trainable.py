@@ -126,6 +126,9 @@ class GANTrainable(tune.Trainable):
             self.train_labels = None if labels is None else torch.from_numpy(np.asarray(labels)).to(self.device)
         self.bounded = bool(data["bounded"])
         self.trainer = self._new_trainer(self.experiment, train)
+        from raygan.search import asha_rungs  # raygan.search imports this module
+
+        self.rungs = asha_rungs(self.experiment)
         self.iterations_per_step = self.experiment.tune.iterations_per_step or steps_per_epoch(
             len(train), self.experiment.train.batch_size
         )
@@ -172,9 +175,10 @@ class GANTrainable(tune.Trainable):
         if not metrics.finite:
             self.diverged = True
             self.scores = dict(NOT_SCORED)
-        elif (self.iteration + 1) % self.experiment.eval.every == 0 or self._last_step():
+        elif (self.iteration + 1) % self.experiment.eval.every == 0 or self.iteration + 1 in self.rungs or self._last_step():
             # Every eval.every steps (a result in between carries the last scores: -inf before the
-            # first), and the last, so the final ranking is of the final generators.
+            # first), at each of ASHA's rungs, so that it decides on fresh scores, and the last, so
+            # the final ranking is of the final generators.
             eval_start = time.perf_counter()
             self._evaluate()
             eval_s = time.perf_counter() - eval_start

@@ -124,16 +124,16 @@ def tiny_experiment():
 
 @pytest.fixture
 def make_trainable(tmp_path):
-    """``make_trainable(**hyperparameters)``: a GANTrainable of the tiny experiment stored under the
-    test's tmp_path, built directly (no Tuner) as a Tune actor would build it; stopped at the end
+    """``make_trainable(experiment=None, **hyperparameters)``: a GANTrainable of the tiny experiment
+    (or of ``experiment``, stored alike) under the test's tmp_path, built directly (no Tuner) as a Tune actor would build it; stopped at the end
     of the test."""
     from raygan.config import to_dict
     from raygan.trainable import with_data
 
     made = []
 
-    def make(**hyper):
-        config = _tiny_experiment(tmp_path)
+    def make(experiment=None, **hyper):
+        config = experiment or _tiny_experiment(tmp_path)
         trial_config = {"experiment": to_dict(config), "arch": "mlp", "optimizer": "sgd", "k": 1, "lr_d": 0.05,
                         "lr_g": 0.05, "momentum": 0.5, "prior": "uniform", "g_loss": "non-saturating", "seed": 0, **hyper}
         data = _tiny_dataset()
