@@ -26,6 +26,7 @@ import figure2_samples
 import figure3_interpolation
 import figure_pbt
 import mode_collapse
+import refine_classes
 import table1
 
 from raygan.config import ModelConfig
@@ -299,3 +300,19 @@ def test_recipes_independent_classifier_and_a_short_run(tmp_path, capsys):
     row = capsys.readouterr().out.strip().splitlines()[-1].split("|")
     assert row[1].strip() == "default-beta1-0" and row[2].strip() == "4"
     _png(tmp_path / "default-beta1-0.png")
+
+
+def test_refine_classes_weighting_by_the_exact_ratio_gives_the_datas_classes():
+    """Samples weighted by the exact ratio p_data/p_g have the data's class shares (TVD 0); a ratio
+    blind to the classes keeps G's; the table's exact column is log(p_data(y) / p_g(y))."""
+    rng = np.random.default_rng(0)
+    predicted = rng.choice(3, size=20_000, p=[0.5, 0.3, 0.2])
+    shares = np.bincount(predicted, minlength=3) / len(predicted)
+    data_shares = np.array([0.2, 0.3, 0.5])
+    within = rng.normal(0, 0.5, len(predicted))  # a per-sample part that averages out within each class
+    exact = np.log(data_shares / shares)[predicted] + within - np.log(np.exp(within).mean())
+    rows, tvd = refine_classes.class_table(shares, data_shares, exact, predicted)
+    assert tvd < 0.01
+    assert rows[0].startswith(f"| 0 | {100 * shares[0]:.1f} | {np.log(0.2 / shares[0]):+.2f} |")
+    _, blind = refine_classes.class_table(shares, data_shares, within, predicted)
+    assert abs(blind - 0.5 * np.abs(shares - data_shares).sum()) < 0.02

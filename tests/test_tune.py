@@ -278,7 +278,7 @@ def test_asha_rungs_are_tunes_own():
                          tune=replace(config.tune, max_iterations=max_t))
         tunes = {milestone for milestone, _ in _Bracket(min(grace, max_t), max_t, rf, 0)._rungs}
         assert asha_rungs(config) == tunes, (grace, rf, max_t)
-    assert asha_rungs(ExperimentConfig()) == {2, 8, 32, 128}  # the default run's
+    assert asha_rungs(ExperimentConfig()) == {1, 2, 4, 8, 16, 32, 64, 128}  # the default run's
     pbt = ExperimentConfig()
     assert asha_rungs(replace(pbt, tune=replace(pbt.tune, scheduler="pbt"))) == frozenset()
 
