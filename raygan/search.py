@@ -158,6 +158,37 @@ class BudgetedPBT(PopulationBasedTraining):
         super()._exploit(tune_controller, trial, trial_to_clone)
 
 
+class RecheckedASHA(ASHAScheduler):
+    """Tune's ASHA, whose promotions are checked again as later trials reach the rung.
+
+    ASHA decides when a trial reaches a rung, against the trials that reached it before: the first
+    to arrive always goes on. Trials that train at the same pace reach every rung in the same
+    order, so a faster but worse trial is never compared with the better one behind it; on seed 0
+    of the default run two trials shared the cores to the end that way (9,000 iterations each).
+    Here each new score at a rung re-reads the rung with ASHA's own cutoff (the top
+    1/reduction_factor of the scores recorded there), and a trial recorded there below it stops at
+    its next result. Once every trial has reached a rung, those still going on from it are the
+    ones synchronous successive halving would keep; none waits for the others.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.demoted: set[str] = set()  # trial ids below a rung's cutoff, stopped at their next result
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        bracket = self._trial_info.get(trial.trial_id)
+        if bracket is not None:
+            for _, recorded in bracket._rungs:  # (milestone, {trial id: score x mode's sign})
+                cutoff = bracket.cutoff(recorded)
+                if cutoff is not None:
+                    self.demoted.update(t for t, score in recorded.items() if score < cutoff)
+        if action == TrialScheduler.CONTINUE and trial.trial_id in self.demoted:
+            self._num_stopped += 1
+            return TrialScheduler.STOP
+        return action
+
+
 def make_scheduler(config: ExperimentConfig, trial_resources: dict[str, float] | None = None,
                    reserved: dict[str, float] | None = None) -> TrialScheduler:
     """The trial scheduler named by ``config.tune.scheduler``, inside Tune's ResourceChangingScheduler
@@ -244,7 +275,8 @@ def _base_scheduler(config: ExperimentConfig) -> TrialScheduler:
     and each choice moves to a neighbouring value of its list or is resampled
     (:mod:`raygan.hyperparameters` says which is which). ASHA is successive halving: at each rung
     (grace_period, then times reduction_factor) a trial below the top 1/reduction_factor of the
-    trials that reached the rung stops.
+    trials that reached the rung stops, including one that went on before the others got there
+    (:class:`RecheckedASHA`).
 
     Raises:
         ConfigError: PBT without a searched hyperparameter, or with fewer kept checkpoints than
@@ -271,7 +303,7 @@ def _base_scheduler(config: ExperimentConfig) -> TrialScheduler:
             log_config=True,
         )
     if name == "asha":
-        return ASHAScheduler(
+        return RecheckedASHA(
             time_attr="training_iteration",
             max_t=config.tune.max_iterations,
             grace_period=min(search.grace_period, config.tune.max_iterations),

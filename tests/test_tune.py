@@ -278,7 +278,7 @@ def test_asha_rungs_are_tunes_own():
                          tune=replace(config.tune, max_iterations=max_t))
         tunes = {milestone for milestone, _ in _Bracket(min(grace, max_t), max_t, rf, 0)._rungs}
         assert asha_rungs(config) == tunes, (grace, rf, max_t)
-    assert asha_rungs(ExperimentConfig()) == {1, 2, 4, 8, 16, 32, 64, 128}  # the default run's
+    assert asha_rungs(ExperimentConfig()) == {2, 4, 8, 16, 32, 64, 128}  # the default run's
     pbt = ExperimentConfig()
     assert asha_rungs(replace(pbt, tune=replace(pbt.tune, scheduler="pbt"))) == frozenset()
 
@@ -295,3 +295,52 @@ def test_a_trial_scores_at_every_asha_rung(evaluator, tmp_path, make_trainable, 
     trial = make_trainable(experiment=config)
     scored = [step for step in range(1, 9) if trial.train()[keys.EVAL_SECONDS] > 0]
     assert scored == [2, 4, 6, 8]
+
+
+class _Trial:
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+
+
+def _asha(cls, rf: int):
+    scheduler = cls(time_attr="training_iteration", metric="score", mode="max", max_t=16, grace_period=1,
+                    reduction_factor=rf)
+    trials = {name: _Trial(name) for name in "ABCD"}
+    for t in trials.values():
+        scheduler.on_trial_add(None, t)
+    return scheduler, trials
+
+
+def _report(scheduler, trial, step: int, score: float) -> str:
+    return scheduler.on_trial_result(None, trial, {"training_iteration": step, "score": score})
+
+
+def test_asha_stops_a_faster_worse_trial_once_the_better_one_reaches_the_rung():
+    """Tune's ASHA lets the first trial at a rung go on; a worse trial that always arrives first
+    is never stopped. RecheckedASHA stops it at its next result once the better one is recorded."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    from raygan.search import RecheckedASHA
+
+    for cls, a_goes_on in [(ASHAScheduler, True), (RecheckedASHA, False)]:
+        scheduler, t = _asha(cls, rf=2)
+        assert _report(scheduler, t["A"], 1, 1.0) == TrialScheduler.CONTINUE  # first at the rung
+        assert _report(scheduler, t["B"], 1, 2.0) == TrialScheduler.CONTINUE  # better than A
+        expected = TrialScheduler.CONTINUE if a_goes_on else TrialScheduler.STOP
+        assert _report(scheduler, t["A"], 2, 1.5) == expected, cls.__name__
+        assert _report(scheduler, t["B"], 2, 2.5) == TrialScheduler.CONTINUE
+
+
+def test_rechecked_asha_keeps_the_top_share_of_a_rung_whatever_the_arrival_order():
+    """Four trials at the first rung, worst first: once all are recorded, only the top half
+    (reduction factor 2) or the top quarter (4) goes on, as synchronous successive halving keeps."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from raygan.search import RecheckedASHA
+
+    for rf, keep in [(2, {"C", "D"}), (4, {"D"})]:
+        scheduler, t = _asha(RecheckedASHA, rf)
+        for name, score in zip("ABCD", [1.0, 2.0, 3.0, 4.0]):
+            _report(scheduler, t[name], 1, score)
+        going_on = {name for name in "ABCD" if _report(scheduler, t[name], 2, 5.0) == TrialScheduler.CONTINUE}
+        assert going_on == keep, rf
