@@ -431,7 +431,9 @@ def check_labels(generator: Generator, labels: Any, n: int) -> torch.Tensor | No
     return y.to(torch.int64)
 
 
-CPU_FORWARD_BATCH = 250  # the default conv G on 2 cores: 10,000 samples in 0.67 s at 100-250 a pass, 0.92 s at 1,000
+# The default conv G's 10,000 samples on a CPU: 0.84 s at 250 a pass against 1.21 s at 1,000 on one
+# thread, 0.44 against 0.62 s on two (experiments/benchmarks/bench_generate.py).
+CPU_FORWARD_BATCH = 250
 
 
 @torch.no_grad()
