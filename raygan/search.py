@@ -164,7 +164,7 @@ class RecheckedASHA(ASHAScheduler):
     ASHA decides when a trial reaches a rung, against the trials that reached it before: the first
     to arrive always goes on. Trials that train at the same pace reach every rung in the same
     order, so a faster but worse trial is never compared with the better one behind it; on seed 0
-    of the default run two trials shared the cores to the end that way (9,000 iterations each).
+    of the default run two trials shared the cores to the end that way (about 9,000 iterations each).
     Here each new score at a rung re-reads the rung with ASHA's own cutoff (the top
     1/reduction_factor of the scores recorded there), and a trial recorded there below it stops at
     its next result. Once every trial has reached a rung, those still going on from it are the
