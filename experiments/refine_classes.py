@@ -53,7 +53,7 @@ def class_table(shares: np.ndarray, data_shares: np.ndarray, log_ratio: np.ndarr
     for c in range(len(shares)):
         mean = log_ratio[predicted == c].mean() if (predicted == c).any() else float("nan")
         rows.append(f"| {c} | {100 * shares[c]:.1f} | {np.log(data_shares[c] / shares[c]):+.2f} | {mean:+.2f} | {100 * weighted[c]:.1f} |")
-    return rows, float(0.5 * np.abs(weighted - data_shares).sum())
+    return rows, quality.total_variation(weighted, data_shares)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,9 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     x = generate(g, args.num, seed=args.seed)
     _, probs = quality.read(classifier.classifier, x, 1000)
     predicted = probs.argmax(1).cpu().numpy()
-    shares = np.bincount(predicted, minlength=classifier.num_classes) / len(predicted)
+    shares = quality.class_histogram(predicted, classifier.num_classes)
     data_shares = classifier.label_histogram
-    raw_tvd = 0.5 * np.abs(shares - data_shares).sum()
+    raw_tvd = quality.total_variation(shares, data_shares)
     print(f"$ python experiments/refine_classes.py {' '.join(sys.argv[1:] if argv is None else argv)}")
     for steps in args.steps:
         calibration = replace(config, calibration="finetune" if steps else "platt", finetune_steps=steps)
