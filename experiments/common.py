@@ -261,18 +261,18 @@ def train_single(
     try:
         trainer = GANTrainer(config.model, config.train, torch.from_numpy(train), bounded)
         curve: list[dict[str, float]] = []
-        best = (-math.inf, 0, copy.deepcopy(trainer.generator.state_dict()))
+        best = (-math.inf, 0, copy.deepcopy(trainer.sample_generator.state_dict()))
         while trainer.iteration < iterations:
             with cpu_timer(compute, "train"):
                 m = trainer.run(min(eval_every, iterations - trainer.iteration))
             with cpu_timer(compute, "eval"):
-                ll, sigma = parzen_valid(trainer.generator, valid, num_samples, config.eval.sigmas) if m.finite else (-math.inf, math.nan)
+                ll, sigma = parzen_valid(trainer.sample_generator, valid, num_samples, config.eval.sigmas) if m.finite else (-math.inf, math.nan)
             curve.append({"iteration": trainer.iteration, "parzen_valid_ll": ll, "sigma": sigma, "d_real": m.d_real, "d_fake": m.d_fake,
                           "cpu_s": compute.total_cpu_s})
             print(f"  iteration {trainer.iteration:>6}: valid LL {ll:8.1f} (sigma {sigma:.3f})  D(x) {m.d_real:.3f}  D(G(z)) {m.d_fake:.3f}"
                   f"  [{compute.total_cpu_s:.0f} CPU-s]", flush=True)
             if ll > best[0]:
-                best = (ll, trainer.iteration, copy.deepcopy(trainer.generator.state_dict()))
+                best = (ll, trainer.iteration, copy.deepcopy(trainer.sample_generator.state_dict()))
             if not m.finite:
                 break
     finally:
@@ -280,7 +280,7 @@ def train_single(
     compute.wall_s = time.perf_counter() - start
     kept = Generator(trainer.generator.config, trainer.generator.data_shape, trainer.generator.bounded)
     kept.load_state_dict(best[2])
-    return SingleRun(curve, best[1], kept.eval(), compute, trainer.generator.eval())
+    return SingleRun(curve, best[1], kept.eval(), compute, trainer.sample_generator.eval())
 
 
 # --------------------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ def run_recipe(name: str, iterations: int, dataset, knn: KNN, seed: int, out: Pa
             metrics = trainer.run(50)
         iterations = trainer.iteration
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    return read_generator(name, trainer.generator, dataset, knn, out) | {
+    return read_generator(name, trainer.sample_generator, dataset, knn, out) | {
         "iterations": iterations, "wall_s": wall, "cpu_s": cpu, "d_real": metrics.d_real, "d_fake": metrics.d_fake,
         "finite": metrics.finite}
 

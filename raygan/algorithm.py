@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from raygan.averaging import WeightAverage
 from raygan.config import ConfigError, ModelConfig, TrainConfig
 from raygan.models import build_pair
 from raygan.priors import sample_noise
@@ -143,6 +144,7 @@ class GANTrainer:
             self._rng_state = self._capture_rng()
         self.opt_d = _optimizer(self.discriminator, train, train.lr_d)
         self.opt_g = _optimizer(self.generator, train, train.lr_g)
+        self.average = WeightAverage(self.generator, train.g_average) if train.g_average else None
         self.iteration = 0
 
     # ---- hyperparameters -----------------------------------------------------------------
@@ -150,6 +152,12 @@ class GANTrainer:
     @property
     def model(self) -> ModelConfig:
         return self.generator.config
+
+    @property
+    def sample_generator(self) -> torch.nn.Module:
+        """The G whose samples are this pair's answer: the running average of G's weights
+        (``train.g_average``), or G itself where there is none. Never trained directly."""
+        return self.generator if self.average is None else self.average.module
 
     def set_hyperparameters(self, train: TrainConfig, prior: str | None = None) -> None:
         """Apply new settings in place (a PBT mutation): networks and optimiser states are kept.
@@ -159,13 +167,15 @@ class GANTrainer:
         """
         if train.optimizer != self.train.optimizer:
             raise ValueError(f"the learning rule is fixed for a trainer ({self.train.optimizer}), got {train.optimizer}")
+        if train.g_average != self.train.g_average:  # a new decay starts a new average
+            self.average = WeightAverage(self.generator, train.g_average) if train.g_average else None
         self.train = train
         if prior is not None and prior != self.model.prior:
             from raygan.config import replace  # local: only a prior change needs it
 
             new_model = replace(self.model, prior=prior)
-            self.generator.config = new_model
-            self.discriminator.config = new_model
+            for net in (self.generator, self.discriminator, *([] if self.average is None else [self.average.module])):
+                net.config = new_model
 
     @property
     def epoch(self) -> float:
@@ -286,6 +296,8 @@ class GANTrainer:
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward(inputs=list(G.parameters()))  # D's gradients are not needed here
         self.opt_g.step()
+        if self.average is not None:
+            self.average.update(G)
         sums[1] += g_loss.detach()
         self.iteration += 1
 
@@ -321,6 +333,7 @@ class GANTrainer:
             "opt_g": self.opt_g.state_dict(),
             "iteration": self.iteration,
             "rng": {k: v.clone() for k, v in self._rng_state.items()},
+            "g_average": None if self.average is None else self.average.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -330,6 +343,11 @@ class GANTrainer:
         self.opt_d.load_state_dict(state["opt_d"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.iteration = int(state["iteration"])
+        if self.average is not None:
+            if state.get("g_average") is not None:
+                self.average.load_state_dict(state["g_average"])
+            else:  # a state saved without an average (train.g_average was 0, or an older checkpoint)
+                self.average.restart_from(self.generator)
         rng = dict(state["rng"])
         if self.device.type == "cuda" and "cuda" not in rng:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)

@@ -230,6 +230,9 @@ class TrainConfig:
     """The floor of the decayed learning rates."""
     g_loss: str = "non-saturating"
     """non-saturating: G maximises log D(G(z)) (Section 3); minimax: G minimises log(1 - D(G(z))) (Eq. 1)."""
+    g_average: float = 0.0
+    """0: G's samples are the last iterate's (the paper's); in (0, 1): they come from a running average of
+    G's weights with this decay (raygan.averaging; 0.999 spans about the last 1,000 iterations)."""
     seed: int = 0
     """Seeds the networks' initialisation and the trainer's random stream."""
 
@@ -251,6 +254,8 @@ class TrainConfig:
         if not self.min_lr >= 0:
             raise ConfigError(f"train.min_lr must be non-negative, got {self.min_lr!r}")
         _choice(self.g_loss, G_LOSSES, "generator loss")
+        if not 0.0 <= self.g_average < 1.0:
+            raise ConfigError(f"train.g_average must lie in [0, 1) (0 = no average), got {self.g_average!r}")
         _seed(self.seed, "train.seed")
 
 

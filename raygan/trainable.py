@@ -190,7 +190,7 @@ class GANTrainable(tune.Trainable):
 
     def _evaluate(self) -> None:
         num = min(self.experiment.eval.ranking_samples, self.experiment.eval.num_samples)
-        generator = self.trainer.generator
+        generator = self.trainer.sample_generator
         # A conditional G is asked for every class equally often, and scored on obeying the label.
         labels = None if generator.num_classes is None else class_grid_labels(num, generator.num_classes)
         samples = generate(generator, num, seed=self.experiment.eval.seed, labels=labels)
@@ -209,9 +209,9 @@ class GANTrainable(tune.Trainable):
         self.ranked_generator, self.ranked_at = self._generator_state(), self.iteration + 1
 
     def _generator_state(self) -> dict[str, Any]:
-        """G as it is now, with the D trained beside it (raygan.refine corrects G's samples with it),
+        """G as it is now (its running average, where train.g_average keeps one), with the D trained beside it (raygan.refine corrects G's samples with it),
         copied out of training."""
-        state = generator_state(self.trainer.generator, self.trainer.discriminator)
+        state = generator_state(self.trainer.sample_generator, self.trainer.discriminator)
         for part in (state, state["discriminator"]):  # on the CPU, state_dict() shares the training tensors
             part["state_dict"] = {k: v.clone() for k, v in part["state_dict"].items()}
         return state

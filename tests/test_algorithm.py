@@ -54,9 +54,12 @@ def _trainer(model: ModelConfig = SMALL, train: TrainConfig = SMALL_TRAIN, **cha
 
 
 def _params(trainer: GANTrainer) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer of both nets, copied."""
+    """Every parameter and buffer of both nets and of G's running average, copied."""
     out = {f"g.{k}": v.clone() for k, v in trainer.generator.state_dict().items()}
     out.update({f"d.{k}": v.clone() for k, v in trainer.discriminator.state_dict().items()})
+    if trainer.average is not None:
+        out.update({f"avg.{k}": v.clone() for k, v in trainer.average.module.state_dict().items()})
+        out["avg.updates"] = torch.tensor(trainer.average.updates)
     return out
 
 
@@ -525,7 +528,7 @@ def test_state_dict_loads_with_weights_only_and_holds_everything(tmp_path):
     trainer.run(2)
     torch.save(trainer.state_dict(), tmp_path / "s.pt")
     state = torch.load(tmp_path / "s.pt", weights_only=True)
-    assert set(state) == {"generator", "discriminator", "opt_d", "opt_g", "iteration", "rng"}
+    assert set(state) == {"generator", "discriminator", "opt_d", "opt_g", "iteration", "rng", "g_average"}
     assert state["iteration"] == 2
     assert all(p in state["opt_d"]["state"] for p in range(len(list(trainer.discriminator.parameters()))))
 

@@ -112,6 +112,7 @@ VALID: dict[str, dict[str, st.SearchStrategy]] = {
         "lr_decay": st.floats(1.0, 2.0, **finite),
         "min_lr": st.floats(0.0, 1.0, **finite),
         "g_loss": st.sampled_from(G_LOSSES),
+        "g_average": unit,
         "seed": st.integers(0, 2**63 - 1),
     },
     "eval": {
@@ -505,6 +506,7 @@ def test_search_lists_reject_unknown_names_too(key, choices):
         ("train", {"lr_decay": 0.99}, "train.lr_decay must be a finite number >= 1"),
         ("train", {"min_lr": -1e-9}, "train.min_lr must be non-negative"),
         ("train", {"momentum_ramp_epochs": -1}, "train.momentum_ramp_epochs must be a non-negative number"),
+        ("train", {"g_average": 1.0}, r"train.g_average must lie in \[0, 1\)"),
         ("eval", {"sigmas": []}, "eval.sigmas must be a non-empty list of positive numbers"),
         ("eval", {"sigmas": [0.1, 0.0]}, "eval.sigmas must be a non-empty list of positive numbers"),
         ("search", {"lr_d": [0.2, 0.1]}, r"search.lr_d must be \[low, high\] with low <= high"),

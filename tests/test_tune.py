@@ -255,12 +255,12 @@ def test_a_checkpoint_holds_the_generator_that_was_scored(evaluator, tmp_path, m
     trial.experiment = replace(trial.experiment, eval=replace(trial.experiment.eval, every=2))
     trial.train()  # step 1: always scored
     trial.train()  # step 2: (2) % 2 == 0, scored
-    scored = {k: v.clone() for k, v in generator_state(trial.trainer.generator)["state_dict"].items()}
+    scored = {k: v.clone() for k, v in generator_state(trial.trainer.sample_generator)["state_dict"].items()}
     trial.train()  # step 3: trained, not scored
     path = trial.save(str(tmp_path / "ckpt")).checkpoint.path
     saved = torch.load(Path(path) / "generator.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(saved[k], scored[k]) for k in scored)
-    current = trial.trainer.generator.state_dict()
+    current = trial.trainer.sample_generator.state_dict()
     assert not all(torch.equal(saved[k], current[k]) for k in saved)
     assert read_scores(path)["training_iteration"] == 2
 

@@ -100,17 +100,18 @@ def run_single(config: ExperimentConfig, data: Any, seed: int, budget_s: float, 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        trainer = GANTrainer(config.model, replace(config.train, seed=seed), torch.from_numpy(data.train), data.bounded)
+        labels = torch.from_numpy(data.train_labels) if config.model.conditional else None
+        trainer = GANTrainer(config.model, replace(config.train, seed=seed), torch.from_numpy(data.train), data.bounded, labels=labels)
         snapshots, start, next_snapshot = [], time.perf_counter(), snapshot_s
         while (elapsed := time.perf_counter() - start) < budget_s:
             trainer.run(25)
             if elapsed >= next_snapshot:
-                snapshots.append((elapsed, copy.deepcopy(trainer.generator.state_dict())))
+                snapshots.append((elapsed, copy.deepcopy(trainer.sample_generator.state_dict())))
                 next_snapshot += snapshot_s
         wall = time.perf_counter() - start
     finally:
         torch.set_num_threads(before)
-    g = trainer.generator.eval()
+    g = trainer.sample_generator.eval()
     snapshots.append((wall, copy.deepcopy(g.state_dict())))
     return {"generator": g, "iterations": trainer.iteration, "wall_s": wall, "threads": threads, "snapshots": snapshots}
 
