@@ -295,6 +295,12 @@ def test_recipes_independent_classifier_and_a_short_run(tmp_path, capsys):
     data = load_dataset("mnist5k")
     knn = recipes.KNN(data.train, data.train_labels)
     assert (knn.predict(data.test) == data.test_labels).mean() > 0.9  # a competent reader of digits
+    # the copy ratio: training images copied sit at distance 0; real held-out images are its unit
+    copies, ratio = knn.predict_and_copy_ratio(data.train[:300], data.valid)
+    assert ratio < 1e-6 and (copies == data.train_labels[:300]).mean() > 0.95
+    assert knn.predict_and_copy_ratio(data.valid, data.valid)[1] == pytest.approx(1.0)
+    noisy = np.clip(data.valid + np.random.default_rng(0).normal(0, 0.3, data.valid.shape), 0, 1).astype(np.float32)
+    assert knn.predict_and_copy_ratio(noisy, data.valid)[1] > 1.3  # further from every training digit
     argv = ["--recipes", "default-beta1-0", "--iterations", "4", "--threads", "1", "--out", str(tmp_path)]
     assert recipes.main(argv) == 0
     row = capsys.readouterr().out.strip().splitlines()[-1].split("|")

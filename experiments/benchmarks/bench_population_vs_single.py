@@ -15,8 +15,9 @@ For each seed S, in one process, one arm after the other on the same machine:
 Both answers are read alike: the Parzen test LL ± SE on ``eval.num_samples`` samples of
 ``eval.seed`` (sigma on validation), raygan's domain classifier (FD, classes >= 2 %, TVD) and an
 independent 3-nearest-neighbour classifier on pixels (experiments/recipes.py; classes >= 2 %,
-TVD). Where the run scored refined samplers (``summary.json``'s "refined"), their samples are
-drawn again (the same seed, so the same samples) and read by the 3-NN too.
+TVD), and the copy ratio: the samples' median distance to their nearest training image over real
+held-out (validation) images' (about 1 for new digits, well under 1 for copies of the training
+set). Where the run scored refined samplers (``summary.json``'s "refined"), their samples are drawn again (the same seed, so the same samples) and read by the 3-NN too.
 
 Prints one table row per seed and arm, then the medians over the seeds; writes everything to
 ``OUT/pvs.json`` and the anytime figure (best validation LL so far against wall seconds, both arms,
@@ -52,7 +53,7 @@ from raygan.algorithm import GANTrainer  # noqa: E402
 from raygan.config import ExperimentConfig, load_config, replace  # noqa: E402
 from raygan.data import load_dataset  # noqa: E402
 from raygan.files import EXPERIMENT_FILE  # noqa: E402
-from raygan.models import Generator, generate, load_generator  # noqa: E402
+from raygan.models import Generator, generate, load_generator, save_generator  # noqa: E402
 
 
 def run_population(seed: int, out: Path, tune_flags: Sequence[str]) -> dict[str, Any]:
@@ -113,7 +114,8 @@ def run_single(config: ExperimentConfig, data: Any, seed: int, budget_s: float, 
         torch.set_num_threads(before)
     g = trainer.sample_generator.eval()
     snapshots.append((wall, copy.deepcopy(g.state_dict())))
-    return {"generator": g, "iterations": trainer.iteration, "wall_s": wall, "threads": threads, "snapshots": snapshots}
+    return {"generator": g, "discriminator": trainer.discriminator.eval(), "iterations": trainer.iteration, "wall_s": wall,
+            "threads": threads, "snapshots": snapshots}
 
 
 def single_curve(generator: Generator, snapshots: list, data: Any, config: ExperimentConfig) -> list[tuple[float, float]]:
@@ -133,9 +135,11 @@ def read(samples: torch.Tensor, data: Any, config: ExperimentConfig, model: qual
     e = config.eval
     p = parzen.evaluate(samples, data.valid, data.test, e.sigmas, chunk_size=e.chunk_size)
     q = model.score(samples, min_share=e.min_class_share)
-    at2, _, knn_tvd = coverage(knn.predict(samples))
+    predicted, copy_ratio = knn.predict_and_copy_ratio(samples, data.valid)
+    at2, _, knn_tvd = coverage(predicted)
     return {"parzen_test_ll": p.test_ll, "parzen_test_se": p.test_se, "fd": q.fd, "classes": q.classes_covered,
-            "tvd": q.tvd, "knn_classes": at2, "knn_tvd": knn_tvd, "rarest_share": float(min(q.histogram))}
+            "tvd": q.tvd, "knn_classes": at2, "knn_tvd": knn_tvd, "rarest_share": float(min(q.histogram)),
+            "copy_ratio": copy_ratio}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -187,7 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "single" in args.arms:
             budget = config.tune.time_budget_s
             single = run_single(config, data, seed, budget, args.snapshot_s)
+            single_file = args.out / f"pvs-single-{seed}" / "generator.pt"  # to look at, or read again later
+            single_file.parent.mkdir(exist_ok=True)
+            save_generator(single_file, single["generator"], single["discriminator"])
             row["single"] = {"iterations": single["iterations"], "wall_s": single["wall_s"], "threads": single["threads"],
+                             "generator": str(single_file),
                              "read": read(generate(single["generator"], n, seed=s), data, config, model, knn),
                              "curve": single_curve(single["generator"], single["snapshots"], data, config)}
         results["seeds"][str(seed)] = row
@@ -199,18 +207,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-COLUMNS = ("parzen_test_ll", "parzen_test_se", "fd", "classes", "tvd", "knn_classes", "knn_tvd")
+COLUMNS = ("parzen_test_ll", "parzen_test_se", "fd", "classes", "tvd", "knn_classes", "knn_tvd", "copy_ratio")
 
 
 def print_rows(seed: int, row: dict[str, Any]) -> None:
-    print(f"| seed | arm | Parzen test LL ± SE | FD | classes | TVD | 3-NN classes | 3-NN TVD | wall s |")
+    print(f"| seed | arm | Parzen test LL ± SE | FD | classes | TVD | 3-NN classes | 3-NN TVD | copy ratio | wall s |")
     for arm, key in (("population", "read"), ("population, drs", "read_drs"), ("population, mh", "read_mh"), ("single", "read")):
         r = row.get(arm.split(",")[0], {}).get(key)
         if r is None:
             continue
         wall = row[arm.split(",")[0]].get("wall_s")
         print(f"| {seed} | {arm} | {r['parzen_test_ll']:.1f} ± {r['parzen_test_se']:.1f} | {r['fd']:.1f} | {r['classes']} | "
-              f"{r['tvd']:.3f} | {r['knn_classes']} | {r['knn_tvd']:.3f} | {'' if wall is None else f'{wall:.0f}'} |", flush=True)
+              f"{r['tvd']:.3f} | {r['knn_classes']} | {r['knn_tvd']:.3f} | {r.get('copy_ratio', math.nan):.2f} | "
+              f"{'' if wall is None else f'{wall:.0f}'} |", flush=True)
 
 
 def print_medians(results: dict[str, Any]) -> None:
@@ -218,7 +227,7 @@ def print_medians(results: dict[str, Any]) -> None:
     for arm, key in (("population", "read"), ("population", "read_drs"), ("population", "read_mh"), ("single", "read")):
         reads = [row[arm][key] for row in results["seeds"].values() if key in row.get(arm, {})]
         if reads:
-            cells = ", ".join(f"{c} {statistics.median(r[c] for r in reads):.3f}" for c in COLUMNS)
+            cells = ", ".join(f"{c} {statistics.median(r[c] for r in reads):.3f}" for c in COLUMNS if all(c in r for r in reads))
             print(f"  {arm} {key}: {cells}")
 
 
