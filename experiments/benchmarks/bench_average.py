@@ -8,7 +8,7 @@ weights are read. At each of ``--at`` iterations both are read alike on ``eval.n
 samples of ``eval.seed``: the Parzen validation LL (and test LL ± SE at the end; sigma on
 validation), raygan's domain classifier (FD, TVD) and the independent 3-NN classifier (TVD).
 Prints one row per seed, checkpoint and reading, then the medians over the seeds at the end;
-writes ``OUT/average.json``.
+writes ``OUT/average.json`` and each seed's two sample grids at the end (``OUT/seed<S>-<reading>.png``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ sys.path.insert(0, str(EXPERIMENTS))
 import common  # noqa: E402
 from recipes import KNN, coverage  # noqa: E402
 
-from raygan import parzen, quality  # noqa: E402
+from raygan import images, parzen, quality  # noqa: E402
 from raygan.algorithm import GANTrainer  # noqa: E402
 from raygan.config import ExperimentConfig, load_config, replace  # noqa: E402
 from raygan.data import load_dataset  # noqa: E402
@@ -41,9 +41,12 @@ READINGS = ("last iterate", "average")
 
 
 def read(generator: torch.nn.Module, data: Any, config: ExperimentConfig, model: quality.QualityModel, knn: KNN,
-         with_test: bool) -> dict[str, float]:
+         with_test: bool, grid: Path | None = None) -> dict[str, float]:
     e = config.eval
     samples = generate(generator.eval(), e.num_samples, seed=e.seed)
+    if grid is not None:  # the first 100 samples, as best/samples.png shows them
+        grid.parent.mkdir(parents=True, exist_ok=True)
+        grid.write_bytes(images.png_bytes(samples[:100], nrow=10, padding=1))
     if with_test:
         p = parzen.evaluate(samples, data.valid, data.test, e.sigmas, chunk_size=e.chunk_size)
         row = {"parzen_valid_ll": p.valid_ll, "parzen_test_ll": p.test_ll, "parzen_test_se": p.test_se}
@@ -56,14 +59,15 @@ def read(generator: torch.nn.Module, data: Any, config: ExperimentConfig, model:
 
 
 def run_seed(config: ExperimentConfig, data: Any, seed: int, at: list[int], decay: float, model: quality.QualityModel,
-             knn: KNN) -> dict[str, Any]:
+             knn: KNN, out: Path) -> dict[str, Any]:
     trainer = GANTrainer(config.model, replace(config.train, seed=seed, g_average=decay), torch.from_numpy(data.train), data.bounded)
     rows, start = {}, time.perf_counter()
     for target in at:
         trainer.run(target - trainer.iteration)
         last = target == at[-1]
-        rows[target] = {name: read(g, data, config, model, knn, with_test=last)
-                        for name, g in zip(READINGS, (trainer.generator, trainer.sample_generator))}
+        grids = [out / f"seed{seed}-{name.replace(' ', '-')}.png" if last else None for name in READINGS]
+        rows[target] = {name: read(g, data, config, model, knn, with_test=last, grid=grid)
+                        for name, g, grid in zip(READINGS, (trainer.generator, trainer.sample_generator), grids)}
         for name, r in rows[target].items():
             print(f"{seed:>4} {target:>7,} {name:>12} " + " ".join(f"{r.get(k, float('nan')):>9.3f}" for k in COLUMNS), flush=True)
     return {"rows": rows, "wall_s": time.perf_counter() - start}
@@ -88,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = load_dataset(config.data.name, config.data.root)
     model, knn = quality.load_or_train(data), KNN(data.train, data.train_labels)
     print(f"{'seed':>4} {'iter':>7} {'G':>12} " + " ".join(f"{c.replace('parzen_', ''):>9}" for c in COLUMNS))
-    results = {str(seed): run_seed(config, data, seed, at, args.decay, model, knn) for seed in args.seeds}
+    results = {str(seed): run_seed(config, data, seed, at, args.decay, model, knn, args.out) for seed in args.seeds}
     print(f"medians over seeds {args.seeds} at {at[-1]:,} iterations:")
     for name in READINGS:
         finals = [r["rows"][at[-1]][name] for r in results.values()]
