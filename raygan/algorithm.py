@@ -174,8 +174,9 @@ class GANTrainer:
             from raygan.config import replace  # local: only a prior change needs it
 
             new_model = replace(self.model, prior=prior)
-            for net in (self.generator, self.discriminator, *([] if self.average is None else [self.average.module])):
-                net.config = new_model
+            self.generator.config = self.discriminator.config = new_model
+            if self.average is not None:
+                self.average.module.config = new_model
 
     @property
     def epoch(self) -> float:

@@ -46,6 +46,7 @@ class WeightAverage:
         self.beta = beta
         self.module = copy.deepcopy(module).eval()
         self.module.requires_grad_(False)
+        self._params, self._buffers = list(self.module.parameters()), list(self.module.buffers())
         self.updates = 0
 
     @torch.no_grad()
@@ -53,9 +54,8 @@ class WeightAverage:
         """Fold ``module``'s current weights into the average."""
         self.updates += 1
         weight = 1.0 - average_decay(self.beta, self.updates)
-        mine, theirs = list(self.module.parameters()), list(module.parameters())
-        torch._foreach_lerp_(mine, theirs, weight)
-        for avg, buf in zip(self.module.buffers(), module.buffers()):
+        torch._foreach_lerp_(self._params, list(module.parameters()), weight)
+        for avg, buf in zip(self._buffers, module.buffers()):
             if avg.dtype.is_floating_point:
                 avg.lerp_(buf, weight)
             else:

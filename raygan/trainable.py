@@ -209,8 +209,8 @@ class GANTrainable(tune.Trainable):
         self.ranked_generator, self.ranked_at = self._generator_state(), self.iteration + 1
 
     def _generator_state(self) -> dict[str, Any]:
-        """G as it is now (its running average, where train.g_average keeps one), with the D trained beside it (raygan.refine corrects G's samples with it),
-        copied out of training."""
+        """G as it is now (its running average, where train.g_average keeps one), with the D trained
+        beside it (raygan.refine corrects G's samples with it), copied out of training."""
         state = generator_state(self.trainer.sample_generator, self.trainer.discriminator)
         for part in (state, state["discriminator"]):  # on the CPU, state_dict() shares the training tensors
             part["state_dict"] = {k: v.clone() for k, v in part["state_dict"].items()}

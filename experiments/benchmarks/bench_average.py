@@ -1,12 +1,13 @@
 """Benchmark: G's last iterate against the running average of its weights (train.g_average), per seed.
 
-    python experiments/benchmarks/bench_average.py [--seeds 0 1 2] [--iterations 10000] [--decay 0.999]
+    python experiments/benchmarks/bench_average.py [--seeds 0 1 2] [--at 4000 7000 10000] [--decay 0.999]
 
 One training run per seed of the default recipe (the experiment's model and train settings, on
 every core): the raw G and its running average are the same run, so they differ only in how its
 weights are read. At each of ``--at`` iterations both are read alike on ``eval.num_samples``
-samples of ``eval.seed``: the Parzen validation LL (and test LL ± SE at the end; sigma on
-validation), raygan's domain classifier (FD, TVD) and the independent 3-NN classifier (TVD).
+samples of ``eval.seed`` by ``recipes.read_samples``: the Parzen validation and test LL ± SE
+(sigma on validation), raygan's domain classifier (FD, TVD), the independent 3-NN classifier
+(TVD) and the copy ratio.
 Prints one row per seed, checkpoint and reading, then the medians over the seeds at the end;
 writes ``OUT/average.json`` and each seed's two sample grids at the end (``OUT/seed<S>-<reading>.png``).
 """
@@ -29,9 +30,9 @@ EXPERIMENTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(EXPERIMENTS))
 
 import common  # noqa: E402
-from recipes import KNN, coverage  # noqa: E402
+from recipes import KNN, read_samples  # noqa: E402
 
-from raygan import images, parzen, quality  # noqa: E402
+from raygan import images, quality  # noqa: E402
 from raygan.algorithm import GANTrainer  # noqa: E402
 from raygan.config import ExperimentConfig, load_config, replace  # noqa: E402
 from raygan.data import load_dataset  # noqa: E402
@@ -41,21 +42,12 @@ READINGS = ("last iterate", "average")
 
 
 def read(generator: torch.nn.Module, data: Any, config: ExperimentConfig, model: quality.QualityModel, knn: KNN,
-         with_test: bool, grid: Path | None = None) -> dict[str, float]:
-    e = config.eval
-    samples = generate(generator.eval(), e.num_samples, seed=e.seed)
+         grid: Path | None) -> dict[str, Any]:
+    samples = generate(generator.eval(), config.eval.num_samples, seed=config.eval.seed)
     if grid is not None:  # the first 100 samples, as best/samples.png shows them
         grid.parent.mkdir(parents=True, exist_ok=True)
         grid.write_bytes(images.png_bytes(samples[:100], nrow=10, padding=1))
-    if with_test:
-        p = parzen.evaluate(samples, data.valid, data.test, e.sigmas, chunk_size=e.chunk_size)
-        row = {"parzen_valid_ll": p.valid_ll, "parzen_test_ll": p.test_ll, "parzen_test_se": p.test_se}
-    else:
-        _, ll = parzen.validation_score(samples, data.valid, e.sigmas, chunk_size=e.chunk_size)
-        row = {"parzen_valid_ll": ll}
-    q = model.score(samples, min_share=e.min_class_share)
-    _, _, knn_tvd = coverage(knn.predict(samples))
-    return {**row, "fd": q.fd, "tvd": q.tvd, "knn_tvd": knn_tvd}
+    return read_samples(samples, data, config, model, knn)
 
 
 def run_seed(config: ExperimentConfig, data: Any, seed: int, at: list[int], decay: float, model: quality.QualityModel,
@@ -64,16 +56,15 @@ def run_seed(config: ExperimentConfig, data: Any, seed: int, at: list[int], deca
     rows, start = {}, time.perf_counter()
     for target in at:
         trainer.run(target - trainer.iteration)
-        last = target == at[-1]
-        grids = [out / f"seed{seed}-{name.replace(' ', '-')}.png" if last else None for name in READINGS]
-        rows[target] = {name: read(g, data, config, model, knn, with_test=last, grid=grid)
+        grids = [out / f"seed{seed}-{name.replace(' ', '-')}.png" if target == at[-1] else None for name in READINGS]
+        rows[target] = {name: read(g, data, config, model, knn, grid)
                         for name, g, grid in zip(READINGS, (trainer.generator, trainer.sample_generator), grids)}
         for name, r in rows[target].items():
-            print(f"{seed:>4} {target:>7,} {name:>12} " + " ".join(f"{r.get(k, float('nan')):>9.3f}" for k in COLUMNS), flush=True)
+            print(f"{seed:>4} {target:>7,} {name:>12} " + " ".join(f"{r[k]:>9.3f}" for k in COLUMNS), flush=True)
     return {"rows": rows, "wall_s": time.perf_counter() - start}
 
 
-COLUMNS = ("parzen_valid_ll", "parzen_test_ll", "parzen_test_se", "fd", "tvd", "knn_tvd")
+COLUMNS = ("parzen_valid_ll", "parzen_test_ll", "parzen_test_se", "fd", "tvd", "knn_tvd", "copy_ratio")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

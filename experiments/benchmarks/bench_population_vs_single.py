@@ -46,7 +46,7 @@ EXPERIMENTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(EXPERIMENTS))
 
 import common  # noqa: E402
-from recipes import KNN, coverage  # noqa: E402
+from recipes import KNN, read_samples  # noqa: E402
 
 from raygan import parzen, quality, refine  # noqa: E402
 from raygan.algorithm import GANTrainer  # noqa: E402
@@ -130,18 +130,6 @@ def single_curve(generator: Generator, snapshots: list, data: Any, config: Exper
     return _best_so_far(points)
 
 
-def read(samples: torch.Tensor, data: Any, config: ExperimentConfig, model: quality.QualityModel, knn: KNN) -> dict[str, Any]:
-    """The three readings of one sampler's samples."""
-    e = config.eval
-    p = parzen.evaluate(samples, data.valid, data.test, e.sigmas, chunk_size=e.chunk_size)
-    q = model.score(samples, min_share=e.min_class_share)
-    predicted, copy_ratio = knn.predict_and_copy_ratio(samples, data.valid)
-    at2, _, knn_tvd = coverage(predicted)
-    return {"parzen_test_ll": p.test_ll, "parzen_test_se": p.test_se, "fd": q.fd, "classes": q.classes_covered,
-            "tvd": q.tvd, "knn_classes": at2, "knn_tvd": knn_tvd, "rarest_share": float(min(q.histogram)),
-            "copy_ratio": copy_ratio}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     tune_flags = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -180,13 +168,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, knn = quality.load_or_train(data), KNN(data.train, data.train_labels)
         best = Path(row["population"]["run"]) / "best"
         n, s = config.eval.num_samples, config.eval.seed
-        row["population"]["read"] = read(generate(load_generator(best / "generator.pt"), n, seed=s), data, config, model, knn)
+        row["population"]["read"] = read_samples(generate(load_generator(best / "generator.pt"), n, seed=s), data, config, model, knn)
         summary = json.loads((best / "summary.json").read_text())
         for method, scored in (summary.get("refined") or {}).items():
             if "error" in scored:
                 continue
             again, _ = refine.sample_file(best / "generator.pt", data, n, method, config.refine, seed=s)
-            row["population"][f"read_{method}"] = {**read(again.samples, data, config, model, knn), "acceptance": scored["acceptance"],
+            row["population"][f"read_{method}"] = {**read_samples(again.samples, data, config, model, knn), "acceptance": scored["acceptance"],
                                                     "seconds": scored["seconds"]}
         if "single" in args.arms:
             budget = config.tune.time_budget_s
@@ -196,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             save_generator(single_file, single["generator"], single["discriminator"])
             row["single"] = {"iterations": single["iterations"], "wall_s": single["wall_s"], "threads": single["threads"],
                              "generator": str(single_file),
-                             "read": read(generate(single["generator"], n, seed=s), data, config, model, knn),
+                             "read": read_samples(generate(single["generator"], n, seed=s), data, config, model, knn),
                              "curve": single_curve(single["generator"], single["snapshots"], data, config)}
         results["seeds"][str(seed)] = row
         common.write_json(args.out / "pvs.json", results)
