@@ -430,6 +430,8 @@ class RefineConfig:
     """DRS: give up (with an error) after this many proposals per requested sample."""
     mh_steps: int = 20
     """MH: moves per chain; each sample is its chain's state after them."""
+    by_class: bool = True
+    """An unconditional G of a labelled data set (or one with eval.classifier): refine class by class. Each sample's class is drawn from the training labels' shares, its proposals are G's samples the domain classifier puts in that class, and D corrects them within it (raygan.refine). False: D alone."""
 
     def __post_init__(self) -> None:
         for m in self.methods:

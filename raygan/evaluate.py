@@ -250,7 +250,8 @@ def evaluate_samples(
             ``~/.cache/raygan/classifiers``); it is trained there on first use.
         log: gets the classifier's training line (its held-out accuracy).
         refine_with: "drs" or "mh": score the checkpoint's samples corrected by its saved
-            discriminator(s) (:mod:`raygan.refine`; D calibrated on the validation split only).
+            discriminator(s) (:mod:`raygan.refine`; D calibrated on the validation split only), class
+            by class (``refine.by_class``) unless ``with_quality`` is False.
         refine_config: the refined samplers' settings (None: the defaults).
 
     Returns:
@@ -275,7 +276,10 @@ def evaluate_samples(
     if array is not None:
         centres = check_samples(array, data, f"samples in {str(samples)!r}")[:num_samples]
     elif refine_with is not None:
-        result, ratios = refine.sample_file(checkpoint, data, num_samples, refine_with, refine_config or RefineConfig(), seed=seed)
+        refine_config = refine_config or RefineConfig()
+        shares = None if with_quality is False else refine_classes(
+            data, refine_config, classifier if classifier is not None else source.classifier, cache_dir, log)
+        result, ratios = refine.sample_file(checkpoint, data, num_samples, refine_with, refine_config, seed=seed, classes=shares)
         centres = result.samples.numpy()
         refined = {**result.as_dict(), "calibration": [r.as_dict() for r in ratios]}
     else:
@@ -322,7 +326,8 @@ def format_report(report: EvaluationReport) -> str:
     )
     if report.refined is not None:
         r = report.refined
-        rows.append(f"Samples corrected by the saved discriminator ({r['method']}, calibration "
+        how = ", class by class" if r.get("by_class") else ""
+        rows.append(f"Samples corrected by the saved discriminator ({r['method']}{how}, calibration "
                     f"{r['calibration'][0]['method']}): acceptance {r['acceptance']:.1%}, {r['proposals']:,} proposals, {r['seconds']:.1f} s.")
     if report.quality is not None:
         rows += ["", format_quality(report)]
@@ -372,6 +377,19 @@ def refine_config(calibration: str | None, checkpoint: str | Path | None) -> Ref
         except ConfigError:
             pass  # a run file of another version: the defaults
     return config if calibration is None else replace(config, calibration=calibration)
+
+
+def refine_classes(data: Dataset, config: RefineConfig, classifier: str | Path | None = None,
+                   cache_dir: str | Path | None = None, log: Callable[[str], None] = print) -> refine.ClassShares | None:
+    """What refines class by class (``refine.by_class``): ``classifier`` (a file), else the data
+    set's own domain classifier, with the training labels' shares; None where ``by_class`` is off
+    or there is neither a label nor a named classifier."""
+    if not config.by_class:
+        return None
+    try:
+        return refine.class_shares(quality.for_data(data, classifier, cache_dir=cache_dir, log=log))
+    except QualityError:
+        return None
 
 
 def refine_data(dataset: str | None, data_root: str | Path | None, checkpoint: str | Path) -> Dataset:

@@ -27,7 +27,17 @@ fits a and b the same way.
 Samples are made slot by slot: each of the n requested samples has a slot, with its class (a
 conditional G) and its component (a mixture, whose members each bring their own G and D: each
 member's samples are corrected toward p_data by its own D, so the mixture of corrected members
-is too). Everything draws from one seeded ``torch.Generator``: the same seed, the same samples.
+is too).
+
+**Class by class** (``refine.stratify``, an unconditional G of a labelled data set). For any
+labelling y(x), p_data(x) / p_g(x) = [p_data(y) / p_g(y)] * [p_data(x | y) / p_g(x | y)]. The
+first factor is a ratio of two class shares, which counting reads far better than D's logit does
+(experiments/refine_classes.py: a trained D ranks images by how well they are drawn, hardly by
+how often their class is drawn); within a class, D*'s ratio is the second factor up to a constant.
+So each slot gets a class drawn from the training labels' shares, its proposals are G's samples
+that the domain classifier puts in that class (rejection on the class: draws from p_g(x | y)),
+and DRS or MH corrects them by D within the class. With an exact D* and classifier this still
+targets p_data exactly; with a trained D, the class shares come out as the data's. Everything draws from one seeded ``torch.Generator``: the same seed, the same samples.
 No Ray here.
 """
 
@@ -37,7 +47,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -229,17 +239,23 @@ class Refined:
         accepted: DRS: samples accepted (n); MH: moves accepted over every chain.
         acceptance: DRS: n over the proposals after the burn-in; MH: the share of proposed moves accepted.
         seconds: wall time, calibration excluded.
+        by_class: refined class by class (:class:`ClassShares`).
+        classes_left_out: by class: the data's classes G drew too rarely to fill (under the data's share
+            over ``refine.max_proposals`` in a burn-in of G's samples), left out of the slots' classes.
     """
 
     samples: torch.Tensor
     method: str
-    proposals: int
+    proposals: int  # G's samples drawn (class by class: every draw, those of other classes included)
     accepted: int
     acceptance: float
     seconds: float
+    by_class: bool = False
+    classes_left_out: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "proposals": self.proposals, "acceptance": self.acceptance, "seconds": self.seconds}
+        return {"method": self.method, "proposals": self.proposals, "acceptance": self.acceptance, "seconds": self.seconds,
+                "by_class": self.by_class, "classes_left_out": self.classes_left_out}
 
 
 def _drs_f(l: torch.Tensor, m: float) -> torch.Tensor:
@@ -356,6 +372,77 @@ def _propose_from(generator: Generator) -> Propose:
     return propose
 
 
+@dataclass(frozen=True)
+class ClassShares:
+    """Class-by-class refinement of an unconditional G (see the module's docstring).
+
+    Attributes:
+        classify: (N, C, H, W) images -> (N,) int64 classes (the domain classifier's argmax).
+        shares: (K,) the classes' shares in the data (the training labels').
+    """
+
+    classify: Callable[[torch.Tensor], torch.Tensor]
+    shares: np.ndarray
+
+
+def class_shares(model: Any) -> ClassShares:
+    """:class:`ClassShares` from a :class:`raygan.quality.QualityModel` (trained on the training split only)."""
+    from raygan import quality
+
+    def classify(x: torch.Tensor) -> torch.Tensor:
+        return quality.read(model.classifier, x, BATCH)[1].argmax(1).cpu()
+
+    return ClassShares(classify, np.asarray(model.label_histogram, dtype=np.float64))
+
+
+def _without_classes(log_ratio: LogRatio) -> LogRatio:
+    return lambda x, labels: log_ratio(x, None)
+
+
+class _ProposeInClass:
+    """Proposals of the asked classes from an unconditional G: G's samples, each kept for an open
+    slot of the class the classifier gives it (draws from p_g(x | y)). ``drawn`` counts every draw."""
+
+    def __init__(self, propose: Propose, classify: Callable[[torch.Tensor], torch.Tensor], max_draws: int) -> None:
+        self.propose, self.classify, self.max_draws, self.drawn = propose, classify, max_draws, 0
+
+    def reachable(self, shares: np.ndarray, pilot: int, gen: torch.Generator) -> tuple[torch.Tensor, list[int]]:
+        """The data's class shares over the classes G draws often enough to fill (on ``pilot`` draws,
+        a share of at least the data's over ``max_draws``), renormalised; and the classes left out."""
+        y = self.classify(self.propose(None, pilot, gen))
+        self.drawn += pilot
+        drawn = np.bincount(y.numpy(), minlength=len(shares)) / pilot
+        keep = (drawn > 0) & (drawn * self.max_draws >= shares)
+        if not (keep & (shares > 0)).any():
+            raise RefineError("the domain classifier puts none of G's samples in a class of the data; set refine.by_class false")
+        target = np.where(keep, shares, 0.0)
+        return torch.as_tensor(target / target.sum()), [c for c in range(len(shares)) if shares[c] > 0 and not keep[c]]
+
+    def __call__(self, labels: torch.Tensor | None, count: int, gen: torch.Generator) -> torch.Tensor:
+        assert labels is not None and len(labels) == count
+        out: torch.Tensor | None = None
+        open_slots, drawn = torch.arange(count), 0
+        while len(open_slots):
+            if drawn >= self.max_draws * count:
+                missing = int(labels[open_slots[0]])
+                raise RefineError(f"class {missing} came up too rarely in {drawn} of G's samples to fill {count} "
+                                  f"proposals (refine.max_proposals = {self.max_draws} per sample); set refine.by_class false")
+            k = min(max(2 * len(open_slots), 64), 20 * BATCH)
+            x = self.propose(None, k, gen)
+            y = self.classify(x)
+            drawn += k
+            if out is None:
+                out = torch.empty(count, *x.shape[1:], dtype=x.dtype)
+            for c in labels[open_slots].unique().tolist():
+                have = (y == c).nonzero().view(-1)
+                want = open_slots[labels[open_slots] == c]
+                took = min(len(have), len(want))
+                out[want[:took]] = x[have[:took]]
+                open_slots = open_slots[~torch.isin(open_slots, want[:took])]
+        self.drawn += drawn
+        return out if out is not None else torch.empty(0)
+
+
 def refine(
     members: list[Generator],
     ratios: list[Calibrated],
@@ -366,6 +453,7 @@ def refine(
     *,
     seed: int = 0,
     labels: Any = None,
+    classes: ClassShares | None = None,
 ) -> Refined:
     """``n`` samples of a generator (one member, weight 1) or a mixture, each member's corrected by its own D.
 
@@ -378,9 +466,12 @@ def refine(
         config: the samplers' settings.
         seed: the same seed, the same samples.
         labels: a conditional model's class per sample (None: every class equally often).
+        classes: an unconditional model's classifier and the data's class shares: refine class by
+            class (each slot's class drawn from the shares; see the module's docstring). None, or a
+            conditional model: no classes.
 
     Raises:
-        RefineError: an unknown method, or DRS's proposal cap reached.
+        RefineError: an unknown method, DRS's proposal cap reached, or a class G (almost) never draws.
     """
     if method not in REFINE_METHODS:
         raise RefineError(f"unknown refinement {method!r}; choose one of: {', '.join(REFINE_METHODS)}")
@@ -389,6 +480,8 @@ def refine(
     gen = torch.Generator().manual_seed(seed)
     w = torch.as_tensor(np.asarray(weights, dtype=np.float64))
     comps = torch.multinomial(w, n, replacement=True, generator=gen) if len(members) > 1 else torch.zeros(n, dtype=torch.int64)
+    by_class = classes is not None and y is None
+    missing: set[int] = set()
     samples = torch.empty(n, *members[0].data_shape)
     proposals = sampling = accepted = 0  # sampling: DRS's proposals after the burn-in
     for j, (g, ratio) in enumerate(zip(members, ratios)):
@@ -396,18 +489,26 @@ def refine(
         if not len(where):
             continue
         slot_labels = None if y is None else y[where]
+        propose, log_ratio = _propose_from(g.eval()), ratio.log_ratio
+        if by_class:  # each slot's class from the data's shares (the first factor of p_data / p_g) picks
+            # its proposals; the unconditional D reads no class
+            propose = in_class = _ProposeInClass(propose, classes.classify, config.max_proposals)
+            target, left_out = in_class.reachable(classes.shares, config.burn_in, gen)
+            slot_labels = torch.multinomial(target, len(where), replacement=True, generator=gen)
+            missing.update(left_out)
+            log_ratio = _without_classes(ratio.log_ratio)
         if method == "drs":
-            x, drawn, took, burn = rejection_sample(_propose_from(g.eval()), ratio.log_ratio, slot_labels, len(where), gen,
+            x, drawn, took, burn = rejection_sample(propose, log_ratio, slot_labels, len(where), gen,
                                                     gamma_quantile=config.gamma_quantile, burn_in=config.burn_in,
                                                     max_proposals=config.max_proposals)
-            proposals, sampling, accepted = proposals + drawn + burn, sampling + drawn, accepted + took
+            drawn_here, sampling, accepted = drawn + burn, sampling + drawn, accepted + took
         else:
-            x, drawn, moves = mh_sample(_propose_from(g.eval()), ratio.log_ratio, slot_labels, len(where), gen,
-                                        steps=config.mh_steps)
-            proposals, accepted = proposals + drawn, accepted + moves
+            x, drawn_here, moves = mh_sample(propose, log_ratio, slot_labels, len(where), gen, steps=config.mh_steps)
+            accepted += moves
+        proposals += in_class.drawn if by_class else drawn_here
         samples[where] = x
     acceptance = accepted / max(1, sampling if method == "drs" else n * config.mh_steps)
-    return Refined(samples, method, proposals, accepted, acceptance, time.perf_counter() - start)
+    return Refined(samples, method, proposals, accepted, acceptance, time.perf_counter() - start, by_class, sorted(missing))
 
 
 # --------------------------------------------------------------------------------------------
@@ -469,9 +570,10 @@ def calibrate_all(model: Refinable, data: Any, config: RefineConfig, seed: int =
 
 
 def sample_file(path: str | Path, data: Any, n: int, method: str, config: RefineConfig, *, seed: int = 0,
-                labels: Any = None) -> tuple[Refined, list[Calibrated]]:
+                labels: Any = None, classes: ClassShares | None = None) -> tuple[Refined, list[Calibrated]]:
     """``n`` refined samples of a ``generator.pt`` or ``mixture.pt``: each member's D calibrated on
-    ``data`` (a :class:`raygan.data.Dataset` of the shape it was trained on), then ``method``.
+    ``data`` (a :class:`raygan.data.Dataset` of the shape it was trained on), then ``method``
+    (class by class where ``classes`` is given and the model is unconditional).
 
     Raises:
         CheckpointError: a missing or foreign file, or one for another data shape.
@@ -483,4 +585,4 @@ def sample_file(path: str | Path, data: Any, n: int, method: str, config: Refine
     if model.data_shape != tuple(data.shape):
         raise CheckpointError(f"{str(path)!r} generates {model.data_shape} samples, but {data.name} is {tuple(data.shape)}")
     ratios = calibrate_all(model, data, config, seed=seed)
-    return refine(model.members, ratios, model.weights, n, method, config, seed=seed, labels=labels), ratios
+    return refine(model.members, ratios, model.weights, n, method, config, seed=seed, labels=labels, classes=classes), ratios

@@ -147,8 +147,15 @@ def _refined_lines(refined: dict[str, Any] | None) -> list[str]:
             continue
         lines.append(f"  {method:<4} Parzen test LL {nats(r['parzen_test_ll'])} ± {nats(r['parzen_test_se'])}"
                      f" ({r['num_samples']:,} samples){_quality_text(r.get('quality'))}; acceptance {r['acceptance']:.1%},"
-                     f" {r['seconds']:.0f} s")
+                     f" {r['seconds']:.0f} s{_by_class_text(r)}")
     return lines
+
+
+def _by_class_text(r: dict) -> str:
+    if not r.get("by_class"):
+        return ""
+    left_out = r.get("classes_left_out") or []
+    return ", class by class" + (f" (classes {', '.join(map(str, left_out))} left out: G hardly draws them)" if left_out else "")
 
 
 def summary_lines(s: dict[str, Any], strong: Any = str) -> list[str]:

@@ -21,7 +21,7 @@ import torch
 from raygan import images, refine
 from raygan.config import RefineConfig, dataset_argument
 from raygan.errors import UserError
-from raygan.evaluate import add_refine_flags, refine_config, refine_data
+from raygan.evaluate import add_refine_flags, data_source, refine_classes, refine_config, refine_data
 from raygan.files import atomic_write_bytes
 from raygan.mixture import draw, load_samplable
 from raygan.models import LabelError
@@ -54,6 +54,7 @@ def parse_labels(text: str) -> list[int]:
 def write_samples(
     checkpoint: str | Path, out: str | Path, num: int = 100, seed: int = 0, classes: Sequence[int] | None = None,
     refine_with: str | None = None, data: Any = None, refine_config: RefineConfig | None = None,
+    class_shares: refine.ClassShares | None = None,
 ) -> torch.Tensor:
     """Draw ``num`` samples from the generator or mixture in ``checkpoint`` and write them to ``out``.
 
@@ -68,6 +69,7 @@ def write_samples(
             (:mod:`raygan.refine`), calibrated on ``data``'s validation split; None: G's own samples.
         data: the data set the model was trained on (for ``refine_with``).
         refine_config: the refined samplers' settings (None: the defaults).
+        class_shares: refine an unconditional model class by class (:func:`raygan.evaluate.refine_classes`).
 
     Returns:
         The samples.
@@ -90,7 +92,8 @@ def write_samples(
     if refine_with is None:
         samples = draw(model, num, seed=seed, labels=labels)  # LabelError for labels it cannot take
     else:
-        refined, _ = refine.sample_file(checkpoint, data, num, refine_with, refine_config or RefineConfig(), seed=seed, labels=labels)
+        refined, _ = refine.sample_file(checkpoint, data, num, refine_with, refine_config or RefineConfig(), seed=seed, labels=labels,
+                                        classes=class_shares)
         samples = refined.samples
     if out.suffix == ".npy":
         buffer = io.BytesIO()
@@ -122,8 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         classes = [args.label] if args.label is not None else None if args.labels is None else parse_labels(args.labels)
         data = None if args.refine is None else refine_data(args.dataset, args.data_root, args.checkpoint)
-        samples = write_samples(args.checkpoint, args.out, args.num, args.seed, classes, args.refine, data,
-                                refine_config(args.calibration, args.checkpoint))
+        config = refine_config(args.calibration, args.checkpoint)
+        shares = None if data is None else refine_classes(
+            data, config, data_source(args.dataset, args.data_root, None, args.checkpoint).classifier)
+        samples = write_samples(args.checkpoint, args.out, args.num, args.seed, classes, args.refine, data, config, shares)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

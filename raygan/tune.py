@@ -558,15 +558,17 @@ def run_experiment(config: ExperimentConfig, dataset: Any = None, verbose: int =
     note = quality_note(config, dataset) if quality is None else None
     if note is not None:
         report = dataclasses.replace(report, extra={**report.extra, "quality_note": note})
-    report = add_refined(config, report, dataset, evaluators)
+    report = add_refined(config, report, dataset, evaluators, quality)
     return add_mixture(config, report, dataset)
 
 
-def add_refined(config: ExperimentConfig, report: Report, dataset: Any, evaluators: Any) -> Report:
+def add_refined(config: ExperimentConfig, report: Report, dataset: Any, evaluators: Any, quality: Any = None) -> Report:
     """The best generator's samples corrected by its own discriminator (raygan.refine), one sampler per
     ``refine.methods``, scored like the raw ones (same count, same seed, test split once) and added to
     summary.json's "refined"; each one's first 100 samples as best/samples_<method>.png. D is
-    calibrated on the validation split (and, for finetune, trained on the training split) only."""
+    calibrated on the validation split (and, for finetune, trained on the training split) only;
+    with ``refine.by_class``, the run's domain classifier ``quality`` (trained on the training labels)
+    picks each sample's class."""
     import ray
 
     from raygan import images, refine
@@ -584,10 +586,12 @@ def add_refined(config: ExperimentConfig, report: Report, dataset: Any, evaluato
     ratios = refine.calibrate_all(model, dataset, config.refine, seed=config.eval.seed)
     n = config.eval.num_samples
     labels = None if model.num_classes is None else class_grid_labels(n, model.num_classes)
+    shares = refine.class_shares(quality) if config.refine.by_class and quality is not None else None
     refined: dict[str, Any] = {}
     for method in config.refine.methods:
         try:
-            r = refine.refine(model.members, ratios, model.weights, n, method, config.refine, seed=config.eval.seed, labels=labels)
+            r = refine.refine(model.members, ratios, model.weights, n, method, config.refine, seed=config.eval.seed,
+                              labels=labels, classes=shares)
         except refine.RefineError as e:
             refined[method] = {"error": str(e)}
             continue

@@ -176,6 +176,7 @@ VALID: dict[str, dict[str, st.SearchStrategy]] = {
         "burn_in": st.integers(1, 10**6),
         "max_proposals": st.integers(1, 10**4),
         "mh_steps": st.integers(1, 1000),
+        "by_class": st.booleans(),
     },
     "mixture": {"members": st.integers(1, 64), "fit_to": st.none() | st.sampled_from(["parzen", "fd", "tvd"])},
 }

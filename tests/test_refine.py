@@ -8,6 +8,7 @@ samplers must be reproducible; files without a discriminator must be refused in 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -66,6 +67,63 @@ def test_independent_metropolis_hastings_with_the_optimal_discriminator_draws_p_
     assert samples.shape == (N, 1, 1, 1) and drawn == N * 41
     assert _matches_p_data(samples) > 0.01
     assert 0.2 < moves / (N * 40) < 0.95
+
+
+# Class by class: the classes are x > 4 and x <= 4, an exact classifier of a labelling that p_data
+# splits 50/50 and the biased G 31/69.
+HALVES = refine.ClassShares(lambda x: (x.view(-1) > TOY_1D_MEAN).long(), np.array([0.5, 0.5]))
+
+
+def _toy_pair_refine(method: str, log_ratio, classes, seed: int = 3, n: int = N) -> refine.Refined:
+    """refine.refine of a stand-in member that draws biased_propose's N(4.4, 0.8^2), read by ``log_ratio``."""
+    ratio = SimpleNamespace(log_ratio=log_ratio)  # what refine reads of a Calibrated
+    return refine.refine([_ToyMember()], [ratio], [1.0], n, method, RefineConfig(gamma_quantile=None, burn_in=20_000, max_proposals=100,
+                                                                         mh_steps=30), seed=seed, classes=classes)
+
+
+class _ToyMember(torch.nn.Module):
+    """A 'generator' of biased_propose's N(4.4, 0.8^2): what refine needs of a member."""
+
+    num_classes = None
+    data_shape = (1, 1, 1)
+
+    class config:  # noqa: N801 - the attributes refine reads of a ModelConfig
+        prior = "gaussian"
+        noise_dim = 1
+
+    def forward(self, z, labels=None):
+        return (G_MEAN + G_STD * z[:, :1]).view(-1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("method", ["drs", "mh"])
+def test_class_by_class_refinement_with_the_optimal_discriminator_still_draws_p_data(method):
+    out = _toy_pair_refine(method, exact_log_ratio, HALVES)
+    assert out.by_class and out.classes_left_out == []
+    assert _matches_p_data(out.samples) > 0.01
+
+
+def test_class_by_class_refinement_gives_the_data_class_shares_where_d_sees_no_class():
+    # A D that reads nothing (log ratio 0 everywhere): DRS alone keeps G's 31/69 split; by class, the
+    # data's 50/50, each class still drawn from G.
+    blind = lambda x, labels=None: torch.zeros(len(x), dtype=torch.float64)  # noqa: E731
+    alone = _toy_pair_refine("drs", blind, None)
+    by_class = _toy_pair_refine("drs", blind, HALVES)
+    upper = lambda s: float((s.view(-1) > TOY_1D_MEAN).double().mean())  # noqa: E731
+    assert upper(alone.samples) == pytest.approx(stats.norm.sf(TOY_1D_MEAN, G_MEAN, G_STD), abs=0.02)
+    assert upper(by_class.samples) == pytest.approx(0.5, abs=0.02)
+    # Within a class, the samples are G's: the upper half's are N(4.4, 0.8^2) conditioned on x > 4.
+    top = by_class.samples.view(-1)[by_class.samples.view(-1) > TOY_1D_MEAN].numpy()
+    truncated = stats.truncnorm((TOY_1D_MEAN - G_MEAN) / G_STD, np.inf, loc=G_MEAN, scale=G_STD)
+    assert stats.kstest(top, truncated.cdf).pvalue > 0.01
+    assert by_class.proposals > len(by_class.samples)  # every draw is counted, those of the fuller class too
+
+
+def test_a_class_the_generator_never_draws_is_left_out_and_named():
+    blind = lambda x, labels=None: torch.zeros(len(x), dtype=torch.float64)  # noqa: E731
+    thirds = refine.ClassShares(lambda x: (x.view(-1) > TOY_1D_MEAN).long(), np.array([0.4, 0.4, 0.2]))  # class 2: never
+    out = _toy_pair_refine("drs", blind, thirds, n=2000)
+    assert out.classes_left_out == [2] and out.as_dict()["classes_left_out"] == [2]
+    assert float((out.samples.view(-1) > TOY_1D_MEAN).double().mean()) == pytest.approx(0.5, abs=0.04)
 
 
 def test_the_gamma_quantile_sets_the_share_of_proposals_accepted():
@@ -202,9 +260,11 @@ def mnist_pair_file(tmp_path):
     return path
 
 
-def test_sample_refine_writes_the_refined_samples_of_the_seed(mnist_pair_file, tmp_path):
+def test_sample_refine_writes_the_refined_samples_of_the_seed(mnist_pair_file, tmp_path, mnist5k_quality, quality_cache_dir,
+                                                             monkeypatch):
     from raygan.sample import main
 
+    monkeypatch.setenv("RAYGAN_CACHE_DIR", str(quality_cache_dir))  # the session's classifier picks the classes
     out = tmp_path / "drs.npy"
     args = ["--checkpoint", str(mnist_pair_file), "--num", "50", "--out", str(out), "--seed", "2", "--refine", "drs",
             "--calibration", "platt"]
@@ -214,7 +274,8 @@ def test_sample_refine_writes_the_refined_samples_of_the_seed(mnist_pair_file, t
     assert main(args) == 0
     np.testing.assert_array_equal(np.load(out), first)  # reproducible for a seed
     data = load_dataset("mnist5k")
-    want, _ = refine.sample_file(mnist_pair_file, data, 50, "drs", RefineConfig(calibration="platt"), seed=2)
+    want, _ = refine.sample_file(mnist_pair_file, data, 50, "drs", RefineConfig(calibration="platt"), seed=2,
+                                 classes=refine.class_shares(mnist5k_quality))  # refine.by_class, the default
     np.testing.assert_array_equal(first, want.samples.numpy())
 
 

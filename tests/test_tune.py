@@ -68,6 +68,7 @@ def test_end_to_end_tune_of_two_trials(ray_local, tmp_path, tiny_dataset, tiny_e
     drs = summary["refined"]["drs"]
     assert math.isfinite(drs["parzen_test_ll"]) and 0 < drs["acceptance"] <= 1 and drs["num_samples"] == config.eval.num_samples
     assert drs["calibration"]["method"] == config.refine.calibration and (best / "samples_drs.png").stat().st_size > 0
+    assert drs["by_class"] is False  # the tiny data have no labels: D alone
     assert state["discriminator"]["format"] == "raygan-discriminator/1"
     from raygan import refine
 

@@ -17,7 +17,9 @@ Both answers are read alike: the Parzen test LL ± SE on ``eval.num_samples`` sa
 independent 3-nearest-neighbour classifier on pixels (experiments/recipes.py; classes >= 2 %,
 TVD), and the copy ratio: the samples' median distance to their nearest training image over real
 held-out (validation) images' (about 1 for new digits, well under 1 for copies of the training
-set). Where the run scored refined samplers (``summary.json``'s "refined"), their samples are drawn again (the same seed, so the same samples) and read by the 3-NN too.
+set). Where the run scored refined samplers (``summary.json``'s "refined"), their samples are
+drawn again (the same seed and settings, so the same samples) and read by the 3-NN too; the single
+run's G and D are refined alike, so each arm's refined sampler stands beside the other's.
 
 Prints one table row per seed and arm, then the medians over the seeds; writes everything to
 ``OUT/pvs.json`` and the anytime figure (best validation LL so far against wall seconds, both arms,
@@ -130,6 +132,19 @@ def single_curve(generator: Generator, snapshots: list, data: Any, config: Exper
     return _best_so_far(points)
 
 
+def read_refined(generator_file: Path, methods: Sequence[str], data: Any, config: ExperimentConfig, model: Any,
+                 knn: KNN) -> dict[str, Any]:
+    """Each refined sampler of a G+D file, drawn as raygan.tune draws it (the run's refine settings,
+    class by class where refine.by_class, eval.seed), read like the raw samples: {"read_<method>": ...}."""
+    classes = refine.class_shares(model) if config.refine.by_class else None
+    out = {}
+    for method in methods:
+        r, _ = refine.sample_file(generator_file, data, config.eval.num_samples, method, config.refine, seed=config.eval.seed,
+                                  classes=classes)
+        out[f"read_{method}"] = {**read_samples(r.samples, data, config, model, knn), "acceptance": r.acceptance, "seconds": r.seconds}
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     tune_flags = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -170,12 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         n, s = config.eval.num_samples, config.eval.seed
         row["population"]["read"] = read_samples(generate(load_generator(best / "generator.pt"), n, seed=s), data, config, model, knn)
         summary = json.loads((best / "summary.json").read_text())
-        for method, scored in (summary.get("refined") or {}).items():
-            if "error" in scored:
-                continue
-            again, _ = refine.sample_file(best / "generator.pt", data, n, method, config.refine, seed=s)
-            row["population"][f"read_{method}"] = {**read_samples(again.samples, data, config, model, knn), "acceptance": scored["acceptance"],
-                                                    "seconds": scored["seconds"]}
+        scored = [m for m, r in (summary.get("refined") or {}).items() if "error" not in r]
+        row["population"].update(read_refined(best / "generator.pt", scored, data, config, model, knn))
         if "single" in args.arms:
             budget = config.tune.time_budget_s
             single = run_single(config, data, seed, budget, args.snapshot_s)
@@ -185,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             row["single"] = {"iterations": single["iterations"], "wall_s": single["wall_s"], "threads": single["threads"],
                              "generator": str(single_file),
                              "read": read_samples(generate(single["generator"], n, seed=s), data, config, model, knn),
-                             "curve": single_curve(single["generator"], single["snapshots"], data, config)}
+                             "curve": single_curve(single["generator"], single["snapshots"], data, config),
+                             **read_refined(single_file, config.refine.methods, data, config, model, knn)}
         results["seeds"][str(seed)] = row
         common.write_json(args.out / "pvs.json", results)
         print_rows(seed, row)
@@ -195,24 +207,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+ARMS = [(arm, key) for arm in ("population", "single") for key in ("read", "read_drs", "read_mh")]
 COLUMNS = ("parzen_test_ll", "parzen_test_se", "fd", "classes", "tvd", "knn_classes", "knn_tvd", "copy_ratio")
 
 
 def print_rows(seed: int, row: dict[str, Any]) -> None:
     print(f"| seed | arm | Parzen test LL ± SE | FD | classes | TVD | 3-NN classes | 3-NN TVD | copy ratio | wall s |")
-    for arm, key in (("population", "read"), ("population, drs", "read_drs"), ("population, mh", "read_mh"), ("single", "read")):
-        r = row.get(arm.split(",")[0], {}).get(key)
+    for arm, key in ARMS:
+        r = row.get(arm, {}).get(key)
         if r is None:
             continue
-        wall = row[arm.split(",")[0]].get("wall_s")
-        print(f"| {seed} | {arm} | {r['parzen_test_ll']:.1f} ± {r['parzen_test_se']:.1f} | {r['fd']:.1f} | {r['classes']} | "
+        wall = row[arm].get("wall_s") if key == "read" else None
+        print(f"| {seed} | {arm}{key[4:].replace('_', ', ')} | {r['parzen_test_ll']:.1f} ± {r['parzen_test_se']:.1f} | {r['fd']:.1f} | {r['classes']} | "
               f"{r['tvd']:.3f} | {r['knn_classes']} | {r['knn_tvd']:.3f} | {r.get('copy_ratio', math.nan):.2f} | "
               f"{'' if wall is None else f'{wall:.0f}'} |", flush=True)
 
 
 def print_medians(results: dict[str, Any]) -> None:
     print("medians over the seeds:")
-    for arm, key in (("population", "read"), ("population", "read_drs"), ("population", "read_mh"), ("single", "read")):
+    for arm, key in ARMS:
         reads = [row[arm][key] for row in results["seeds"].values() if key in row.get(arm, {})]
         if reads:
             cells = ", ".join(f"{c} {statistics.median(r[c] for r in reads):.3f}" for c in COLUMNS if all(c in r for r in reads))
