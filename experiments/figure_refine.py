@@ -1,7 +1,8 @@
-"""The same generator's samples raw, corrected by rejection sampling (DRS) and by Metropolis-Hastings.
+"""The same generator's samples raw, corrected by rejection sampling (DRS) with D alone and class by
+class, and by Metropolis-Hastings class by class.
 
-Each panel is ``python -m raygan.sample --checkpoint CKPT --seed 0 [--refine METHOD]`` exactly as a
-user runs it (the run's own calibration data and refine settings), drawn side by side:
+Each panel is ``python -m raygan.sample --checkpoint CKPT --seed 0 [--refine METHOD --(no-)by-class]``
+exactly as a user runs it (the run's own calibration data and refine settings), drawn side by side:
 
     python experiments/figure_refine.py --checkpoint ~/raygan_results/raygan/best/generator.pt
 """
@@ -21,7 +22,8 @@ import torch
 
 from raygan.images import tile
 
-PANELS = (("raw", None), ("DRS", "drs"), ("MH", "mh"))
+PANELS = (("raw", None), ("DRS, D alone", ["drs", "--no-by-class"]), ("DRS by class", ["drs", "--by-class"]),
+          ("MH by class", ["mh", "--by-class"]))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -32,10 +34,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def draw(checkpoint: Path, method: str | None, num: int, folder: Path) -> np.ndarray:
-    out = folder / f"{method or 'raw'}.npy"
+def draw(checkpoint: Path, refine: list[str] | None, num: int, folder: Path) -> np.ndarray:
+    out = folder / f"{'-'.join(refine or ['raw'])}.npy"
     argv = [sys.executable, "-m", "raygan.sample", "--checkpoint", str(checkpoint), "--num", str(num), "--seed", "0",
-            "--out", str(out)] + (["--refine", method] if method else [])
+            "--out", str(out)] + (["--refine", *refine] if refine else [])
     subprocess.run(argv, check=True)
     return np.load(out)
 
@@ -48,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import matplotlib.pyplot as plt
 
     with tempfile.TemporaryDirectory() as folder:
-        panels = [(title, draw(args.checkpoint, method, args.num, Path(folder))) for title, method in PANELS]
+        panels = [(title, draw(args.checkpoint, refine, args.num, Path(folder))) for title, refine in PANELS]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.3))
     for ax, (title, samples) in zip(axes, panels):
         grid = tile(torch.from_numpy(samples), nrow=int(np.ceil(np.sqrt(len(samples)))), padding=1, pad_value=1.0)

@@ -357,18 +357,22 @@ def format_quality(report: EvaluationReport) -> str:
 
 
 def add_refine_flags(p: argparse.ArgumentParser) -> None:
-    """--refine and --calibration: shared by raygan.sample and raygan.evaluate (each has --dataset and --data-root)."""
+    """--refine, --calibration and --by-class: shared by raygan.sample and raygan.evaluate (each has --dataset and --data-root)."""
     p.add_argument("--refine", choices=REFINE_METHODS, default=None,
                    help="correct the samples with the discriminator saved beside the generator: drs (rejection "
                    "sampling) or mh (Metropolis-Hastings); D is calibrated on the data set's validation split")
     p.add_argument("--calibration", choices=CALIBRATIONS, default=None,
                    help="how D's logit is calibrated for --refine (default: the run's refine.calibration, "
                    f"else {RefineConfig().calibration})")
+    p.add_argument("--by-class", action=argparse.BooleanOptionalAction, default=None,
+                   help="--refine an unconditional G class by class: each sample's class drawn from the training "
+                   "labels' shares, read by the domain classifier, D correcting within it (default: the run's "
+                   f"refine.by_class, else {str(RefineConfig().by_class).lower()}); --no-by-class: D alone")
 
 
-def refine_config(calibration: str | None, checkpoint: str | Path | None) -> RefineConfig:
+def refine_config(calibration: str | None, checkpoint: str | Path | None, by_class: bool | None = None) -> RefineConfig:
     """The refined samplers' settings: those of the run holding ``checkpoint`` (so raygan.tune's
-    refined scores are reproduced), else the defaults; ``calibration`` where given."""
+    refined scores are reproduced), else the defaults; ``calibration`` and ``by_class`` where given."""
     config = RefineConfig()
     run = None if checkpoint is None else run_holding(checkpoint)
     if run is not None:
@@ -376,7 +380,8 @@ def refine_config(calibration: str | None, checkpoint: str | Path | None) -> Ref
             config = load_config(run / EXPERIMENT_FILE).refine
         except ConfigError:
             pass  # a run file of another version: the defaults
-    return config if calibration is None else replace(config, calibration=calibration)
+    config = config if calibration is None else replace(config, calibration=calibration)
+    return config if by_class is None else replace(config, by_class=by_class)
 
 
 def refine_classes(data: Dataset, config: RefineConfig, classifier: str | Path | None = None,
@@ -449,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cache_dir=args.cache_dir,
             log=lambda line: print(line, file=sys.stderr),  # stdout stays one table or one JSON object
             refine_with=args.refine,
-            refine_config=refine_config(args.calibration, args.checkpoint),
+            refine_config=refine_config(args.calibration, args.checkpoint, args.by_class),
         )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

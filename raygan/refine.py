@@ -311,13 +311,21 @@ def rejection_sample(
         drawn, accepted = drawn + count, accepted + len(ok)
         if samples is None:
             samples = torch.empty(n, *x.shape[1:], dtype=x.dtype)
-        for c in [None] if labels is None else labels[ok].unique().tolist():
-            have = ok if c is None else ok[labels[ok] == c]
-            want = open_slots if c is None else open_slots[slot_labels[open_slots] == c]
-            k = min(len(have), len(want))
-            samples[want[:k]] = x[have[:k]]
-            open_slots = open_slots[~torch.isin(open_slots, want[:k])]
+        open_slots = _fill(samples, open_slots, slot_labels, x, labels, ok)
     return (samples if samples is not None else torch.empty(0)), drawn, accepted, burn_in
+
+
+def _fill(samples: torch.Tensor, open_slots: torch.Tensor, slot_labels: torch.Tensor | None, x: torch.Tensor,
+          x_labels: torch.Tensor | None, candidates: torch.Tensor) -> torch.Tensor:
+    """Put the ``candidates`` among the proposals ``x`` into the open slots of their class (any open
+    slot where there are no classes), in order; returns the slots still open."""
+    for c in [None] if x_labels is None else x_labels[candidates].unique().tolist():
+        have = candidates if c is None else candidates[x_labels[candidates] == c]
+        want = open_slots if c is None else open_slots[slot_labels[open_slots] == c]
+        k = min(len(have), len(want))
+        samples[want[:k]] = x[have[:k]]
+        open_slots = open_slots[~torch.isin(open_slots, want[:k])]
+    return open_slots
 
 
 def mh_sample(
@@ -433,12 +441,7 @@ class _ProposeInClass:
             drawn += k
             if out is None:
                 out = torch.empty(count, *x.shape[1:], dtype=x.dtype)
-            for c in labels[open_slots].unique().tolist():
-                have = (y == c).nonzero().view(-1)
-                want = open_slots[labels[open_slots] == c]
-                took = min(len(have), len(want))
-                out[want[:took]] = x[have[:took]]
-                open_slots = open_slots[~torch.isin(open_slots, want[:took])]
+            open_slots = _fill(out, open_slots, labels, x, y, torch.arange(k))
         self.drawn += drawn
         return out if out is not None else torch.empty(0)
 

@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         classes = [args.label] if args.label is not None else None if args.labels is None else parse_labels(args.labels)
         data = None if args.refine is None else refine_data(args.dataset, args.data_root, args.checkpoint)
-        config = refine_config(args.calibration, args.checkpoint)
+        config = refine_config(args.calibration, args.checkpoint, args.by_class)
         shares = None if data is None else refine_classes(
             data, config, data_source(args.dataset, args.data_root, None, args.checkpoint).classifier)
         samples = write_samples(args.checkpoint, args.out, args.num, args.seed, classes, args.refine, data, config, shares)

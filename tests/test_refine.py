@@ -277,6 +277,10 @@ def test_sample_refine_writes_the_refined_samples_of_the_seed(mnist_pair_file, t
     want, _ = refine.sample_file(mnist_pair_file, data, 50, "drs", RefineConfig(calibration="platt"), seed=2,
                                  classes=refine.class_shares(mnist5k_quality))  # refine.by_class, the default
     np.testing.assert_array_equal(first, want.samples.numpy())
+    assert main([*args, "--no-by-class"]) == 0  # D alone
+    alone, _ = refine.sample_file(mnist_pair_file, data, 50, "drs", RefineConfig(calibration="platt"), seed=2)
+    np.testing.assert_array_equal(np.load(out), alone.samples.numpy())
+    assert not np.array_equal(alone.samples.numpy(), first)
 
 
 def test_refine_without_a_saved_discriminator_is_one_sentence_and_exit_2(tmp_path, capsys):
