@@ -59,7 +59,7 @@ def class_table(shares: np.ndarray, data_shares: np.ndarray, log_ratio: np.ndarr
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        data = refine_data(None, None, args.checkpoint)
+        data, classifier_file = refine_data(None, None, args.checkpoint)
         config = refine_config(None, args.checkpoint)
         model = refine.load_refinable(args.checkpoint)
     except UserError as e:
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(model.members) != 1 or model.num_classes is not None or data.train_labels is None:
         print("error: give one unconditional generator.pt of a labelled data set", file=sys.stderr)
         return 2
-    classifier = quality.load_or_train(data)
+    classifier = quality.for_data(data, classifier_file)
     g, d = model.members[0], model.discriminators[0]
     x = generate(g, args.num, seed=args.seed)
     _, probs = quality.read(classifier.classifier, x, 1000)

@@ -397,10 +397,11 @@ def refine_classes(data: Dataset, config: RefineConfig, classifier: str | Path |
         return None
 
 
-def refine_data(dataset: str | None, data_root: str | Path | None, checkpoint: str | Path) -> Dataset:
-    """The data --refine calibrates on: as :func:`data_source` finds them for ``checkpoint``."""
+def refine_data(dataset: str | None, data_root: str | Path | None, checkpoint: str | Path) -> tuple[Dataset, str | None]:
+    """The data --refine calibrates on, as :func:`data_source` finds them for ``checkpoint``, and the
+    run's classifier file (its eval.classifier; None: the data set's own) that picks classes."""
     source = data_source(dataset, data_root, None, checkpoint)
-    return load_data(source.data, seed=source.seed, recorded=source.recorded)
+    return load_data(source.data, seed=source.seed, recorded=source.recorded), source.classifier
 
 
 def main(argv: Sequence[str] | None = None) -> int:

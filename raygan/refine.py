@@ -29,7 +29,7 @@ conditional G) and its component (a mixture, whose members each bring their own 
 member's samples are corrected toward p_data by its own D, so the mixture of corrected members
 is too).
 
-**Class by class** (``refine.stratify``, an unconditional G of a labelled data set). For any
+**Class by class** (``refine.by_class``, an unconditional G of a labelled data set). For any
 labelling y(x), p_data(x) / p_g(x) = [p_data(y) / p_g(y)] * [p_data(x | y) / p_g(x | y)]. The
 first factor is a ratio of two class shares, which counting reads far better than D's logit does
 (experiments/refine_classes.py: a trained D ranks images by how well they are drawn, hardly by
@@ -37,8 +37,9 @@ how often their class is drawn); within a class, D*'s ratio is the second factor
 So each slot gets a class drawn from the training labels' shares, its proposals are G's samples
 that the domain classifier puts in that class (rejection on the class: draws from p_g(x | y)),
 and DRS or MH corrects them by D within the class. With an exact D* and classifier this still
-targets p_data exactly; with a trained D, the class shares come out as the data's. Everything draws from one seeded ``torch.Generator``: the same seed, the same samples.
-No Ray here.
+targets p_data exactly; with a trained D, the class shares come out as the data's.
+
+Everything draws from one seeded ``torch.Generator``: the same seed, the same samples. No Ray here.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import torch
 from raygan import images, refine
 from raygan.config import RefineConfig, dataset_argument
 from raygan.errors import UserError
-from raygan.evaluate import add_refine_flags, data_source, refine_classes, refine_config, refine_data
+from raygan.evaluate import add_refine_flags, refine_classes, refine_config, refine_data
 from raygan.files import atomic_write_bytes
 from raygan.mixture import draw, load_samplable
 from raygan.models import LabelError
@@ -124,10 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         classes = [args.label] if args.label is not None else None if args.labels is None else parse_labels(args.labels)
-        data = None if args.refine is None else refine_data(args.dataset, args.data_root, args.checkpoint)
         config = refine_config(args.calibration, args.checkpoint, args.by_class)
-        shares = None if data is None else refine_classes(
-            data, config, data_source(args.dataset, args.data_root, None, args.checkpoint).classifier)
+        data = shares = None
+        if args.refine is not None:
+            data, classifier = refine_data(args.dataset, args.data_root, args.checkpoint)
+            shares = refine_classes(data, config, classifier)
         samples = write_samples(args.checkpoint, args.out, args.num, args.seed, classes, args.refine, data, config, shares)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
