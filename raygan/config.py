@@ -432,6 +432,8 @@ class RefineConfig:
     """MH: moves per chain; each sample is its chain's state after them."""
     by_class: bool = True
     """An unconditional G of a labelled data set (or one with eval.classifier): refine class by class. Each sample's class is drawn from the training labels' shares, its proposals are G's samples the domain classifier puts in that class, and D corrects them within it (raygan.refine). False: D alone."""
+    confident: float = 0.9
+    """by_class: split each class into the samples the domain classifier is sure of (top probability at least this) and the rest, each drawn at the data's share (the rest's read on the validation split); 0: classes only."""
 
     def __post_init__(self) -> None:
         for m in self.methods:
@@ -450,6 +452,7 @@ class RefineConfig:
             raise ConfigError(f"refine.max_proposals must be at least 1, got {self.max_proposals}")
         if self.mh_steps < 1:
             raise ConfigError(f"refine.mh_steps must be at least 1, got {self.mh_steps}")
+        _in_unit_interval(self.confident, "refine.confident", closed_right=True)
 
 
 MAX_TRIALS = 10_000  # more trials than any cluster runs; beyond it a typo, not a plan

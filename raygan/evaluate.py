@@ -357,7 +357,7 @@ def format_quality(report: EvaluationReport) -> str:
 
 
 def add_refine_flags(p: argparse.ArgumentParser) -> None:
-    """--refine, --calibration and --by-class: shared by raygan.sample and raygan.evaluate (each has --dataset and --data-root)."""
+    """--refine, --calibration, --by-class and --confident: shared by raygan.sample and raygan.evaluate (each has --dataset and --data-root)."""
     p.add_argument("--refine", choices=REFINE_METHODS, default=None,
                    help="correct the samples with the discriminator saved beside the generator: drs (rejection "
                    "sampling) or mh (Metropolis-Hastings); D is calibrated on the data set's validation split")
@@ -368,11 +368,20 @@ def add_refine_flags(p: argparse.ArgumentParser) -> None:
                    help="--refine an unconditional G class by class: each sample's class drawn from the training "
                    "labels' shares, read by the domain classifier, D correcting within it (default: the run's "
                    f"refine.by_class, else {str(RefineConfig().by_class).lower()}); --no-by-class: D alone")
+    p.add_argument("--confident", type=float, default=None, metavar="P",
+                   help="--by-class: also split each class into the samples the classifier gives it with probability "
+                   "at least P and the rest, each at the validation split's share (default: the run's refine.confident, "
+                   f"else {RefineConfig().confident}); 0: classes only")
 
 
-def refine_config(calibration: str | None, checkpoint: str | Path | None, by_class: bool | None = None) -> RefineConfig:
+def refine_config(calibration: str | None, checkpoint: str | Path | None, by_class: bool | None = None,
+                  confident: float | None = None) -> RefineConfig:
     """The refined samplers' settings: those of the run holding ``checkpoint`` (so raygan.tune's
-    refined scores are reproduced), else the defaults; ``calibration`` and ``by_class`` where given."""
+    refined scores are reproduced), else the defaults; ``calibration``, ``by_class`` and ``confident`` where given.
+
+    Raises:
+        ConfigError: ``confident`` outside [0, 1].
+    """
     config = RefineConfig()
     run = None if checkpoint is None else run_holding(checkpoint)
     if run is not None:
@@ -381,18 +390,20 @@ def refine_config(calibration: str | None, checkpoint: str | Path | None, by_cla
         except ConfigError:
             pass  # a run file of another version: the defaults
     config = config if calibration is None else replace(config, calibration=calibration)
-    return config if by_class is None else replace(config, by_class=by_class)
+    config = config if by_class is None else replace(config, by_class=by_class)
+    return config if confident is None else replace(config, confident=confident)
 
 
 def refine_classes(data: Dataset, config: RefineConfig, classifier: str | Path | None = None,
                    cache_dir: str | Path | None = None, log: Callable[[str], None] = print) -> refine.ClassShares | None:
     """What refines class by class (``refine.by_class``): ``classifier`` (a file), else the data
-    set's own domain classifier, with the training labels' shares; None where ``by_class`` is off
+    set's own domain classifier, with the training labels' shares (split by ``confident`` on the
+    validation split); None where ``by_class`` is off
     or there is neither a label nor a named classifier."""
     if not config.by_class:
         return None
     try:
-        return refine.class_shares(quality.for_data(data, classifier, cache_dir=cache_dir, log=log))
+        return refine.class_shares(quality.for_data(data, classifier, cache_dir=cache_dir, log=log), data.valid, config.confident)
     except QualityError:
         return None
 
@@ -455,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cache_dir=args.cache_dir,
             log=lambda line: print(line, file=sys.stderr),  # stdout stays one table or one JSON object
             refine_with=args.refine,
-            refine_config=refine_config(args.calibration, args.checkpoint, args.by_class),
+            refine_config=refine_config(args.calibration, args.checkpoint, args.by_class, args.confident),
         )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         classes = [args.label] if args.label is not None else None if args.labels is None else parse_labels(args.labels)
-        config = refine_config(args.calibration, args.checkpoint, args.by_class)
+        config = refine_config(args.calibration, args.checkpoint, args.by_class, args.confident)
         data = shares = None
         if args.refine is not None:
             data, classifier = refine_data(args.dataset, args.data_root, args.checkpoint)

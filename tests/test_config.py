@@ -177,6 +177,7 @@ VALID: dict[str, dict[str, st.SearchStrategy]] = {
         "max_proposals": st.integers(1, 10**4),
         "mh_steps": st.integers(1, 1000),
         "by_class": st.booleans(),
+        "confident": st.floats(0.0, 1.0, **finite),
     },
     "mixture": {"members": st.integers(1, 64), "fit_to": st.none() | st.sampled_from(["parzen", "fd", "tvd"])},
 }

@@ -126,6 +126,67 @@ def test_a_class_the_generator_never_draws_is_left_out_and_named():
     assert float((out.samples.view(-1) > TOY_1D_MEAN).double().mean()) == pytest.approx(0.5, abs=0.04)
 
 
+# A finer labelling than the classes (refine.confident): each half split into "sure" (more than
+# 0.25 from the boundary x = 4) and "unsure" cells, cell c of class c % 2, at p_data's shares.
+def _cell(x: torch.Tensor) -> torch.Tensor:
+    x = x.view(-1)
+    return (x > TOY_1D_MEAN).long() + 2 * ((x - TOY_1D_MEAN).abs() < 0.25).long()
+
+
+_UNSURE = float(stats.norm.cdf(0.25 / TOY_1D_STD) - 0.5)  # p_data's mass within 0.25 of the mean, per side
+CELLS = refine.ClassShares(_cell, np.array([0.5 - _UNSURE, 0.5 - _UNSURE, _UNSURE, _UNSURE]), num_classes=2)
+
+
+@pytest.mark.parametrize("method", ["drs", "mh"])
+def test_refinement_by_finer_cells_with_the_optimal_discriminator_still_draws_p_data(method):
+    out = _toy_pair_refine(method, exact_log_ratio, CELLS)
+    assert out.classes_left_out == []
+    assert _matches_p_data(out.samples) > 0.01
+
+
+def test_refinement_by_cells_gives_the_data_cell_shares_where_d_sees_nothing():
+    blind = lambda x, labels=None: torch.zeros(len(x), dtype=torch.float64)  # noqa: E731
+    by_class, by_cell = _toy_pair_refine("drs", blind, HALVES), _toy_pair_refine("drs", blind, CELLS)
+    near = lambda s: float(((s.view(-1) - TOY_1D_MEAN).abs() < 0.25).double().mean())  # noqa: E731
+    # By class alone, each half is G's own: 25 % of the samples within 0.25 of 4; p_data has 38 % there.
+    assert near(by_cell.samples) == pytest.approx(2 * _UNSURE, abs=0.02)
+    assert abs(near(by_class.samples) - 2 * _UNSURE) > 0.08
+    np.testing.assert_allclose(np.bincount(_cell(by_cell.samples).numpy(), minlength=4) / N, CELLS.shares, atol=0.02)
+
+
+def test_a_class_is_left_out_only_when_every_one_of_its_cells_is():
+    blind = lambda x, labels=None: torch.zeros(len(x), dtype=torch.float64)  # noqa: E731
+    # cells 0, 1: the halves; cell 2: class 0's, never drawn (x < -100); cell 3: class 1's, x > 100, never drawn
+    far = lambda x: _cell(x) % 2 + 2 * (x.view(-1).abs() > 100).long()  # noqa: E731
+    one_cell_gone = refine.ClassShares(far, np.array([0.4, 0.4, 0.2, 0.0]), num_classes=2)
+    out = _toy_pair_refine("drs", blind, one_cell_gone, n=2000)
+    assert out.classes_left_out == []  # class 0 still has its cell 0
+    assert float((out.samples.view(-1) > TOY_1D_MEAN).double().mean()) == pytest.approx(0.5, abs=0.04)
+    never = lambda x: 2 * (x.view(-1) > 100).long() + (x.view(-1) > TOY_1D_MEAN).long()  # noqa: E731
+    class_gone = refine.ClassShares(never, np.array([0.0, 0.5, 0.25, 0.25]), num_classes=2)  # class 0 = cell 2 only
+    assert _toy_pair_refine("drs", blind, class_gone, n=2000).classes_left_out == [0]
+    assert CELLS.class_of([2, 3]) == [] and CELLS.class_of([0, 2]) == [0]
+
+
+def test_class_shares_split_each_class_by_the_classifiers_confidence_on_held_out_images(mnist5k_quality):
+    from raygan import quality
+
+    data = load_dataset("mnist5k")
+    plain = refine.class_shares(mnist5k_quality)
+    np.testing.assert_allclose(plain.shares, mnist5k_quality.label_histogram)
+    cells = refine.class_shares(mnist5k_quality, data.valid, 0.9)
+    assert cells.num_classes == 10 and cells.shares.shape == (20,)
+    np.testing.assert_allclose(cells.shares[:10] + cells.shares[10:], mnist5k_quality.label_histogram)
+    p = quality.read(mnist5k_quality.classifier, data.valid)[1]
+    y, unsure = p.argmax(1).numpy(), (p.max(1).values < 0.9).numpy()
+    for c in range(10):  # the unsure share within each class, as read on the validation split
+        assert cells.shares[10 + c] / mnist5k_quality.label_histogram[c] == pytest.approx(unsure[y == c].mean())
+    assert 0 < cells.shares[10:].sum() < 0.2  # the classifier is sure of most held-out digits
+    x = torch.from_numpy(data.valid[:50])
+    np.testing.assert_array_equal(cells.classify(x).numpy(), y[:50] + 10 * unsure[:50])
+    assert refine.class_shares(mnist5k_quality, data.valid, 0.0).shares.shape == (10,)
+
+
 def test_the_gamma_quantile_sets_the_share_of_proposals_accepted():
     def acceptance(q):
         _, drawn, accepted, _ = refine.rejection_sample(biased_propose, exact_log_ratio, None, 2000, torch.Generator().manual_seed(3),
@@ -275,8 +336,12 @@ def test_sample_refine_writes_the_refined_samples_of_the_seed(mnist_pair_file, t
     np.testing.assert_array_equal(np.load(out), first)  # reproducible for a seed
     data = load_dataset("mnist5k")
     want, _ = refine.sample_file(mnist_pair_file, data, 50, "drs", RefineConfig(calibration="platt"), seed=2,
-                                 classes=refine.class_shares(mnist5k_quality))  # refine.by_class, the default
-    np.testing.assert_array_equal(first, want.samples.numpy())
+                                 classes=refine.class_shares(mnist5k_quality, data.valid, 0.9))  # the defaults:
+    np.testing.assert_array_equal(first, want.samples.numpy())  # refine.by_class, refine.confident 0.9
+    assert main([*args, "--confident", "0"]) == 0  # classes only
+    classes_only, _ = refine.sample_file(mnist_pair_file, data, 50, "drs", RefineConfig(calibration="platt"), seed=2,
+                                         classes=refine.class_shares(mnist5k_quality))
+    np.testing.assert_array_equal(np.load(out), classes_only.samples.numpy())
     assert main([*args, "--no-by-class"]) == 0  # D alone
     alone, _ = refine.sample_file(mnist_pair_file, data, 50, "drs", RefineConfig(calibration="platt"), seed=2)
     np.testing.assert_array_equal(np.load(out), alone.samples.numpy())
@@ -296,6 +361,8 @@ def test_refine_without_a_saved_discriminator_is_one_sentence_and_exit_2(tmp_pat
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and all(e.startswith("error: ") and "no discriminator" in e for e in errors)
     assert out.read_bytes() == b"keep me"
+    assert sample_main(["--checkpoint", str(path), "--out", str(out), "--refine", "drs", "--confident", "1.5"]) == 2
+    assert capsys.readouterr().err.strip() == "error: refine.confident must lie in [0, 1], got 1.5"
 
 
 def test_evaluate_refine_scores_the_refined_samples(mnist_pair_file, capsys):

@@ -21,6 +21,9 @@ set). Where the run scored refined samplers (``summary.json``'s "refined"), thei
 drawn again (the same seed and settings, so the same samples) and read by the 3-NN too; the single
 run's G and D are refined alike, so each arm's refined sampler stands beside the other's.
 
+``--reread`` trains nothing: it refines the answers ``OUT/pvs.json`` saved again with raygan.refine
+as it is now (after a change to the samplers) and rewrites their rows.
+
 Prints one table row per seed and arm, then the medians over the seeds; writes everything to
 ``OUT/pvs.json`` and the anytime figure (best validation LL so far against wall seconds, both arms,
 every seed) to ``docs/population_vs_single.png`` (``--figure``). Needs matplotlib for the figure.
@@ -136,7 +139,7 @@ def read_refined(generator_file: Path, methods: Sequence[str], data: Any, config
                  knn: KNN) -> dict[str, Any]:
     """Each refined sampler of a G+D file, drawn as raygan.tune draws it (the run's refine settings,
     class by class where refine.by_class, eval.seed), read like the raw samples: {"read_<method>": ...}."""
-    classes = refine.class_shares(model) if config.refine.by_class else None
+    classes = refine.class_shares(model, data.valid, config.refine.confident) if config.refine.by_class else None
     out = {}
     for method in methods:
         r, _ = refine.sample_file(generator_file, data, config.eval.num_samples, method, config.refine, seed=config.eval.seed,
@@ -156,7 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--figure", type=Path, default=common.DOCS_DIR / "population_vs_single.png")
     p.add_argument("--arms", nargs="+", choices=["population", "single"], default=["population", "single"])
     p.add_argument("--append", action="store_true", help="keep the seeds already in OUT/pvs.json, run only the others")
+    p.add_argument("--reread", action="store_true", help="train nothing: draw and read the refined samplers of the answers "
+                   "OUT/pvs.json's seeds saved again, with raygan.refine as it is now, and rewrite their rows")
     args = p.parse_args(argv)
+    if args.reread:
+        return reread(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"$ python experiments/benchmarks/bench_population_vs_single.py {' '.join(sys.argv[1:])}")
     print(json.dumps(common.hardware()))
@@ -204,6 +211,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_medians(results)
     if "population" in args.arms and "single" in args.arms:
         plot(results, args.figure)
+    return 0
+
+
+def reread(out: Path) -> int:
+    """``--reread``: each seed's two saved answers (the population's best/generator.pt, the single
+    run's generator.pt), refined again with the run's refine settings (fields it predates at their
+    defaults) and read like the raw samples; the raw reads and the curves are kept."""
+    results = json.loads((out / "pvs.json").read_text())
+    for seed, row in results["seeds"].items():
+        config = load_config(Path(row["population"]["run"]) / EXPERIMENT_FILE)
+        data = load_dataset(config.data.name, config.data.root)
+        model, knn = quality.load_or_train(data), KNN(data.train, data.train_labels)
+        files = {"population": Path(row["population"]["run"]) / "best" / "generator.pt"}
+        if "single" in row:
+            files["single"] = Path(row["single"]["generator"])
+        for arm, file in files.items():
+            row[arm].update(read_refined(file, config.refine.methods, data, config, model, knn))
+        common.write_json(out / "pvs.json", results)
+        print_rows(int(seed), row)
+    print_medians(results)
     return 0
 
 
