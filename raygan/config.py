@@ -347,9 +347,9 @@ class SearchConfig:
     """Learning rules (per lineage); empty: every trial runs train.optimizer."""
     prior: tuple[str, ...] = ("uniform", "gaussian")
     """Noise priors p_z (per lineage)."""
-    lr_d: tuple[float, float] = (2.5e-4, 1e-3)
+    lr_d: tuple[float, float] = (2.5e-4, 6e-4)
     """D's learning rate: a log-uniform range."""
-    lr_g: tuple[float, float] = (1e-3, 4e-3)
+    lr_g: tuple[float, float] = (2e-3, 4e-3)
     """G's learning rate: a log-uniform range."""
     momentum: tuple[float, float] = (0.0, 0.5)
     """The momentum in force (Adam's beta1, SGD's momentum): a uniform range."""
