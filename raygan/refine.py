@@ -72,7 +72,8 @@ EPS = 1e-6  # DRS's epsilon: keeps log(1 - exp(l - M - eps)) finite at the maxim
 PLATT_L2 = 1e-4  # a weak ridge on (a, b): finite when D separates the calibration set perfectly
 NEWTON_STEPS = 50
 BATCH = 1000  # proposals per forward pass
-MIN_PILOT_HITS = 5  # class by class: a class (cell) G draws fewer times in the pilot is left out
+MIN_PILOT_HITS = 5  # class by class: a class (cell) G draws fewer times in the pilot is left out,
+PILOT_MARGIN = 2.0  # as is one G draws at under this many times its share over refine.max_proposals
 
 # propose(labels or None, count, gen) -> (count, C, H, W);  log_ratio(x, labels or None) -> (count,)
 Propose = Callable[[torch.Tensor | None, int, torch.Generator], torch.Tensor]
@@ -443,16 +444,21 @@ class _ProposeInClass:
     """Proposals of the asked classes from an unconditional G: G's samples, each kept for an open
     slot of the class the classifier gives it (draws from p_g(x | y)). ``drawn`` counts every draw."""
 
-    def __init__(self, propose: Propose, classify: Callable[[torch.Tensor], torch.Tensor], max_draws: int) -> None:
+    def __init__(self, propose: Propose, classify: Callable[[torch.Tensor], torch.Tensor], max_draws: int,
+                 num_classes: int | None = None) -> None:
         self.propose, self.classify, self.max_draws, self.drawn = propose, classify, max_draws, 0
+        self.num_classes = num_classes  # cells c, c + K, ... are class c's
+        self.asked = self.spent = 0  # proposals asked for and G's samples drawn for them, over every call
 
     def reachable(self, shares: np.ndarray, pilot: int, gen: torch.Generator) -> tuple[torch.Tensor, list[int]]:
         """The data's class shares over the classes G draws often enough to fill (on ``pilot`` draws,
-        a share of at least the data's over ``max_draws``), renormalised; and the classes left out."""
+        at least ``MIN_PILOT_HITS`` times and at a share of at least ``PILOT_MARGIN`` times the data's
+        over ``max_draws``, so filling them takes about half the draws allowed), renormalised; and
+        the classes left out."""
         y = self.classify(self.propose(None, pilot, gen))
         self.drawn += pilot
         hits = np.bincount(y.numpy(), minlength=len(shares))
-        keep = (hits >= MIN_PILOT_HITS) & (hits / pilot * self.max_draws >= shares)
+        keep = (hits >= MIN_PILOT_HITS) & (hits / pilot * self.max_draws >= PILOT_MARGIN * shares)
         if not (keep & (shares > 0)).any():
             raise RefineError("the domain classifier puts none of G's samples in a class of the data; set refine.by_class false")
         target = np.where(keep, shares, 0.0)
@@ -462,11 +468,16 @@ class _ProposeInClass:
         assert labels is not None and len(labels) == count
         out: torch.Tensor | None = None
         open_slots, drawn = torch.arange(count), 0
+        self.asked += count
         while len(open_slots):
-            if drawn >= self.max_draws * count:
-                missing = int(labels[open_slots[0]])
-                raise RefineError(f"class {missing} came up too rarely in {drawn} of G's samples to fill {count} "
-                                  f"proposals (refine.max_proposals = {self.max_draws} per sample); set refine.by_class false")
+            if self.spent + drawn >= self.max_draws * self.asked:  # the cap over every call so far: a small
+                # call's few slots of a rare class borrow from the draws earlier calls did not need
+                cell = int(labels[open_slots[0]])
+                k = self.num_classes or cell + 1
+                missing = f"{cell % k}" + (" (its samples the classifier is unsure of)" if cell >= k else "")
+                raise RefineError(f"class {missing} came up too rarely in {self.spent + drawn} of G's samples to fill "
+                                  f"{self.asked} proposals (refine.max_proposals = {self.max_draws} per sample); set "
+                                  "refine.by_class false")
             k = min(max(2 * len(open_slots), 64), 20 * BATCH)
             x = self.propose(None, k, gen)
             y = self.classify(x)
@@ -475,6 +486,7 @@ class _ProposeInClass:
                 out = torch.empty(count, *x.shape[1:], dtype=x.dtype)
             open_slots = _fill(out, open_slots, labels, x, y, torch.arange(k))
         self.drawn += drawn
+        self.spent += drawn
         return out if out is not None else torch.empty(0)
 
 
@@ -527,7 +539,7 @@ def refine(
         propose, log_ratio = _propose_from(g.eval()), ratio.log_ratio
         if by_class:  # each slot's class from the data's shares (the first factor of p_data / p_g) picks
             # its proposals; the unconditional D reads no class
-            propose = in_class = _ProposeInClass(propose, classes.classify, config.max_proposals)
+            propose = in_class = _ProposeInClass(propose, classes.classify, config.max_proposals, classes.num_classes)
             target, left_out = in_class.reachable(classes.shares, config.burn_in, gen)
             slot_labels = torch.multinomial(target, len(where), replacement=True, generator=gen)
             missing.update(classes.class_of(left_out))

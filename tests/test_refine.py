@@ -168,6 +168,21 @@ def test_a_class_is_left_out_only_when_every_one_of_its_cells_is():
     assert CELLS.class_of([2, 3]) == [] and CELLS.class_of([0, 2]) == [0]
 
 
+def test_the_proposal_cap_counts_over_every_call_so_a_small_call_of_a_rare_class_can_finish():
+    # G draws uniform x; cell 1 is x < 0.02 (2 % of draws). 5 slots of it need ~250 draws, more than
+    # 10 per slot, but the first call's 1,000 easy slots left most of their budget unspent.
+    uniform = lambda labels, count, gen: torch.rand(count, 1, 1, 1, generator=gen)  # noqa: E731
+    rare = lambda x: (x.view(-1) < 0.02).long()  # noqa: E731
+    gen = torch.Generator().manual_seed(0)
+    in_class = refine._ProposeInClass(uniform, rare, max_draws=10, num_classes=2)
+    in_class(torch.zeros(1000, dtype=torch.int64), 1000, gen)
+    out = in_class(torch.ones(5, dtype=torch.int64), 5, gen)
+    assert bool((out.view(-1) < 0.02).all()) and in_class.spent <= 10 * in_class.asked
+    never = refine._ProposeInClass(uniform, lambda x: 2 + (x.view(-1) < 0).long(), max_draws=10, num_classes=2)
+    with pytest.raises(refine.RefineError, match=r"^class 1 \(its samples the classifier is unsure of\) came up too rarely"):
+        never(torch.full((5,), 3, dtype=torch.int64), 5, gen)
+
+
 def test_class_shares_split_each_class_by_the_classifiers_confidence_on_held_out_images(mnist5k_quality):
     from raygan import quality
 
