@@ -473,8 +473,8 @@ class _ProposeInClass:
             if self.spent + drawn >= self.max_draws * self.asked:  # the cap over every call so far: a small
                 # call's few slots of a rare class borrow from the draws earlier calls did not need
                 cell = int(labels[open_slots[0]])
-                k = self.num_classes or cell + 1
-                missing = f"{cell % k}" + (" (its samples the classifier is unsure of)" if cell >= k else "")
+                n_classes = self.num_classes or cell + 1
+                missing = f"{cell % n_classes}" + (" (its samples the classifier is unsure of)" if cell >= n_classes else "")
                 raise RefineError(f"class {missing} came up too rarely in {self.spent + drawn} of G's samples to fill "
                                   f"{self.asked} proposals (refine.max_proposals = {self.max_draws} per sample); set "
                                   "refine.by_class false")
