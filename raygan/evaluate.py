@@ -389,9 +389,8 @@ def refine_config(calibration: str | None, checkpoint: str | Path | None, by_cla
             config = load_config(run / EXPERIMENT_FILE).refine
         except ConfigError:
             pass  # a run file of another version: the defaults
-    config = config if calibration is None else replace(config, calibration=calibration)
-    config = config if by_class is None else replace(config, by_class=by_class)
-    return config if confident is None else replace(config, confident=confident)
+    given = {"calibration": calibration, "by_class": by_class, "confident": confident}
+    return replace(config, **{k: v for k, v in given.items() if v is not None})
 
 
 def refine_classes(data: Dataset, config: RefineConfig, classifier: str | Path | None = None,
@@ -401,9 +400,9 @@ def refine_classes(data: Dataset, config: RefineConfig, classifier: str | Path |
     validation split); None where ``by_class`` is off
     or there is neither a label nor a named classifier."""
     if not config.by_class:
-        return None
+        return None  # no classifier trained for nothing
     try:
-        return refine.class_shares(quality.for_data(data, classifier, cache_dir=cache_dir, log=log), data.valid, config.confident)
+        return refine.classes_for(quality.for_data(data, classifier, cache_dir=cache_dir, log=log), data.valid, config)
     except QualityError:
         return None
 

@@ -428,12 +428,20 @@ def class_shares(model: Any, held_out: Any = None, confident: float = 0.0) -> Cl
         return ClassShares(lambda x: probabilities(x).argmax(1), labels)
 
     def cell(p: torch.Tensor) -> torch.Tensor:
-        return p.argmax(1) + k * (p.max(1).values < confident).long()
+        top = p.max(1)
+        return top.indices + k * (top.values < confident).long()
 
     read = cell(probabilities(torch.as_tensor(held_out))).numpy()
     per_class = np.bincount(read % k, minlength=k)
     unsure = np.bincount(read[read >= k] - k, minlength=k) / np.maximum(per_class, 1)
     return ClassShares(lambda x: cell(probabilities(x)), np.concatenate([labels * (1 - unsure), labels * unsure]), k)
+
+
+def classes_for(model: Any, held_out: Any, config: RefineConfig) -> ClassShares | None:
+    """What refines class by class under ``config``: :func:`class_shares` of the domain classifier
+    ``model`` split by ``config.confident`` on ``held_out`` (the validation split); None where
+    ``refine.by_class`` is off or there is no classifier."""
+    return class_shares(model, held_out, config.confident) if config.by_class and model is not None else None
 
 
 def _without_classes(log_ratio: LogRatio) -> LogRatio:
@@ -446,9 +454,13 @@ class _ProposeInClass:
 
     def __init__(self, propose: Propose, classify: Callable[[torch.Tensor], torch.Tensor], max_draws: int,
                  num_classes: int | None = None) -> None:
-        self.propose, self.classify, self.max_draws, self.drawn = propose, classify, max_draws, 0
+        self.propose, self.classify, self.max_draws = propose, classify, max_draws
         self.num_classes = num_classes  # cells c, c + K, ... are class c's
-        self.asked = self.spent = 0  # proposals asked for and G's samples drawn for them, over every call
+        self.piloted = self.asked = self.spent = 0  # the pilot's draws; proposals asked for and draws for them
+
+    @property
+    def drawn(self) -> int:
+        return self.piloted + self.spent
 
     def reachable(self, shares: np.ndarray, pilot: int, gen: torch.Generator) -> tuple[torch.Tensor, list[int]]:
         """The data's class shares over the classes G draws often enough to fill (on ``pilot`` draws,
@@ -456,7 +468,7 @@ class _ProposeInClass:
         over ``max_draws``, so filling them takes about half the draws allowed), renormalised; and
         the classes left out."""
         y = self.classify(self.propose(None, pilot, gen))
-        self.drawn += pilot
+        self.piloted += pilot
         hits = np.bincount(y.numpy(), minlength=len(shares))
         keep = (hits >= MIN_PILOT_HITS) & (hits / pilot * self.max_draws >= PILOT_MARGIN * shares)
         if not (keep & (shares > 0)).any():
@@ -485,7 +497,6 @@ class _ProposeInClass:
             if out is None:
                 out = torch.empty(count, *x.shape[1:], dtype=x.dtype)
             open_slots = _fill(out, open_slots, labels, x, y, torch.arange(k))
-        self.drawn += drawn
         self.spent += drawn
         return out if out is not None else torch.empty(0)
 

@@ -586,8 +586,7 @@ def add_refined(config: ExperimentConfig, report: Report, dataset: Any, evaluato
     ratios = refine.calibrate_all(model, dataset, config.refine, seed=config.eval.seed)
     n = config.eval.num_samples
     labels = None if model.num_classes is None else class_grid_labels(n, model.num_classes)
-    shares = (refine.class_shares(quality, dataset.valid, config.refine.confident)
-              if config.refine.by_class and quality is not None else None)
+    shares = refine.classes_for(quality, dataset.valid, config.refine)
     refined: dict[str, Any] = {}
     for method in config.refine.methods:
         try:

@@ -139,7 +139,7 @@ def read_refined(generator_file: Path, methods: Sequence[str], data: Any, config
                  knn: KNN) -> dict[str, Any]:
     """Each refined sampler of a G+D file, drawn as raygan.tune draws it (the run's refine settings,
     class by class where refine.by_class, eval.seed), read like the raw samples: {"read_<method>": ...}."""
-    classes = refine.class_shares(model, data.valid, config.refine.confident) if config.refine.by_class else None
+    classes = refine.classes_for(model, data.valid, config.refine)
     out = {}
     for method in methods:
         r, _ = refine.sample_file(generator_file, data, config.eval.num_samples, method, config.refine, seed=config.eval.seed,
