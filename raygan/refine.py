@@ -72,6 +72,7 @@ EPS = 1e-6  # DRS's epsilon: keeps log(1 - exp(l - M - eps)) finite at the maxim
 PLATT_L2 = 1e-4  # a weak ridge on (a, b): finite when D separates the calibration set perfectly
 NEWTON_STEPS = 50
 BATCH = 1000  # proposals per forward pass
+SPARE_BYTES = 256 * 2**20  # class by class: G's draws of cells no open slot wanted, kept for later calls
 MIN_PILOT_HITS = 5  # class by class: a class (cell) G draws fewer times in the pilot is left out,
 PILOT_MARGIN = 2.0  # as is one G draws at under this many times its share over refine.max_proposals
 
@@ -268,7 +269,7 @@ class Refined:
                 "by_class": self.by_class, "classes_left_out": self.classes_left_out}
 
 
-def _drs_f(l: torch.Tensor, m: float) -> torch.Tensor:
+def _drs_f(l: torch.Tensor, m: torch.Tensor | float) -> torch.Tensor:
     """DRS's F(x) = l - M - log(1 - exp(l - M - eps)) (Azadi et al., Eq. 8, before the gamma shift)."""
     d = (l - m).clamp(max=0.0)
     return d - torch.log1p(-torch.exp(d - EPS))
@@ -287,11 +288,11 @@ def rejection_sample(
 ) -> tuple[torch.Tensor, int, int, int]:
     """Discriminator rejection sampling of ``n`` slots (Azadi et al. 2019, Algorithm 1).
 
-    The burn-in's proposals estimate M (the largest log ratio seen, raised whenever a larger one
-    appears) and gamma (the ``gamma_quantile`` of F over the burn-in; None: 0, exact rejection).
-    Each round proposes for the open slots, as many as the burn-in's acceptance says they need
-    (a conditional slot's proposals are of its class), and fills them in order with the accepted
-    proposals of their class.
+    The burn-in's proposals estimate, class by class (one class where slots have none), M (the
+    largest log ratio seen, raised whenever a larger one appears) and gamma (the ``gamma_quantile``
+    of F over the burn-in; None: 0, exact rejection). Each round proposes for the open slots, as
+    many as their class's acceptance in the burn-in says they need (a slot's proposals are of its
+    class), and fills them in order with the accepted proposals of their class.
 
     Returns:
         (samples (n, ...), proposals drawn after the burn-in, of which accepted, proposals in the burn-in).
@@ -301,9 +302,25 @@ def rejection_sample(
     """
     burn_labels = _cycle(slot_labels, burn_in)
     l_burn = log_ratio(propose(burn_labels, burn_in, gen), burn_labels)
-    m = float(l_burn.max())
-    gamma = 0.0 if gamma_quantile is None else float(torch.quantile(_drs_f(l_burn, m).double(), gamma_quantile))
-    rate = max(float(torch.sigmoid(_drs_f(l_burn, m) - gamma).mean()), 1.0 / max_proposals)
+    # One envelope per class: within class y the target is p_data(x | y), whose ratio to p_g(x | y)
+    # is l(x) up to a constant of y, so M, gamma and the acceptance rate are read class by class.
+    # With exact rejection (gamma 0) the samples' law is the one a single M gives, but a class whose
+    # ratios all lie low is no longer held to another class's envelope and thrown away; with gamma,
+    # each class keeps the same share of its own proposals' best.
+    groups = torch.zeros(burn_in, dtype=torch.int64) if burn_labels is None else burn_labels
+    size = 1 + int(groups.max() if slot_labels is None else max(groups.max(), slot_labels.max()))
+    m = torch.full((size,), -math.inf, dtype=l_burn.dtype).scatter_reduce(0, groups, l_burn, "amax")
+    gamma = torch.zeros(size, dtype=torch.float64)
+    rate = torch.ones(size, dtype=torch.float64)
+
+    def read_burn_in(cells: list[int]) -> None:  # gamma and the acceptance rate of each class at its M now
+        for c in cells:
+            f_c = _drs_f(l_burn[groups == c], m[c]).double()
+            if gamma_quantile is not None:
+                gamma[c] = torch.quantile(f_c, gamma_quantile)
+            rate[c] = max(float(torch.sigmoid(f_c - gamma[c]).mean()), 1.0 / max_proposals)
+
+    read_burn_in(groups.unique().tolist())
     samples: torch.Tensor | None = None
     open_slots = torch.arange(n)
     drawn = accepted = 0
@@ -311,13 +328,23 @@ def rejection_sample(
         if drawn >= max_proposals * n:
             raise RefineError(f"DRS accepted only {n - len(open_slots)} of {n} samples in {drawn} proposals "
                               f"(refine.max_proposals = {max_proposals} per sample); lower refine.gamma_quantile")
-        count = min(max(math.ceil(1.1 * len(open_slots) / rate), 64), 20 * BATCH)
-        target = open_slots.repeat(math.ceil(count / len(open_slots)))[:count]  # proposal i has slot target[i]'s class
+        open_groups = torch.zeros(len(open_slots), dtype=torch.int64) if slot_labels is None else slot_labels[open_slots]
+        # each open slot gets the proposals its class's acceptance says it needs (at least one)
+        per_slot = (1.1 / rate[open_groups]).ceil().long()
+        if int(per_slot.sum()) < 64:
+            per_slot *= math.ceil(64 / int(per_slot.sum()))
+        target = open_slots.repeat_interleave(per_slot)[: 20 * BATCH]  # proposal i has slot target[i]'s class
+        count = len(target)
         labels = None if slot_labels is None else slot_labels[target]
         x = propose(labels, count, gen)
         l = log_ratio(x, labels)
-        m = max(m, float(l.max()))
-        ok = (torch.rand(count, generator=gen) < torch.sigmoid(_drs_f(l, m) - gamma)).nonzero().view(-1)
+        g = torch.zeros(count, dtype=torch.int64) if labels is None else labels
+        raised = m.scatter_reduce(0, g, l.to(m.dtype), "amax")
+        # A larger M lowers every F of its class; gamma is read again at the new M, so that it stays
+        # the burn-in's quantile and the class's acceptance does not collapse after one outlier.
+        changed, m = (raised > m).nonzero().view(-1).tolist(), raised
+        read_burn_in([c for c in changed if bool((groups == c).any())])
+        ok = (torch.rand(count, generator=gen) < torch.sigmoid(_drs_f(l, m[g]) - gamma[g].to(l.dtype))).nonzero().view(-1)
         drawn, accepted = drawn + count, accepted + len(ok)
         if samples is None:
             samples = torch.empty(n, *x.shape[1:], dtype=x.dtype)
@@ -457,6 +484,12 @@ class _ProposeInClass:
         self.propose, self.classify, self.max_draws = propose, classify, max_draws
         self.num_classes = num_classes  # cells c, c + K, ... are class c's
         self.piloted = self.asked = self.spent = 0  # the pilot's draws; proposals asked for and draws for them
+        # Draws no open slot of their cell wanted, by cell, for later calls: each is still a draw of
+        # p_g(x | its cell) that nothing has looked at but the classifier, so it serves as well as a
+        # fresh one, and a rare cell's draws no longer throw away the common cells' (up to
+        # SPARE_BYTES in all).
+        self.spare: dict[int, list[torch.Tensor]] = {}
+        self.cells = 1
 
     @property
     def drawn(self) -> int:
@@ -467,8 +500,10 @@ class _ProposeInClass:
         at least ``MIN_PILOT_HITS`` times and at a share of at least ``PILOT_MARGIN`` times the data's
         over ``max_draws``, so filling them takes about half the draws allowed), renormalised; and
         the classes left out."""
-        y = self.classify(self.propose(None, pilot, gen))
-        self.piloted += pilot
+        x = self.propose(None, pilot, gen)
+        y = self.classify(x)
+        self.piloted, self.cells = self.piloted + pilot, len(shares)
+        self._keep_spare(x, y)
         hits = np.bincount(y.numpy(), minlength=len(shares))
         keep = (hits >= MIN_PILOT_HITS) & (hits / pilot * self.max_draws >= PILOT_MARGIN * shares)
         if not (keep & (shares > 0)).any():
@@ -481,7 +516,10 @@ class _ProposeInClass:
         out: torch.Tensor | None = None
         open_slots, drawn = torch.arange(count), 0
         self.asked += count
-        while len(open_slots):
+        while True:
+            out, open_slots = self._serve(out, open_slots, labels)
+            if not len(open_slots):
+                break
             if self.spent + drawn >= self.max_draws * self.asked:  # the cap over every call so far: a small
                 # call's few slots of a rare class borrow from the draws earlier calls did not need
                 cell = int(labels[open_slots[0]])
@@ -492,13 +530,43 @@ class _ProposeInClass:
                                   "refine.by_class false")
             k = min(max(2 * len(open_slots), 64), 20 * BATCH)
             x = self.propose(None, k, gen)
-            y = self.classify(x)
             drawn += k
-            if out is None:
-                out = torch.empty(count, *x.shape[1:], dtype=x.dtype)
-            open_slots = _fill(out, open_slots, labels, x, y, torch.arange(k))
+            self._keep_spare(x, self.classify(x), labels[open_slots])
         self.spent += drawn
         return out if out is not None else torch.empty(0)
+
+    def _keep_spare(self, x: torch.Tensor, cells: torch.Tensor, wanted: torch.Tensor | None = None) -> None:
+        """Add draws ``x`` of ``cells`` to the spares, as many per cell as fit in its equal part of
+        SPARE_BYTES (at least BATCH), plus, for the open slots' cells ``wanted`` (served next), one
+        per open slot; the rest are dropped."""
+        per_cell = max(BATCH, SPARE_BYTES // max(1, x[0].numel() * x.element_size() * self.cells)) if len(x) else 0
+        open_per_cell = torch.zeros(0, dtype=torch.int64) if wanted is None else torch.bincount(wanted)
+        for c in cells.unique().tolist():
+            chunks = self.spare.setdefault(c, [])
+            room = per_cell + (int(open_per_cell[c]) if c < len(open_per_cell) else 0) - sum(len(t) for t in chunks)
+            if room > 0:
+                chunks.append(x[cells == c][:room].clone())  # a copy: no chunk holds the whole draw alive
+
+    def _serve(self, out: torch.Tensor | None, open_slots: torch.Tensor,
+               labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Fill open slots from the spares of their cells, oldest first; the output and the slots still open."""
+        for c in labels[open_slots].unique().tolist():
+            chunks = self.spare.get(c)
+            while chunks and len(open_slots):
+                have = chunks[0]
+                if out is None:
+                    out = torch.empty(len(labels), *have.shape[1:], dtype=have.dtype)
+                want = open_slots[labels[open_slots] == c]
+                if not len(want):
+                    break
+                k = min(len(have), len(want))
+                out[want[:k]] = have[:k]
+                if k == len(have):
+                    chunks.pop(0)
+                else:
+                    chunks[0] = have[k:]
+                open_slots = open_slots[~torch.isin(open_slots, want[:k])]
+        return out, open_slots
 
 
 def refine(

@@ -126,6 +126,34 @@ def test_a_class_the_generator_never_draws_is_left_out_and_named():
     assert float((out.samples.view(-1) > TOY_1D_MEAN).double().mean()) == pytest.approx(0.5, abs=0.04)
 
 
+def test_rejection_sampling_reads_the_envelope_class_by_class():
+    # Within a class the target is p_data(x | y), so D's log ratio may be off by a constant per class
+    # (here +8 nats on the upper half, which holds exactly half of p_data's and of the slots' mass).
+    # One M for both classes would accept the lower half's proposals at e^-8 and give up; one M per
+    # class draws p_data at the same acceptance as the exact ratio.
+    shifted = lambda x, labels=None: exact_log_ratio(x) + 8.0 * (x.view(-1) > TOY_1D_MEAN)  # noqa: E731
+    out, exact = _toy_pair_refine("drs", shifted, HALVES), _toy_pair_refine("drs", exact_log_ratio, HALVES)
+    assert _matches_p_data(out.samples) > 0.01
+    assert out.acceptance == pytest.approx(exact.acceptance, abs=0.03)
+
+
+def test_class_by_class_proposals_keep_the_draws_no_slot_wanted_for_later_calls():
+    # G draws uniform x, the cells are its halves. 1,000 slots of cell 0 take ~2,000 draws, half of
+    # them cell 1's: those then fill most of 1,000 slots of cell 1, so the two calls take ~2,000
+    # draws in all, not ~4,000, and no draw fills two slots.
+    uniform = lambda labels, count, gen: torch.rand(count, 1, 1, 1, generator=gen, dtype=torch.float64)  # noqa: E731
+    halves = lambda x: (x.view(-1) > 0.5).long()  # noqa: E731
+    gen = torch.Generator().manual_seed(0)
+    in_class = refine._ProposeInClass(uniform, halves, max_draws=10, num_classes=2)
+    low = in_class(torch.zeros(1000, dtype=torch.int64), 1000, gen).view(-1)
+    high = in_class(torch.ones(1000, dtype=torch.int64), 1000, gen).view(-1)
+    assert bool((low <= 0.5).all()) and bool((high > 0.5).all())
+    assert len(torch.cat([low, high]).unique()) == 2000
+    assert in_class.spent < 2600
+    # The kept draws are G's, unselected: cell 1's samples are uniform on (0.5, 1].
+    assert stats.kstest(high.numpy(), "uniform", args=(0.5, 0.5)).pvalue > 0.01
+
+
 # A finer labelling than the classes (refine.confident): each half split into "sure" (more than
 # 0.25 from the boundary x = 4) and "unsure" cells, cell c of class c % 2, at p_data's shares.
 def _cell(x: torch.Tensor) -> torch.Tensor:
