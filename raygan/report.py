@@ -154,8 +154,9 @@ def _refined_lines(refined: dict[str, Any] | None) -> list[str]:
 def _by_class_text(r: dict) -> str:
     if not r.get("by_class"):
         return ""
-    left_out = r.get("classes_left_out") or []
-    return ", class by class" + (f" (classes {', '.join(map(str, left_out))} left out: G hardly draws them)" if left_out else "")
+    left_out, unsplit = r.get("classes_left_out") or [], r.get("classes_unsplit") or []
+    return (", class by class" + (f" (classes {', '.join(map(str, left_out))} left out: G hardly draws them)" if left_out else "")
+            + (f" (classes {', '.join(map(str, unsplit))} not split by confidence: G hardly draws one half)" if unsplit else ""))
 
 
 def summary_lines(s: dict[str, Any], strong: Any = str) -> list[str]:

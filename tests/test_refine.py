@@ -184,16 +184,43 @@ def test_refinement_by_cells_gives_the_data_cell_shares_where_d_sees_nothing():
 
 def test_a_class_is_left_out_only_when_every_one_of_its_cells_is():
     blind = lambda x, labels=None: torch.zeros(len(x), dtype=torch.float64)  # noqa: E731
-    # cells 0, 1: the halves; cell 2: class 0's, never drawn (x < -100); cell 3: class 1's, x > 100, never drawn
+    # cells 0, 1: the halves; cell 2: class 0's, never drawn (|x| > 100): class 0 is refined whole
+    # (its cells merged, at their summed share 0.6), not left out
     far = lambda x: _cell(x) % 2 + 2 * (x.view(-1).abs() > 100).long()  # noqa: E731
     one_cell_gone = refine.ClassShares(far, np.array([0.4, 0.4, 0.2, 0.0]), num_classes=2)
     out = _toy_pair_refine("drs", blind, one_cell_gone, n=2000)
-    assert out.classes_left_out == []  # class 0 still has its cell 0
-    assert float((out.samples.view(-1) > TOY_1D_MEAN).double().mean()) == pytest.approx(0.5, abs=0.04)
-    never = lambda x: 2 * (x.view(-1) > 100).long() + (x.view(-1) > TOY_1D_MEAN).long()  # noqa: E731
-    class_gone = refine.ClassShares(never, np.array([0.0, 0.5, 0.25, 0.25]), num_classes=2)  # class 0 = cell 2 only
-    assert _toy_pair_refine("drs", blind, class_gone, n=2000).classes_left_out == [0]
+    assert out.classes_left_out == [] and out.classes_unsplit == [0]
+    assert float((out.samples.view(-1) > TOY_1D_MEAN).double().mean()) == pytest.approx(0.4, abs=0.04)
+    # class 0's two cells never drawn (every x is read as class 1, its cells split at 4.5): left out
+    only_one = lambda x: 1 + 2 * (x.view(-1) > 4.5).long()  # noqa: E731
+    class_gone = refine.ClassShares(only_one, np.array([0.3, 0.3, 0.2, 0.2]), num_classes=2)
+    gone = _toy_pair_refine("drs", blind, class_gone, n=2000)
+    assert gone.classes_left_out == [0] and gone.classes_unsplit == []
     assert CELLS.class_of([2, 3]) == [] and CELLS.class_of([0, 2]) == [0]
+
+
+def test_a_class_whose_cell_g_hardly_draws_is_refined_whole_and_named():
+    # Class 0 (x <= 4) split at x < 2.5: the data puts 0.2 of its mass there, G (N(4.4, 0.8^2)) 0.9 %,
+    # under UNSPLIT_BELOW times 0.2, so class 0 is drawn whole (as G draws it within the class) at
+    # the class's share 0.5; class 1 keeps its split (sure x > 4.25 and unsure 4 < x <= 4.25).
+    blind = lambda x, labels=None: torch.zeros(len(x), dtype=torch.float64)  # noqa: E731
+
+    def cell(x):
+        x = x.view(-1)
+        upper = (x > TOY_1D_MEAN).long()
+        return upper + 2 * torch.where(upper.bool(), x <= TOY_1D_MEAN + 0.25, x >= 2.5).long()
+
+    split = refine.ClassShares(cell, np.array([0.2, 0.3, 0.3, 0.2]), num_classes=2)
+    out = _toy_pair_refine("drs", blind, split, n=4000)
+    x = out.samples.view(-1)
+    assert out.classes_unsplit == [0] and out.classes_left_out == []
+    assert out.as_dict()["classes_unsplit"] == [0]
+    assert float((x <= TOY_1D_MEAN).double().mean()) == pytest.approx(0.5, abs=0.03)
+    low = x[x <= TOY_1D_MEAN]
+    g_share = stats.norm.cdf(2.5, G_MEAN, G_STD) / stats.norm.cdf(TOY_1D_MEAN, G_MEAN, G_STD)  # G's, within class 0
+    assert float((low < 2.5).double().mean()) == pytest.approx(g_share, abs=0.02)
+    high = x[x > TOY_1D_MEAN]
+    assert float((high <= TOY_1D_MEAN + 0.25).double().mean()) == pytest.approx(0.4, abs=0.03)  # the data's 0.2 / 0.5
 
 
 def test_the_proposal_cap_counts_over_every_call_so_a_small_call_of_a_rare_class_can_finish():
