@@ -414,7 +414,7 @@ class MixtureConfig:
 class RefineConfig:
     """Sampling corrected by the discriminator (raygan.refine; the paper's Proposition 1): D's calibrated logit read as log p_data/p_g."""
 
-    methods: tuple[str, ...] = ("drs",)
+    methods: tuple[str, ...] = ("drs", "mh")
     """The refined samplers raygan.tune scores at the end beside the raw one: drs (discriminator rejection sampling), mh (Metropolis-Hastings); empty: none."""
     calibration: str = "finetune"
     """How D's logit becomes a log density ratio, on the validation split: platt (a logistic fit of a * logit + b), finetune (first train a copy of D against the frozen G on the training split, then platt)."""
