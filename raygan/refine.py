@@ -508,7 +508,9 @@ class _ProposeInClass:
         """The data's class shares over the classes G draws often enough to fill (on ``pilot`` draws,
         at least ``MIN_PILOT_HITS`` times and at a share of at least ``PILOT_MARGIN`` times the data's
         over ``max_draws``, so filling them takes about half the draws allowed), renormalised; and
-        the classes left out."""
+        the cells left out. Before that, a class one of whose two cells G draws at under
+        ``UNSPLIT_BELOW`` times its share is drawn whole (:meth:`_unsplit`); the pilot's draws are
+        kept as spares."""
         x = self.propose(None, pilot, gen)
         y = self.classify(x)
         self.piloted, self.cells = self.piloted + pilot, len(shares)
