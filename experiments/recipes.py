@@ -99,18 +99,20 @@ class KNN:
         return self.vote(nearest), float(dists[:, 0].median() / theirs.median())
 
 
-def read_samples(samples: torch.Tensor, data: Any, config: Any, model: Any, knn: KNN) -> dict[str, Any]:
+def read_samples(samples: torch.Tensor, data: Any, config: Any, model: Any, knn: KNN | None) -> dict[str, Any]:
     """The benchmarks' readings of one sampler's samples: the Parzen validation and test LL ± SE
-    (sigma on validation), raygan's domain classifier ``model`` (FD, classes, TVD), the 3-NN
-    (classes, TVD) and the copy ratio."""
+    (sigma on validation), raygan's domain classifier ``model`` (FD, classes, TVD), and, where a
+    ``knn`` is given (mnist5k), the 3-NN (classes, TVD) and the copy ratio."""
     e = config.eval
     p = parzen.evaluate(samples, data.valid, data.test, e.sigmas, chunk_size=e.chunk_size)
     q = model.score(samples, min_share=e.min_class_share)
+    read = {"parzen_valid_ll": p.valid_ll, "parzen_test_ll": p.test_ll, "parzen_test_se": p.test_se, "fd": q.fd,
+            "classes": q.classes_covered, "tvd": q.tvd, "rarest_share": float(min(q.histogram))}
+    if knn is None:
+        return read
     predicted, copy_ratio = knn.predict_and_copy_ratio(samples, data.valid)
     at2, _, knn_tvd = coverage(predicted)
-    return {"parzen_valid_ll": p.valid_ll, "parzen_test_ll": p.test_ll, "parzen_test_se": p.test_se, "fd": q.fd,
-            "classes": q.classes_covered, "tvd": q.tvd, "knn_classes": at2, "knn_tvd": knn_tvd,
-            "rarest_share": float(min(q.histogram)), "copy_ratio": copy_ratio}
+    return {**read, "knn_classes": at2, "knn_tvd": knn_tvd, "copy_ratio": copy_ratio}
 
 
 def coverage(predicted: np.ndarray) -> tuple[int, int, float]:

@@ -313,7 +313,7 @@ def rejection_sample(
     # With exact rejection (gamma 0) the samples' law is the one a single M gives, but a class whose
     # ratios all lie low is no longer held to another class's envelope and thrown away; with gamma,
     # each class keeps the same share of its own proposals' best.
-    groups = torch.zeros(burn_in, dtype=torch.int64) if burn_labels is None else burn_labels
+    groups = _groups(burn_labels, burn_in)
     size = 1 + int(groups.max() if slot_labels is None else max(groups.max(), slot_labels.max()))
     m = torch.full((size,), -math.inf, dtype=l_burn.dtype).scatter_reduce(0, groups, l_burn, "amax")
     gamma = torch.zeros(size, dtype=torch.float64)
@@ -322,6 +322,8 @@ def rejection_sample(
     def read_burn_in(cells: list[int]) -> None:  # gamma and the acceptance rate of each class at its M now
         for c in cells:
             f_c = _drs_f(l_burn[groups == c], m[c]).double()
+            if not len(f_c):  # a class the burn-in did not propose for keeps gamma 0 and rate 1
+                continue
             if gamma_quantile is not None:
                 gamma[c] = torch.quantile(f_c, gamma_quantile)
             rate[c] = max(float(torch.sigmoid(f_c - gamma[c]).mean()), 1.0 / max_proposals)
@@ -334,9 +336,8 @@ def rejection_sample(
         if drawn >= max_proposals * n:
             raise RefineError(f"DRS accepted only {n - len(open_slots)} of {n} samples in {drawn} proposals "
                               f"(refine.max_proposals = {max_proposals} per sample); lower refine.gamma_quantile")
-        open_groups = torch.zeros(len(open_slots), dtype=torch.int64) if slot_labels is None else slot_labels[open_slots]
         # each open slot gets the proposals its class's acceptance says it needs (at least one)
-        per_slot = (1.1 / rate[open_groups]).ceil().long()
+        per_slot = (1.1 / rate[_groups(None if slot_labels is None else slot_labels[open_slots], len(open_slots))]).ceil().long()
         if int(per_slot.sum()) < 64:
             per_slot *= math.ceil(64 / int(per_slot.sum()))
         target = open_slots.repeat_interleave(per_slot)[: 20 * BATCH]  # proposal i has slot target[i]'s class
@@ -344,18 +345,23 @@ def rejection_sample(
         labels = None if slot_labels is None else slot_labels[target]
         x = propose(labels, count, gen)
         l = log_ratio(x, labels)
-        g = torch.zeros(count, dtype=torch.int64) if labels is None else labels
+        g = _groups(labels, count)
         raised = m.scatter_reduce(0, g, l.to(m.dtype), "amax")
         # A larger M lowers every F of its class; gamma is read again at the new M, so that it stays
         # the burn-in's quantile and the class's acceptance does not collapse after one outlier.
         changed, m = (raised > m).nonzero().view(-1).tolist(), raised
-        read_burn_in([c for c in changed if bool((groups == c).any())])
+        read_burn_in(changed)
         ok = (torch.rand(count, generator=gen) < torch.sigmoid(_drs_f(l, m[g]) - gamma[g].to(l.dtype))).nonzero().view(-1)
         drawn, accepted = drawn + count, accepted + len(ok)
         if samples is None:
             samples = torch.empty(n, *x.shape[1:], dtype=x.dtype)
         open_slots = _fill(samples, open_slots, slot_labels, x, labels, ok)
     return (samples if samples is not None else torch.empty(0)), drawn, accepted, burn_in
+
+
+def _groups(labels: torch.Tensor | None, n: int) -> torch.Tensor:
+    """Each of ``n`` proposals' class for DRS's per-class envelope: its label, or 0 where there are none."""
+    return torch.zeros(n, dtype=torch.int64) if labels is None else labels
 
 
 def _fill(samples: torch.Tensor, open_slots: torch.Tensor, slot_labels: torch.Tensor | None, x: torch.Tensor,
@@ -515,32 +521,30 @@ class _ProposeInClass:
         y = self.classify(x)
         self.piloted, self.cells = self.piloted + pilot, len(shares)
         self.to_cell = torch.arange(len(shares))
-        hits = np.bincount(y.numpy(), minlength=len(shares))
-        shares, merged = self._unsplit(np.asarray(shares, dtype=np.float64).copy(), hits, pilot)
-        y = self.merge(y)
-        self._keep_spare(x, y)
-        hits = np.bincount(y.numpy(), minlength=len(shares))
+        shares, hits = self._unsplit(np.asarray(shares, dtype=np.float64).copy(), np.bincount(y.numpy(), minlength=len(shares)), pilot)
+        self._keep_spare(x, self.merge(y))
         keep = (hits >= MIN_PILOT_HITS) & (hits / pilot * self.max_draws >= PILOT_MARGIN * shares)
         if not (keep & (shares > 0)).any():
             raise RefineError("the domain classifier puts none of G's samples in a class of the data; set refine.by_class false")
         target = np.where(keep, shares, 0.0)
         left_out = [c for c in range(len(shares)) if shares[c] > 0 and not keep[c]]
-        return torch.as_tensor(target / target.sum()), left_out + [c + len(shares) // 2 for c in merged if c in left_out]
+        # a merged class left out is left out with both its cells (ClassShares.class_of reads them)
+        return torch.as_tensor(target / target.sum()), left_out + [c + len(shares) // 2 for c in self.unsplit if c in left_out]
 
-    def _unsplit(self, shares: np.ndarray, hits: np.ndarray, pilot: int) -> tuple[np.ndarray, list[int]]:
+    def _unsplit(self, shares: np.ndarray, hits: np.ndarray, pilot: int) -> tuple[np.ndarray, np.ndarray]:
         """Merge the two cells (c, K + c) of each class one of whose cells G draws at under
-        ``UNSPLIT_BELOW`` times its data share into cell c; the shares over the cells after that, and
-        the classes merged (also kept in ``unsplit``)."""
+        ``UNSPLIT_BELOW`` times its data share into cell c (kept in ``to_cell``, the classes in
+        ``unsplit``); the cells' shares and pilot hits after that."""
         k = self.num_classes
         if not k or len(shares) != 2 * k:
-            return shares, []
+            return shares, hits
         drawn = hits / pilot
-        merged = [c for c in range(k) if any(shares[t] > 0 and drawn[t] < UNSPLIT_BELOW * shares[t] for t in (c, c + k))]
-        for c in merged:
+        self.unsplit = [c for c in range(k) if any(shares[t] > 0 and drawn[t] < UNSPLIT_BELOW * shares[t] for t in (c, c + k))]
+        for c in self.unsplit:
             self.to_cell[c + k] = c
             shares[c], shares[c + k] = shares[c] + shares[c + k], 0.0
-        self.unsplit = merged
-        return shares, merged
+            hits[c], hits[c + k] = hits[c] + hits[c + k], 0
+        return shares, hits
 
     def merge(self, cells: torch.Tensor) -> torch.Tensor:
         return self.to_cell[cells] if len(self.to_cell) else cells

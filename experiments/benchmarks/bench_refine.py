@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         knn = KNN(data.train, data.train_labels) if config.data.name == "mnist5k" else None
         file = run / "best" / "generator.pt"
         raw = generate(load_generator(file), args.num, seed=config.eval.seed)
-        rows.append({"run": str(run), "sampler": "raw", **_read(raw, data, config, model, knn)})
+        rows.append({"run": str(run), "sampler": "raw", **read_samples(raw, data, config, model, knn)})
         _print(rows[-1])
         for name, method, changes in SAMPLERS:
             settings = replace(config.refine, **changes)
@@ -65,23 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             refined, _ = refine.sample_file(file, data, args.num, method, settings, seed=config.eval.seed,
                                             classes=refine.classes_for(model, data.valid, settings))
             total = time.perf_counter() - start
-            rows.append({"run": str(run), "sampler": name, **_read(refined.samples, data, config, model, knn),
+            rows.append({"run": str(run), "sampler": name, **read_samples(refined.samples, data, config, model, knn),
                          "acceptance": refined.acceptance, "method": method, "seconds": refined.seconds, "seconds_total": total})
             _print(rows[-1])
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
-
-
-def _read(samples, data, config, model, knn) -> dict:
-    if knn is not None:
-        return read_samples(samples, data, config, model, knn)
-    from raygan import parzen
-
-    e = config.eval
-    r = parzen.evaluate(samples, data.valid, data.test, e.sigmas, chunk_size=e.chunk_size)
-    q = model.score(samples, min_share=e.min_class_share)
-    return {"parzen_test_ll": r.test_ll, "parzen_test_se": r.test_se, "fd": q.fd, "tvd": q.tvd}
 
 
 def _print(row: dict) -> None:
