@@ -286,6 +286,19 @@ def _objects_in_plasma() -> int:
     return int(re.search(r"Plasma memory usage \d+ MiB, (\d+) objects", summary).group(1))
 
 
+def _objects_in_plasma_once_quiet() -> int:
+    """The object store's count once it has held still for a second: an earlier test's objects may
+    still be on their way out, and a count read while they go would not be this test's baseline."""
+    count, since = _objects_in_plasma(), time.monotonic()
+    deadline = since + 60
+    while time.monotonic() - since < 1.0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = _objects_in_plasma()
+        if now != count:
+            count, since = now, time.monotonic()
+    return count
+
+
 def _sigkill(pid: int) -> None:
     """Kill a process as a crash would, and wait until it is gone."""
     os.kill(pid, signal.SIGKILL)
@@ -323,7 +336,7 @@ def test_the_evaluator_restarts_after_its_creators_references_are_gone(ray_local
             return self.total
 
     # The control: its constructor's argument lives in the object store, owned by this driver.
-    stored = _objects_in_plasma()
+    stored = _objects_in_plasma_once_quiet()
     array = ray_local.put(np.ones((1000, 1000), dtype=np.float32))  # too large to travel inline in the task
     held = ray_local.remote(HoldsArrays).options(max_restarts=-1, max_task_retries=-1).remote(array)
     assert ray_local.get(held.sum.remote(), timeout=120) == 1_000_000 and _objects_in_plasma() == stored + 1
