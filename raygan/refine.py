@@ -337,7 +337,8 @@ def rejection_sample(
             raise RefineError(f"DRS accepted only {n - len(open_slots)} of {n} samples in {drawn} proposals "
                               f"(refine.max_proposals = {max_proposals} per sample); lower refine.gamma_quantile")
         # each open slot gets the proposals its class's acceptance says it needs (at least one)
-        per_slot = (1.1 / rate[_groups(None if slot_labels is None else slot_labels[open_slots], len(open_slots))]).ceil().long()
+        open_groups = _groups(None if slot_labels is None else slot_labels[open_slots], len(open_slots))
+        per_slot = (1.1 / rate[open_groups]).ceil().long()
         if int(per_slot.sum()) < 64:
             per_slot *= math.ceil(64 / int(per_slot.sum()))
         target = open_slots.repeat_interleave(per_slot)[: 20 * BATCH]  # proposal i has slot target[i]'s class
