@@ -51,6 +51,16 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> 
     return 0.5 * (F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean())
 
 
+def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al., 2018, Eq. 9 without gamma/2): mean over the minibatch of |grad_x logit D(x)|^2 at real x.
+
+    ``real`` must require grad and ``real_logits`` be computed from it; the graph is kept so that
+    the penalty's own gradient reaches D's weights.
+    """
+    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()
+
+
 def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
     """The quantity G descends.
 
@@ -274,16 +284,23 @@ class GANTrainer:
         G, D, m, k = self.generator, self.discriminator, self.train.batch_size, self.train.k
         self._apply_schedule()
 
-        for _ in range(k):  # k steps on D, each with a fresh data and a fresh noise minibatch
+        r1_now = self.train.r1 > 0 and self.iteration % self.train.r1_every == 0
+        for step in range(k):  # k steps on D, each with a fresh data and a fresh noise minibatch
             x, c = self._minibatch(gen)
             c_fake = self._fake_labels(gen)
             with torch.no_grad():
                 fake = G(self._noise(gen), c_fake)
+            penalise = r1_now and step == 0
+            if penalise:
+                x.requires_grad_(True)  # a fresh gathered copy: its gradient is the R1 term's
             logits = D(torch.cat([x, fake]), self._join(c, c_fake))  # one pass over real and fake: (2m,)
             real_logits, fake_logits = logits[:m], logits[m:]
             d_loss = discriminator_loss(real_logits, fake_logits)
+            d_objective = d_loss  # the logged loss stays the criterion; the penalty only shapes D's step
+            if penalise:  # lazy R1: gamma/2 times the penalty, weighted by its interval
+                d_objective = d_loss + self.train.r1 * self.train.r1_every / 2 * r1_penalty(real_logits, x)
             self.opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
+            d_objective.backward()
             self.opt_d.step()
             D.apply_max_norm()
             with torch.no_grad():

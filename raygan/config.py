@@ -233,6 +233,12 @@ class TrainConfig:
     g_average: float = 0.0
     """0: G's samples are the last iterate's (the paper's); in (0, 1): they come from a running average of
     G's weights with this decay (raygan.averaging; 0.999 spans about the last 1,000 iterations)."""
+    r1: float = 0.0
+    """gamma of the R1 penalty on D (Mescheder et al., 2018): D's loss gains gamma/2 E_data |grad_x logit D(x)|^2 at real
+    data, which keeps D from sharpening round the training points; 0: none (the paper's)."""
+    r1_every: int = 4
+    """The R1 penalty is applied on every this-many-th iteration's first D step, weighted by this count (lazy
+    regularisation, Karras et al., 2020: the same average penalty for a fraction of its double-backward cost)."""
     seed: int = 0
     """Seeds the networks' initialisation and the trainer's random stream."""
 
@@ -256,6 +262,10 @@ class TrainConfig:
         _choice(self.g_loss, G_LOSSES, "generator loss")
         if not 0.0 <= self.g_average < 1.0:
             raise ConfigError(f"train.g_average must lie in [0, 1) (0 = no average), got {self.g_average!r}")
+        if not (self.r1 >= 0 and math.isfinite(self.r1)):
+            raise ConfigError(f"train.r1 must be a finite number >= 0 (0 = no R1 penalty), got {self.r1!r}")
+        if self.r1_every < 1:
+            raise ConfigError(f"train.r1_every must be at least 1 (the penalty's interval in iterations), got {self.r1_every}")
         _seed(self.seed, "train.seed")
 
 

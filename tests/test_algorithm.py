@@ -18,7 +18,9 @@ from raygan.algorithm import (
     IterationMetrics,
     discriminator_loss,
     generator_loss,
+    r1_penalty,
 )
+import raygan.algorithm as algorithm
 from raygan.config import ModelConfig, TrainConfig, replace
 from raygan.data import TOY_1D_MEAN, TOY_1D_STD, load_dataset
 from raygan.models import generate
@@ -228,6 +230,79 @@ def test_d_steps_leave_g_alone_and_g_step_leaves_d_alone():
         else:  # the G-step changes G only
             _assert_same(d_a, d_b)
             assert any(not torch.equal(g_a[key], g_b[key]) for key in g_a)
+
+
+# ---- the R1 penalty (Mescheder et al., 2018) ---------------------------------------------------
+
+
+def test_r1_penalty_is_the_mean_squared_input_gradient_of_the_logit():
+    # logit(x) = a |x|^2 + w.x: its input gradient is 2 a x + w, a direct formula to check against
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 1, 3, 3, generator=gen, requires_grad=True)
+    w = torch.randn(1, 1, 3, 3, generator=gen)
+    a = 0.7
+    logits = a * x.pow(2).flatten(1).sum(1) + (w * x).flatten(1).sum(1)
+    expected = (2 * a * x + w).detach().pow(2).flatten(1).sum(1).mean()
+    assert torch.allclose(r1_penalty(logits, x), expected, rtol=1e-6)
+
+
+def test_r1_penalty_is_differentiable_in_the_weights():
+    # a linear D's logit w.x + b has input gradient w, so the penalty is |w|^2 and its weight gradient 2w
+    d = torch.nn.Linear(4, 1)
+    x = torch.randn(6, 4, requires_grad=True)
+    penalty = r1_penalty(d(x).squeeze(1), x)
+    (grad,) = torch.autograd.grad(penalty, d.weight)
+    assert torch.allclose(penalty, d.weight.pow(2).sum())
+    assert torch.allclose(grad, 2 * d.weight)
+
+
+def test_lazy_r1_adds_gamma_times_interval_over_two_penalty_gradients_on_every_rth_iteration(monkeypatch):
+    # Plain SGD (no momentum, no decay), no dropout: D's step with R1 differs from the same step
+    # without it by exactly -lr * gamma * r1_every / 2 * d(penalty)/d(theta) at the same weights.
+    model = ModelConfig(arch="conv", noise_dim=8, conv_width=4)
+    plain = dict(optimizer="sgd", lr_d=0.05, lr_g=0.05, momentum=0.0, final_momentum=0.0, lr_decay=1.0)
+    gamma, every = 3.0, 2
+    with_r1, without = _trainer(model, **plain, r1=gamma, r1_every=every), _trainer(model, **plain)
+    seen: list[torch.Tensor] = []
+    original = algorithm.r1_penalty
+
+    def spy(real_logits, real):
+        seen.append(real.detach().clone())
+        return original(real_logits, real)
+
+    monkeypatch.setattr(algorithm, "r1_penalty", spy)
+    d_before = copy_module.deepcopy(with_r1.discriminator)
+    d_step = []
+    original_step = with_r1.opt_d.step
+
+    def step_then_stop(*args, **kwargs):  # record D after its step in iteration 0
+        out = original_step(*args, **kwargs)
+        d_step.append(_params_of(with_r1.discriminator))
+        return out
+
+    with_r1.opt_d.step = step_then_stop
+    without_d_step = []
+    original_plain = without.opt_d.step
+
+    def plain_step(*args, **kwargs):
+        out = original_plain(*args, **kwargs)
+        without_d_step.append(_params_of(without.discriminator))
+        return out
+
+    without.opt_d.step = plain_step
+    with_r1.run(4)
+    without.run(1)
+    assert len(seen) == 2  # iterations 0 and 2 of 0..3
+
+    x = seen[0].requires_grad_(True)
+    penalty = original(d_before(x), x)
+    names = [n for n, _ in d_before.named_parameters()]
+    params = [p for _, p in d_before.named_parameters()]
+    grads = torch.autograd.grad(penalty, params, allow_unused=True)  # the last bias does not move the input gradient
+    for name, grad, p in zip(names, grads, params):
+        grad = torch.zeros_like(p) if grad is None else grad
+        expected = without_d_step[0][name] - 0.05 * gamma * every / 2 * grad
+        assert torch.allclose(d_step[0][name], expected, atol=1e-6), name
 
 
 def _params_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -494,6 +569,9 @@ RESUME_CASES = {
     "conv": (ModelConfig(arch="conv", noise_dim=8, conv_width=4, prior="gaussian"), dict(k=1)),
     "conv-adam": (ModelConfig(arch="conv", noise_dim=8, conv_width=4, d_input_dropout=0.2),
                   dict(optimizer="adam", lr_d=1e-3, lr_g=1e-3, final_momentum=0.9)),
+    # lazy R1 every 2nd iteration: the break after 7 iterations falls between two penalised ones
+    "conv-adam-r1": (ModelConfig(arch="conv", noise_dim=8, conv_width=4),
+                     dict(optimizer="adam", lr_d=1e-3, lr_g=1e-3, r1=1.0, r1_every=2)),
 }
 
 

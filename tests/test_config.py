@@ -113,6 +113,8 @@ VALID: dict[str, dict[str, st.SearchStrategy]] = {
         "min_lr": st.floats(0.0, 1.0, **finite),
         "g_loss": st.sampled_from(G_LOSSES),
         "g_average": unit,
+        "r1": st.floats(0.0, 1e3, **finite),
+        "r1_every": st.integers(1, 64),
         "seed": st.integers(0, 2**63 - 1),
     },
     "eval": {
@@ -509,6 +511,8 @@ def test_search_lists_reject_unknown_names_too(key, choices):
         ("train", {"min_lr": -1e-9}, "train.min_lr must be non-negative"),
         ("train", {"momentum_ramp_epochs": -1}, "train.momentum_ramp_epochs must be a non-negative number"),
         ("train", {"g_average": 1.0}, r"train.g_average must lie in \[0, 1\)"),
+        ("train", {"r1": -1.0}, r"train.r1 must be a finite number >= 0"),
+        ("train", {"r1_every": 0}, r"train.r1_every must be at least 1"),
         ("eval", {"sigmas": []}, "eval.sigmas must be a non-empty list of positive numbers"),
         ("eval", {"sigmas": [0.1, 0.0]}, "eval.sigmas must be a non-empty list of positive numbers"),
         ("search", {"lr_d": [0.2, 0.1]}, r"search.lr_d must be \[low, high\] with low <= high"),
