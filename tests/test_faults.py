@@ -269,7 +269,9 @@ def test_a_killed_evaluator_restarts_and_answers_the_calls_in_flight(ray_local, 
         pool.kill()
 
     assert new_pid != pid
-    assert 1 <= served_after_restart < len(batches)  # the calls in flight were re-run by the new process
+    # The calls in flight were re-run by the new process. All of them can be: a call counted as
+    # served just before the kill, whose answer had not yet left the old process, is re-run too.
+    assert 1 <= served_after_restart <= len(batches)
     for batch, answer in zip(batches, answers):
         sigma, valid_ll = parzen.validation_score(batch, valid, eval_config.sigmas, chunk_size=eval_config.chunk_size)
         assert answer[keys.SIGMA] == sigma and answer[keys.PARZEN_VALID_LL] == pytest.approx(valid_ll, rel=1e-6, abs=1e-4)
