@@ -61,6 +61,31 @@ def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return grad.pow(2).flatten(1).sum(1).mean()
 
 
+def check_r1(discriminator: torch.nn.Module, real: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+    """Differentiate the R1 penalty of a few real points once, so a D it cannot go through (a
+    user's, say) is refused in one sentence rather than failing mid-run or, worse, training
+    without it. Eval mode, no random number drawn, no weight or gradient touched.
+
+    Raises:
+        ConfigError: the penalty's gradient fails, or reaches none of D's weights (a backward that
+            detaches, as once-differentiable kernels do, makes R1 a silent no-op).
+    """
+    was_training, said = discriminator.training, "no weight of D reaches it"
+    x = real.detach().clone().requires_grad_(True)
+    discriminator.eval()
+    try:
+        penalty = r1_penalty(discriminator(x, labels), x)
+        weights = [p for p in discriminator.parameters() if p.requires_grad]
+        reaches = any(g is not None for g in torch.autograd.grad(penalty, weights, allow_unused=True))
+    except RuntimeError as e:
+        reaches, said = False, (str(e).strip().splitlines() or [type(e).__name__])[0]
+    finally:
+        discriminator.train(was_training)
+    if not reaches:
+        raise ConfigError(f"train.r1 needs D's input gradient to be differentiable in D's weights, and this D's is not "
+                          f"({said}); set train.r1: 0")
+
+
 def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
     """The quantity G descends.
 
@@ -152,6 +177,8 @@ class GANTrainer:
                 self.generator.set_output_bias(data.mean(dim=0))  # the released code's init_bias_target_marginals
             self.discriminator.apply_max_norm()
             self._rng_state = self._capture_rng()
+        if train.r1 > 0:
+            check_r1(self.discriminator, data[:2], None if self.labels is None else self.labels[:2])
         self.opt_d = _optimizer(self.discriminator, train, train.lr_d)
         self.opt_g = _optimizer(self.generator, train, train.lr_g)
         self.average = WeightAverage(self.generator, train.g_average) if train.g_average else None

@@ -209,11 +209,13 @@ def check_models(config: ExperimentConfig, dataset: Any) -> None:
     a conv pair on a shape it cannot halve, is refused here rather than in every trial.
 
     Raises:
-        ConfigError: an architecture that does not fit the data.
+        ConfigError: an architecture that does not fit the data, or a D that ``train.r1``'s
+            penalty cannot differentiate.
     """
     import torch
 
     from raygan import hyperparameters
+    from raygan.algorithm import check_r1
     from raygan.models import build_pair
 
     if getattr(dataset, "train", None) is None:  # a stand-in without arrays (tests of the settings alone)
@@ -224,7 +226,11 @@ def check_models(config: ExperimentConfig, dataset: Any) -> None:
     for arch in dict.fromkeys((config.model.arch, *config.search.arch)):
         model = hyperparameters.apply(config, {"arch": arch}).model
         with torch.random.fork_rng(devices=[]):
-            build_pair(model, shape, dataset.bounded, num_classes)
+            _, discriminator = build_pair(model, shape, dataset.bounded, num_classes)
+        if config.train.r1 > 0:
+            real = torch.as_tensor(dataset.train[:2], dtype=torch.float32)
+            conditional = getattr(discriminator, "num_classes", None)
+            check_r1(discriminator, real, torch.as_tensor(labels[:2], dtype=torch.int64) if conditional else None)
 
 
 # --------------------------------------------------------------------------------------------

@@ -60,5 +60,34 @@ def many_logits(data_shape, noise_dim):
     return g, nn.Sequential(nn.Flatten(), nn.Linear(math.prod(data_shape), 5))
 
 
+class _OnceDifferentiableSquare(torch.autograd.Function):
+    """x -> x^2 with a backward that cannot itself be differentiated (as some custom kernels)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+class _OnceDifferentiableD(nn.Module):
+    def __init__(self, data_shape) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(data_shape), 1))
+
+    def forward(self, x):
+        return self.body(_OnceDifferentiableSquare.apply(x))
+
+
+def once_differentiable_d(data_shape, noise_dim):
+    """A D whose input gradient has no gradient of its own: the R1 penalty cannot train it."""
+    return pair(data_shape, noise_dim)[0], _OnceDifferentiableD(data_shape)
+
+
 def raises(data_shape, noise_dim):
     raise ValueError(f"no architecture for {data_shape}")

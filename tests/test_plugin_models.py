@@ -89,6 +89,13 @@ def test_a_plugin_pair_trains_deterministically_and_resumes_exactly():
     assert not torch.allclose(generate(a.generator, 8), generate(fresh, 8))
 
 
+def test_a_d_the_r1_penalty_cannot_differentiate_is_refused_in_one_sentence():
+    model = ModelConfig(arch="tests.plugin_gan:once_differentiable_d", noise_dim=6)
+    with pytest.raises(ConfigError, match=r"^train.r1 needs D's input gradient to be differentiable in D's weights, and this D's is not \(.+\); set train.r1: 0$"):
+        GANTrainer(model, TrainConfig(batch_size=16, r1=4.0), _data())
+    assert GANTrainer(model, TrainConfig(batch_size=16, r1=0.0), _data()).run(3).finite  # without R1 it trains
+
+
 def test_the_generator_file_names_its_factory_and_rebuilds_from_it(tmp_path):
     torch.manual_seed(0)
     g, _ = build_pair(MODEL, SHAPE)
