@@ -233,9 +233,9 @@ class TrainConfig:
     g_average: float = 0.0
     """0: G's samples are the last iterate's (the paper's); in (0, 1): they come from a running average of
     G's weights with this decay (raygan.averaging; 0.999 spans about the last 1,000 iterations)."""
-    r1: float = 0.0
-    """gamma of the R1 penalty on D (Mescheder et al., 2018): D's loss gains gamma/2 E_data |grad_x logit D(x)|^2 at real
-    data, which keeps D from sharpening round the training points; 0: none (the paper's)."""
+    r1: float = 4.0
+    """gamma of the R1 penalty on D (Mescheder et al., 2018): D's loss gains gamma/2 times the mean squared norm of
+    grad_x logit D(x) at real data, which keeps D from sharpening round the training points; 0: none (the paper's)."""
     r1_every: int = 4
     """The R1 penalty is applied on every this-many-th iteration's first D step, weighted by this count (lazy
     regularisation, Karras et al., 2020: the same average penalty for a fraction of its double-backward cost)."""

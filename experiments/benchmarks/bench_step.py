@@ -1,7 +1,8 @@
 """Algorithm 1 iterations per second: GANTrainer.run against a hand-written PyTorch loop.
 
 Two pairs, each with its own learning rule: today's default (the DCGAN-style conv pair trained
-by Adam at minibatch 32, raygan.config's defaults) and the paper's MNIST pair (G 100-1200-1200-784,
+by Adam at minibatch 32 with a lazy R1 penalty on D, raygan.config's defaults; ``default-no-r1`` is
+the same without the penalty) and the paper's MNIST pair (G 100-1200-1200-784,
 D maxout 240x5 twice with dropout, momentum SGD at minibatch 100: experiments/mnist_paper.yaml).
 Both loops run k D-steps, each on a fresh data and noise minibatch, then one G-step. The plain
 loop is what a person would write by hand: no schedules, no metrics, no random-stream
@@ -14,6 +15,7 @@ thread; on two, a busy machine makes OpenMP spin and both grow).
 
     python experiments/benchmarks/bench_step.py                         # both pairs, 1 and 2 CPU threads (+ CUDA if present)
     python experiments/benchmarks/bench_step.py --pair default --threads 1 --iterations 20 --repeats 5
+    python experiments/benchmarks/bench_step.py --pair all                # default, default-no-r1 and paper
     python experiments/benchmarks/bench_step.py --device cuda --iterations 500
 """
 
@@ -36,7 +38,8 @@ from raygan.config import ModelConfig, TrainConfig, load_config, replace
 from raygan.models import Discriminator, Generator
 
 PAPER_YAML = Path(__file__).resolve().parents[1] / "mnist_paper.yaml"
-PAIRS = ("default", "paper")
+PAIRS = ("default", "default-no-r1", "paper")
+CHOSEN = {"both": ("default", "paper"), "all": PAIRS}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,8 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts (torch.set_num_threads)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: the CPU thread counts, then CUDA when torch.cuda.is_available()")
-    p.add_argument("--pair", default="both", choices=[*PAIRS, "both"],
-                   help="default: the conv pair with Adam (raygan's defaults); paper: experiments/mnist_paper.yaml's MLP/maxout pair with SGD")
+    p.add_argument("--pair", default="both", choices=[*PAIRS, *CHOSEN],
+                   help="default: the conv pair with Adam and lazy R1 (raygan's defaults); default-no-r1: the same with train.r1 0; "
+                        "paper: experiments/mnist_paper.yaml's MLP/maxout pair with SGD; both: default and paper; all: the three")
     p.add_argument("--k", type=int, default=None, help="D-steps per G-step (default: the pair's own, 1)")
     p.add_argument("--batch-size", type=int, default=None, help="minibatch size m (default: the pair's own: 32, the paper's 100)")
     p.add_argument("--profile", action="store_true", help="also print a cProfile of GANTrainer.run (CPU, first thread count)")
@@ -84,6 +88,7 @@ class PlainLoop:
         self.g_params = list(self.G.parameters())
         self.d_linears = [m for m in self.D.modules() if isinstance(m, torch.nn.Linear)]
         self.data, self.m, self.k, self.nz, self.max_norm = data, train.batch_size, train.k, model.noise_dim, model.d_max_norm
+        self.r1, self.r1_every, self.iteration = train.r1, train.r1_every, 0
 
     def run(self, iterations: int) -> None:
         G, D, m, data = self.G, self.D, self.m, self.data
@@ -91,13 +96,18 @@ class PlainLoop:
         G.train()
         D.train()
         for _ in range(iterations):
-            for _ in range(self.k):
+            for step in range(self.k):
                 x = data[torch.randint(0, len(data), (m,), device=dev)]
                 z = torch.rand(m, self.nz, device=dev) * 2 - 1
                 with torch.no_grad():
                     fake = G(z)
+                r1 = self.r1 > 0 and step == 0 and self.iteration % self.r1_every == 0
+                x.requires_grad_(r1)
                 logits = D(torch.cat([x, fake]))
                 d_loss = F.softplus(-logits[:m]).mean() + F.softplus(logits[m:]).mean()
+                if r1:  # lazy R1 at real data
+                    (grad,) = torch.autograd.grad(logits[:m].sum(), x, create_graph=True)
+                    d_loss = d_loss + self.r1 * self.r1_every / 2 * grad.pow(2).flatten(1).sum(1).mean()
                 self.opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
                 self.opt_d.step()
@@ -110,6 +120,7 @@ class PlainLoop:
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward(inputs=self.g_params)
             self.opt_g.step()
+            self.iteration += 1
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
@@ -176,8 +187,8 @@ def profile_trainer(model: ModelConfig, train: TrainConfig, threads: int, iterat
 
 def pair(name: str, args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
     """The models and learning rule of one pair, with --k and --batch-size applied where given."""
-    if name == "default":
-        model, train = ModelConfig(), TrainConfig(seed=0)
+    if name.startswith("default"):
+        model, train = ModelConfig(), TrainConfig(seed=0, **({"r1": 0.0} if name == "default-no-r1" else {}))
     else:
         paper = load_config(PAPER_YAML)
         model, train = paper.model, replace(paper.train, seed=0)
@@ -193,7 +204,8 @@ def describe(name: str, model: ModelConfig, train: TrainConfig) -> str:
                 f"pieces, dropout {model.d_input_dropout}/{model.d_hidden_dropout}, max-norm {model.d_max_norm}")
     rule = (f"Adam lr {train.lr_d}/{train.lr_g} betas ({train.momentum}, {train.beta2})" if train.optimizer == "adam"
             else f"SGD lr {train.lr_d}/{train.lr_g} momentum {train.momentum}")
-    return f"{name} pair: {nets}; k={train.k}, m={train.batch_size}, {rule}"
+    penalty = f", R1 gamma {train.r1:g} every {train.r1_every} iterations" if train.r1 > 0 else ""
+    return f"{name} pair: {nets}; k={train.k}, m={train.batch_size}, {rule}{penalty}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -215,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
 
     header = (f"{'device':<16} {'iters':>5} {'GANTrainer it/s':>16} {'plain loop it/s':>16} {'overhead':>9} {'paired':>8} "
               f"{'spread T/P':>11} {'it/CPU s T/P':>14} {'CPU overhead':>13}")
-    for name in PAIRS if args.pair == "both" else (args.pair,):
+    for name in CHOSEN.get(args.pair, (args.pair,)):
         model, train = pair(name, args)
         print("\n" + describe(name, model, train) + "\n" + header + "\n" + "-" * len(header))
         for label, device, threads in runs:
