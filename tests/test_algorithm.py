@@ -273,24 +273,7 @@ def test_lazy_r1_adds_gamma_times_interval_over_two_penalty_gradients_on_every_r
 
     monkeypatch.setattr(algorithm, "r1_penalty", spy)
     d_before = copy_module.deepcopy(with_r1.discriminator)
-    d_step = []
-    original_step = with_r1.opt_d.step
-
-    def step_then_stop(*args, **kwargs):  # record D after its step in iteration 0
-        out = original_step(*args, **kwargs)
-        d_step.append(_params_of(with_r1.discriminator))
-        return out
-
-    with_r1.opt_d.step = step_then_stop
-    without_d_step = []
-    original_plain = without.opt_d.step
-
-    def plain_step(*args, **kwargs):
-        out = original_plain(*args, **kwargs)
-        without_d_step.append(_params_of(without.discriminator))
-        return out
-
-    without.opt_d.step = plain_step
+    d_step, without_d_step = _d_after_each_step(with_r1), _d_after_each_step(without)
     with_r1.run(4)
     without.run(1)
     assert len(seen) == 2  # iterations 0 and 2 of 0..3
@@ -304,6 +287,20 @@ def test_lazy_r1_adds_gamma_times_interval_over_two_penalty_gradients_on_every_r
         grad = torch.zeros_like(p) if grad is None else grad
         expected = without_d_step[0][name] - 0.05 * gamma * every / 2 * grad
         assert torch.allclose(d_step[0][name], expected, atol=1e-6), name
+
+
+def _d_after_each_step(trainer: GANTrainer) -> list[dict[str, torch.Tensor]]:
+    """Wrap D's optimiser so that each step appends a copy of D's parameters just after it."""
+    after: list[dict[str, torch.Tensor]] = []
+    original = trainer.opt_d.step
+
+    def step(*args, **kwargs):
+        out = original(*args, **kwargs)
+        after.append(_params_of(trainer.discriminator))
+        return out
+
+    trainer.opt_d.step = step
+    return after
 
 
 def _params_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:

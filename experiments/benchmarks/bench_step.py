@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from raygan.algorithm import GANTrainer
+from raygan.algorithm import GANTrainer, r1_penalty
 from raygan.config import ModelConfig, TrainConfig, load_config, replace
 from raygan.models import Discriminator, Generator
 
@@ -106,8 +106,7 @@ class PlainLoop:
                 logits = D(torch.cat([x, fake]))
                 d_loss = F.softplus(-logits[:m]).mean() + F.softplus(logits[m:]).mean()
                 if r1:  # lazy R1 at real data
-                    (grad,) = torch.autograd.grad(logits[:m].sum(), x, create_graph=True)
-                    d_loss = d_loss + self.r1 * self.r1_every / 2 * grad.pow(2).flatten(1).sum(1).mean()
+                    d_loss = d_loss + self.r1 * self.r1_every / 2 * r1_penalty(logits[:m], x)
                 self.opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
                 self.opt_d.step()
