@@ -262,6 +262,8 @@ def _conv_discriminator(c: ModelConfig, shape: Shape, classes: int = 0) -> nn.Se
     for i in range(layers):
         convs += [nn.Conv2d(channels, c.conv_width << i, 4, 2, 1), nn.LeakyReLU(0.2)]  # halves H and W
         channels = c.conv_width << i
+    for _ in range(c.d_extra_convs):  # keeps the side: more of D's depth where a digit's strokes meet
+        convs += [nn.Conv2d(channels, channels, 3, 1, 1), nn.LeakyReLU(0.2)]
     return nn.Sequential(
         nn.Dropout(c.d_input_dropout),
         *convs,  # -> (N, conv_width * 2^(layers-1), base, base)
@@ -517,7 +519,8 @@ def discriminator_from_state(state: Any, source: str, bounded: bool = True) -> D
     if not isinstance(state, dict) or state.get("format") != DISCRIMINATOR_FORMAT:
         raise CheckpointError(f"{source} is not a raygan discriminator (expected format {DISCRIMINATOR_FORMAT})")
     try:
-        model = build(ModelConfig, state["model"], "model")
+        # A file written before model.d_extra_convs holds a D built without extra convolutions.
+        model = build(ModelConfig, {"d_extra_convs": 0, **state["model"]}, "model")
         discriminator = Discriminator(model, tuple(state["data_shape"]), state.get("num_classes"), bounded=bounded)
         discriminator.load_state_dict(state["state_dict"])
     except (KeyError, TypeError, RuntimeError, ConfigError) as e:

@@ -15,6 +15,8 @@ from raygan.models import (
     Discriminator,
     Generator,
     Maxout,
+    discriminator_from_state,
+    discriminator_state,
     generate,
     generator_state,
     load_generator,
@@ -120,9 +122,9 @@ def test_unbounded_generator_has_a_linear_output():
 def test_conv_pair_layer_shapes(shape, g_channels, d_channels):
     """The DCGAN-style pair with conv_width 32: one stride-2 layer per halving of the side down
     to 4-7 pixels, channels doubled per layer inwards; batch norm in G (not after its output
-    layer), LeakyReLU(0.2) in D, no batch norm in D."""
+    layer), LeakyReLU(0.2) in D, no batch norm in D (the plain DCGAN D: no extra convolutions)."""
     torch.manual_seed(0)
-    c = ModelConfig(arch="conv", noise_dim=100, conv_width=32)
+    c = ModelConfig(arch="conv", noise_dim=100, conv_width=32, d_extra_convs=0)
     g, d = Generator(c, shape), Discriminator(c, shape)
     g_shapes: list[tuple[int, int]] = []
     d_shapes: list[tuple[int, int]] = []
@@ -138,6 +140,34 @@ def test_conv_pair_layer_shapes(shape, g_channels, d_channels):
     assert [m.negative_slope for m in d.modules() if isinstance(m, nn.LeakyReLU)] == [0.2] * len(d_channels)
     for h in hooks:
         h.remove()
+
+
+@pytest.mark.parametrize("extra", [0, 1, 2])
+def test_conv_discriminator_extra_convolutions_keep_its_smallest_side(extra):
+    """model.d_extra_convs adds 3x3 stride-1 convolutions (LeakyReLU 0.2) after the stride-2 ones,
+    at D's smallest side and widest channel count; the logit layer's input size is unchanged."""
+    torch.manual_seed(0)
+    d = Discriminator(ModelConfig(arch="conv", conv_width=32, d_extra_convs=extra), MNIST)
+    shapes: list[tuple[int, int, int]] = []
+    for m in d.modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(lambda mod, i, out: shapes.append((mod.kernel_size[0], out.shape[1], out.shape[2])))
+    assert d(torch.rand(3, *MNIST)).shape == (3,)
+    assert shapes == [(4, 32, 14), (4, 64, 7)] + [(3, 64, 7)] * extra
+    assert [m.negative_slope for m in d.modules() if isinstance(m, nn.LeakyReLU)] == [0.2] * (2 + extra)
+    assert _linears(d)[-1].in_features == 64 * 7 * 7
+
+
+def test_a_discriminator_file_written_before_extra_convolutions_still_loads():
+    """A D saved before model.d_extra_convs existed (its config has no such key) was the plain
+    DCGAN D, and is rebuilt as one, not as today's default with an extra layer."""
+    torch.manual_seed(0)
+    d = Discriminator(ModelConfig(arch="conv", conv_width=8, d_extra_convs=0), MNIST).eval()
+    state = discriminator_state(d)
+    del state["model"]["d_extra_convs"]
+    x = torch.rand(4, *MNIST)
+    assert torch.equal(discriminator_from_state(state, "an old file")(x), d(x))
+    assert ModelConfig().d_extra_convs == 1  # what a config that does not name it gets
 
 
 def test_conv_pair_on_cifar_shapes():
