@@ -1,8 +1,9 @@
 """Algorithm 1 iterations per second: GANTrainer.run against a hand-written PyTorch loop.
 
 Two pairs, each with its own learning rule: today's default (the DCGAN-style conv pair trained
-by Adam at minibatch 32 with a lazy R1 penalty on D, raygan.config's defaults; ``default-no-r1`` is
-the same without the penalty) and the paper's MNIST pair (G 100-1200-1200-784,
+by Adam at minibatch 32 with a lazy R1 penalty on D, raygan.config's defaults; ``default-plain-d``
+is the same with the plain DCGAN D, without its extra 3x3 convolution, and ``default-no-r1`` the
+same without the penalty) and the paper's MNIST pair (G 100-1200-1200-784,
 D maxout 240x5 twice with dropout, momentum SGD at minibatch 100: experiments/mnist_paper.yaml).
 Both loops run k D-steps, each on a fresh data and noise minibatch, then one G-step. The plain
 loop is what a person would write by hand: no schedules, no metrics, no random-stream
@@ -15,7 +16,7 @@ thread; on two, a busy machine makes OpenMP spin and both grow).
 
     python experiments/benchmarks/bench_step.py                         # both pairs, 1 and 2 CPU threads (+ CUDA if present)
     python experiments/benchmarks/bench_step.py --pair default --threads 1 --iterations 20 --repeats 5
-    python experiments/benchmarks/bench_step.py --pair all                # default, default-no-r1 and paper
+    python experiments/benchmarks/bench_step.py --pair all                # default, default-plain-d, default-no-r1 and paper
     python experiments/benchmarks/bench_step.py --device cuda --iterations 500
 """
 
@@ -38,7 +39,7 @@ from raygan.config import ModelConfig, TrainConfig, load_config, replace
 from raygan.models import Discriminator, Generator
 
 PAPER_YAML = Path(__file__).resolve().parents[1] / "mnist_paper.yaml"
-PAIRS = ("default", "default-no-r1", "paper")
+PAIRS = ("default", "default-plain-d", "default-no-r1", "paper")
 CHOSEN = {"both": ("default", "paper"), "all": PAIRS}
 
 
@@ -51,8 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: the CPU thread counts, then CUDA when torch.cuda.is_available()")
     p.add_argument("--pair", default="both", choices=[*PAIRS, *CHOSEN],
-                   help="default: the conv pair with Adam and lazy R1 (raygan's defaults); default-no-r1: the same with train.r1 0; "
-                        "paper: experiments/mnist_paper.yaml's MLP/maxout pair with SGD; both: default and paper; all: the three")
+                   help="default: the conv pair with Adam and lazy R1 (raygan's defaults); default-plain-d: the same with model.d_extra_convs 0; "
+                        "default-no-r1: the same with train.r1 0; paper: experiments/mnist_paper.yaml's MLP/maxout pair with SGD; "
+                        "both: default and paper; all: the four")
     p.add_argument("--k", type=int, default=None, help="D-steps per G-step (default: the pair's own, 1)")
     p.add_argument("--batch-size", type=int, default=None, help="minibatch size m (default: the pair's own: 32, the paper's 100)")
     p.add_argument("--profile", action="store_true", help="also print a cProfile of GANTrainer.run (CPU, first thread count)")
@@ -187,7 +189,8 @@ def profile_trainer(model: ModelConfig, train: TrainConfig, threads: int, iterat
 def pair(name: str, args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
     """The models and learning rule of one pair, with --k and --batch-size applied where given."""
     if name.startswith("default"):
-        model, train = ModelConfig(), TrainConfig(seed=0, **({"r1": 0.0} if name == "default-no-r1" else {}))
+        model = ModelConfig(**({"d_extra_convs": 0} if name == "default-plain-d" else {}))
+        train = TrainConfig(seed=0, **({"r1": 0.0} if name == "default-no-r1" else {}))
     else:
         paper = load_config(PAPER_YAML)
         model, train = paper.model, replace(paper.train, seed=0)
@@ -197,7 +200,8 @@ def pair(name: str, args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]
 
 def describe(name: str, model: ModelConfig, train: TrainConfig) -> str:
     if model.arch == "conv":
-        nets = f"G and D conv (width {model.conv_width}, DCGAN-style; batch norm in G)"
+        extra = f", {model.d_extra_convs} 3x3 conv(s) at D's smallest side" if model.d_extra_convs else ""
+        nets = f"G and D conv (width {model.conv_width}, DCGAN-style; batch norm in G{extra})"
     else:
         nets = (f"G {model.noise_dim}-{'-'.join(map(str, model.g_hidden))}-784, D maxout {model.d_hidden} x {model.d_pieces} "
                 f"pieces, dropout {model.d_input_dropout}/{model.d_hidden_dropout}, max-norm {model.d_max_norm}")
