@@ -88,6 +88,8 @@ def saved_experiment(path: str) -> dict[str, Any] | None:
     values = yaml.safe_load(text)
     if not isinstance(values, dict):
         raise UserError(f"{path}/{EXPERIMENT_FILE} is damaged; it cannot be resumed")
+    if isinstance(values.get("model"), dict):  # written before model.d_extra_convs: its trials' D had none
+        values["model"].setdefault("d_extra_convs", 0)
     return values
 
 

@@ -154,6 +154,19 @@ def test_a_bare_resume_continues_the_saved_experiment(workspace):
     assert path == str(storage / "earlier")
 
 
+def test_an_experiment_saved_before_extra_d_convolutions_resumes_with_the_plain_d(workspace):
+    """An experiment.yaml written before model.d_extra_convs existed describes trials whose D had
+    none: a bare resume rebuilds that D (whose checkpoints it can load), not today's default."""
+    storage, _, _ = workspace
+    saved = storage / "earlier" / "experiment.yaml"
+    values = yaml.safe_load(saved.read_text())
+    del values["model"]["d_extra_convs"]
+    saved.write_text(yaml.safe_dump(values))
+    config = raygan_tune.config_from_args(["--name", "earlier", "--resume", "--storage-path", str(storage)])
+    assert config.model.d_extra_convs == 0 and ModelConfig().d_extra_convs == 1
+    raygan_tune.preflight(config, dataset=object())  # accepted: nothing differs from what was saved
+
+
 # ---- raygan.sample and raygan.evaluate: files that are not what they claim ---------------------
 
 
