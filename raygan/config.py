@@ -668,6 +668,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"unsupported annotation {_type_name(tp)} for {where}")  # a bug, not user input
 
 
+# Model settings added after files were first written, at the value such files were built with.
+MODEL_SETTINGS_SINCE = {"d_extra_convs": 0}  # before it, D had no extra convolutions
+
+
+def saved_model_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved ``model`` section (experiment.yaml, a discriminator file) with the settings it
+    predates filled in as it was built, not at today's defaults, so its weights still fit."""
+    return {**MODEL_SETTINGS_SINCE, **values}
+
+
 def build(cls: type, values: Mapping[str, Any], where: str = "") -> Any:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and values of the wrong type.
 

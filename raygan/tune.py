@@ -34,6 +34,7 @@ from raygan.config import (
     field_docs,
     load_yaml,
     merge,
+    saved_model_settings,
     to_dict,
 )
 from raygan.errors import UserError
@@ -88,8 +89,8 @@ def saved_experiment(path: str) -> dict[str, Any] | None:
     values = yaml.safe_load(text)
     if not isinstance(values, dict):
         raise UserError(f"{path}/{EXPERIMENT_FILE} is damaged; it cannot be resumed")
-    if isinstance(values.get("model"), dict):  # written before model.d_extra_convs: its trials' D had none
-        values["model"].setdefault("d_extra_convs", 0)
+    if isinstance(values.get("model"), dict):
+        values["model"] = saved_model_settings(values["model"])
     return values
 
 
