@@ -38,7 +38,7 @@ MODEL = ModelConfig(arch="mlp", noise_dim=4, prior="uniform", g_hidden=(32, 32),
 # The momentum ramp: 2,000 iterations of 256 of toy-1d's 20,000 training points.
 TRAIN = TrainConfig(k=3, batch_size=256, optimizer="sgd", lr_d=0.1, lr_g=0.05, momentum=0.5, final_momentum=0.7,
                     momentum_ramp_epochs=2000 * 256 / 20_000, lr_decay=1.0015, min_lr=1e-6, g_loss="non-saturating",
-                    r1=0.0, seed=0)  # the paper's D: no gradient penalty
+                    r1=0.0, g_average=0.0, seed=0)  # the paper's D: no gradient penalty; its G: the last iterate
 GRID = (-1.0, 7.0)
 
 

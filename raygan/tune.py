@@ -34,7 +34,7 @@ from raygan.config import (
     field_docs,
     load_yaml,
     merge,
-    saved_model_settings,
+    saved_settings,
     to_dict,
 )
 from raygan.errors import UserError
@@ -89,9 +89,7 @@ def saved_experiment(path: str) -> dict[str, Any] | None:
     values = yaml.safe_load(text)
     if not isinstance(values, dict):
         raise UserError(f"{path}/{EXPERIMENT_FILE} is damaged; it cannot be resumed")
-    if isinstance(values.get("model"), dict):
-        values["model"] = saved_model_settings(values["model"])
-    return values
+    return saved_settings(values)
 
 
 def saved_split(path: str) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ import yaml
 
 from raygan import evaluate, sample
 from raygan import tune as raygan_tune
-from raygan.config import ModelConfig, load_config, to_dict
+from raygan.config import ModelConfig, TrainConfig, load_config, to_dict
 from raygan.errors import CheckpointError
 from raygan.models import GENERATOR_FORMAT, Generator, load_generator, save_generator
 
@@ -154,16 +154,20 @@ def test_a_bare_resume_continues_the_saved_experiment(workspace):
     assert path == str(storage / "earlier")
 
 
-def test_an_experiment_saved_before_extra_d_convolutions_resumes_with_the_plain_d(workspace):
-    """An experiment.yaml written before model.d_extra_convs existed describes trials whose D had
-    none: a bare resume rebuilds that D (whose checkpoints it can load), not today's default."""
+def test_an_experiment_saved_before_later_settings_resumes_as_it_ran(workspace):
+    """An experiment.yaml written before model.d_extra_convs, train.r1 and train.g_average existed
+    describes trials whose D had no extra convolutions and no penalty, and whose answer was G's last
+    iterate: a bare resume rebuilds that D (whose checkpoints it can load) and trains on as the run
+    began, not at today's defaults."""
     storage, _, _ = workspace
     saved = storage / "earlier" / "experiment.yaml"
     values = yaml.safe_load(saved.read_text())
-    del values["model"]["d_extra_convs"]
+    del values["model"]["d_extra_convs"], values["train"]["r1"], values["train"]["g_average"]
     saved.write_text(yaml.safe_dump(values))
     config = raygan_tune.config_from_args(["--name", "earlier", "--resume", "--storage-path", str(storage)])
     assert config.model.d_extra_convs == 0 and ModelConfig().d_extra_convs == 1
+    assert config.train.r1 == 0.0 and TrainConfig().r1 == 4.0
+    assert config.train.g_average == 0.0 and TrainConfig().g_average == 0.999
     raygan_tune.preflight(config, dataset=object())  # accepted: nothing differs from what was saved
 
 

@@ -10,7 +10,8 @@ For each seed S, in one process, one arm after the other on the same machine:
    population's first trial) with ``train.seed`` S, on every core (torch threads = cores), trained
    for the population's search budget (``tune.time_budget_s``) of wall time with no evaluation; a
    copy of G's weights every ``--snapshot-s`` seconds (charged to its budget) feeds the anytime
-   curve, scored after the clock stops. Its answer is the last iterate.
+   curve, scored after the clock stops. Its answer is G at the end, as the recipe samples it (the
+   running average of its weights under ``train.g_average``, else the last iterate).
 
 Both answers are read alike: the Parzen test LL ± SE on ``eval.num_samples`` samples of
 ``eval.seed`` (sigma on validation), raygan's domain classifier (FD, classes >= 2 %, TVD) and an
@@ -101,7 +102,7 @@ def _best_so_far(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 
 def run_single(config: ExperimentConfig, data: Any, seed: int, budget_s: float, snapshot_s: float) -> dict[str, Any]:
-    """The fixed recipe on every core for ``budget_s`` seconds; its last iterate and timed snapshots of G."""
+    """The fixed recipe on every core for ``budget_s`` seconds; G at the end (its sampling copy) and timed snapshots of it."""
     threads = os.cpu_count() or 1
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

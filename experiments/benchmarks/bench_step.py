@@ -1,11 +1,13 @@
 """Algorithm 1 iterations per second: GANTrainer.run against a hand-written PyTorch loop.
 
 Two pairs, each with its own learning rule: today's default (the DCGAN-style conv pair trained
-by Adam at minibatch 32 with a lazy R1 penalty on D, raygan.config's defaults; ``default-plain-d``
-is the same with the plain DCGAN D, without its extra 3x3 convolution, and ``default-no-r1`` the
-same without the penalty) and the paper's MNIST pair (G 100-1200-1200-784,
+by Adam at minibatch 32 with a lazy R1 penalty on D, sampling from a running average of G's
+weights, raygan.config's defaults; ``default-plain-d`` is the same with the plain DCGAN D, without
+its extra 3x3 convolution, ``default-no-r1`` the same without the penalty and ``default-last-iterate``
+the same without the average) and the paper's MNIST pair (G 100-1200-1200-784,
 D maxout 240x5 twice with dropout, momentum SGD at minibatch 100: experiments/mnist_paper.yaml).
-Both loops run k D-steps, each on a fresh data and noise minibatch, then one G-step. The plain
+Both loops run k D-steps, each on a fresh data and noise minibatch, then one G-step (and fold G's
+weights into the average where the pair keeps one). The plain
 loop is what a person would write by hand: no schedules, no metrics, no random-stream
 bookkeeping. The difference is the trainer's overhead.
 
@@ -16,7 +18,7 @@ thread; on two, a busy machine makes OpenMP spin and both grow).
 
     python experiments/benchmarks/bench_step.py                         # both pairs, 1 and 2 CPU threads (+ CUDA if present)
     python experiments/benchmarks/bench_step.py --pair default --threads 1 --iterations 20 --repeats 5
-    python experiments/benchmarks/bench_step.py --pair all                # default, default-plain-d, default-no-r1 and paper
+    python experiments/benchmarks/bench_step.py --pair all                # default, its three variants and paper
     python experiments/benchmarks/bench_step.py --device cuda --iterations 500
 """
 
@@ -39,7 +41,7 @@ from raygan.config import ModelConfig, TrainConfig, load_config, replace
 from raygan.models import Discriminator, Generator
 
 PAPER_YAML = Path(__file__).resolve().parents[1] / "mnist_paper.yaml"
-PAIRS = ("default", "default-plain-d", "default-no-r1", "paper")
+PAIRS = ("default", "default-plain-d", "default-no-r1", "default-last-iterate", "paper")
 CHOSEN = {"both": ("default", "paper"), "all": PAIRS}
 
 
@@ -53,8 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="auto: the CPU thread counts, then CUDA when torch.cuda.is_available()")
     p.add_argument("--pair", default="both", choices=[*PAIRS, *CHOSEN],
                    help="default: the conv pair with Adam and lazy R1 (raygan's defaults); default-plain-d: the same with model.d_extra_convs 0; "
-                        "default-no-r1: the same with train.r1 0; paper: experiments/mnist_paper.yaml's MLP/maxout pair with SGD; "
-                        "both: default and paper; all: the four")
+                        "default-no-r1: the same with train.r1 0; default-last-iterate: the same with train.g_average 0; "
+                        "paper: experiments/mnist_paper.yaml's MLP/maxout pair with SGD; both: default and paper; all: the five")
     p.add_argument("--k", type=int, default=None, help="D-steps per G-step (default: the pair's own, 1)")
     p.add_argument("--batch-size", type=int, default=None, help="minibatch size m (default: the pair's own: 32, the paper's 100)")
     p.add_argument("--profile", action="store_true", help="also print a cProfile of GANTrainer.run (CPU, first thread count)")
@@ -91,6 +93,11 @@ class PlainLoop:
         self.d_linears = [m for m in self.D.modules() if isinstance(m, torch.nn.Linear)]
         self.data, self.m, self.k, self.nz, self.max_norm = data, train.batch_size, train.k, model.noise_dim, model.d_max_norm
         self.r1, self.r1_every, self.iteration = train.r1, train.r1_every, 0
+        # The running average of G's weights, as a hand-written loop keeps one: a fixed decay, no bias
+        # correction (the same arithmetic per iteration as raygan.averaging's). Parameters only: the
+        # default G's batch-norm buffers are a few hundred numbers.
+        self.g_average = train.g_average
+        self.g_avg = [p.detach().clone() for p in self.g_params] if train.g_average else None
 
     def run(self, iterations: int) -> None:
         G, D, m, data = self.G, self.D, self.m, self.data
@@ -121,6 +128,9 @@ class PlainLoop:
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward(inputs=self.g_params)
             self.opt_g.step()
+            if self.g_avg is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(self.g_avg, self.g_params, 1.0 - self.g_average)
             self.iteration += 1
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
@@ -190,7 +200,8 @@ def pair(name: str, args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]
     """The models and learning rule of one pair, with --k and --batch-size applied where given."""
     if name.startswith("default"):
         model = ModelConfig(**({"d_extra_convs": 0} if name == "default-plain-d" else {}))
-        train = TrainConfig(seed=0, **({"r1": 0.0} if name == "default-no-r1" else {}))
+        variant = {"default-no-r1": {"r1": 0.0}, "default-last-iterate": {"g_average": 0.0}}.get(name, {})
+        train = TrainConfig(seed=0, **variant)
     else:
         paper = load_config(PAPER_YAML)
         model, train = paper.model, replace(paper.train, seed=0)
@@ -208,7 +219,8 @@ def describe(name: str, model: ModelConfig, train: TrainConfig) -> str:
     rule = (f"Adam lr {train.lr_d}/{train.lr_g} betas ({train.momentum}, {train.beta2})" if train.optimizer == "adam"
             else f"SGD lr {train.lr_d}/{train.lr_g} momentum {train.momentum}")
     penalty = f", R1 gamma {train.r1:g} every {train.r1_every} iterations" if train.r1 > 0 else ""
-    return f"{name} pair: {nets}; k={train.k}, m={train.batch_size}, {rule}{penalty}"
+    average = f", G's weights averaged (decay {train.g_average:g})" if train.g_average else ""
+    return f"{name} pair: {nets}; k={train.k}, m={train.batch_size}, {rule}{penalty}{average}"
 
 
 def main(argv: list[str] | None = None) -> None:
