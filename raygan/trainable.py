@@ -4,7 +4,9 @@ Each method is a few lines: ``setup`` builds the core's :class:`~raygan.algorith
 on the trial's device from the training set in Ray's object store; ``step`` runs Algorithm 1
 iterations and, every ``eval.every`` steps, has a Parzen evaluator actor score a batch of
 samples (the pool's least busy replica, which reports how long they waited for it);
-``save_checkpoint``/``load_checkpoint`` carry the trainer's full state so PBT's
+``step`` also scores the last step that ends before the search's time budget runs out, and has it
+checkpointed, so the answer is the generator at the end of the budget, not up to ``eval.every``
+steps older. ``save_checkpoint``/``load_checkpoint`` carry the trainer's full state so PBT's
 exploit copies a donor exactly; ``reset_config`` applies a PBT mutation in place. A
 :class:`~raygan.monitor.TrialMonitor` writes each result, and a grid of the evaluation's
 fixed-noise samples, as TensorBoard events into the trial's directory.
@@ -24,6 +26,7 @@ import pyarrow.fs
 import ray
 import torch
 from ray import tune
+from ray.tune.result import SHOULD_CHECKPOINT
 
 from raygan import heap, hyperparameters, keys
 from raygan.algorithm import GANTrainer
@@ -36,6 +39,19 @@ from raygan.monitor import TrialMonitor, search_domains, shows_as_image
 
 TRAINER_FORMAT = "raygan-trainer/1"  # the trial checkpoint's tag, as generator.pt has its own
 SAMPLE_GRID = 64  # the first of each evaluation's fixed-noise samples, shown in TensorBoard
+# Seconds kept free before the deadline for the last scored result to reach the driver and be
+# checkpointed: Tune's time budget stops every trial, and a step still running is lost.
+DEADLINE_SLACK_S = 3.0
+
+
+def last_step_before_deadline(now: float, deadline: float | None, step_s: float, eval_s: float) -> bool:
+    """Whether a step that ends at ``now`` is the last to end before ``deadline`` (Unix seconds; None:
+    no time budget): the next step, ``step_s`` seconds of training, would not, and this one can still
+    be scored (``eval_s`` seconds) and reported in time."""
+    if deadline is None:
+        return False
+    left = deadline - now - DEADLINE_SLACK_S
+    return eval_s <= left < step_s + eval_s
 
 
 def experiment_from_trial_config(config: dict[str, Any]) -> ExperimentConfig:
@@ -111,8 +127,9 @@ class GANTrainable(tune.Trainable):
     what the final ranking reads is the state that was ranked, however the run ended.
     """
 
-    def setup(self, config: dict[str, Any], data: dict[str, Any]) -> None:
+    def setup(self, config: dict[str, Any], data: dict[str, Any], deadline: float | None = None) -> None:
         self.experiment = experiment_from_trial_config(config)
+        self.deadline = deadline  # when the search's time budget ends (Unix seconds), where raygan.tune knows it
         # Tune's ResourceChangingScheduler restarts a trial with more (or fewer) CPUs from its checkpoint:
         # the threads follow what this actor holds now, not what the trial started with.
         self.cpus = trial_cpus(self.trial_resources, self.experiment.tune.cpus_per_trial)
@@ -134,6 +151,7 @@ class GANTrainable(tune.Trainable):
         )
         self._forget_scores()
         self.step_s = 0.0  # the last trained step's seconds: a diverged trial waits as long per step
+        self.eval_s = 0.0  # the last scoring's seconds
         # Which Ray node ran each result: node_ip cannot tell apart nodes that share an address
         # (containers on one host, test clusters), and it shows where a trial went after a node loss.
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
@@ -171,19 +189,25 @@ class GANTrainable(tune.Trainable):
         start, cpu_start = time.perf_counter(), time.process_time()
         metrics = self.trainer.run(self.iterations_per_step)
         train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
-        eval_s = 0.0
+        eval_s, final = 0.0, False
         if not metrics.finite:
             self.diverged = True
             self.scores = dict(NOT_SCORED)
-        elif (self.iteration + 1) % self.experiment.eval.every == 0 or self.iteration + 1 in self.rungs or self._last_step():
-            # Every eval.every steps (a result in between carries the last scores: -inf before the
-            # first), at each of ASHA's rungs, so that it decides on fresh scores, and the last, so
-            # the final ranking is of the final generators.
-            eval_start = time.perf_counter()
-            self._evaluate()
-            eval_s = time.perf_counter() - eval_start
+        else:
+            # The last step before the time budget ends: scored and checkpointed (Tune's stop would
+            # lose the steps since the last scoring), so the final ranking is of the final generators.
+            final = self._last_step() or last_step_before_deadline(time.time(), self.deadline, train_s, self.eval_s or train_s)
+            if (self.iteration + 1) % self.experiment.eval.every == 0 or self.iteration + 1 in self.rungs or final:
+                # Every eval.every steps (a result in between carries the last scores: -inf before
+                # the first), at each of ASHA's rungs, so that it decides on fresh scores, and the last.
+                eval_start = time.perf_counter()
+                self._evaluate()
+                eval_s = self.eval_s = time.perf_counter() - eval_start
         self.step_s = train_s + eval_s
-        return self._result(metrics, self.iterations_per_step / train_s, self.iterations_per_step / max(train_cpu_s, 1e-9), eval_s)
+        result = self._result(metrics, self.iterations_per_step / train_s, self.iterations_per_step / max(train_cpu_s, 1e-9), eval_s)
+        if final:
+            result[SHOULD_CHECKPOINT] = True  # Tune saves one after this step, whatever checkpoint_every says
+        return result
 
     def _last_step(self) -> bool:
         return self.iteration + 1 >= self.experiment.tune.max_iterations
@@ -297,7 +321,7 @@ class GANTrainable(tune.Trainable):
         self.monitor.close()
 
 
-def with_data(data: dict[str, np.ndarray | bool], cpus: float, gpus: float) -> Any:
+def with_data(data: dict[str, np.ndarray | bool], cpus: float, gpus: float, deadline: float | None = None) -> Any:
     """GANTrainable with the training set put into the object store once, and its resources.
 
     Args:
@@ -305,7 +329,9 @@ def with_data(data: dict[str, np.ndarray | bool], cpus: float, gpus: float) -> A
             (int64 (N,), or None) for conditional models.
         cpus: CPUs per trial (torch threads follow it).
         gpus: GPU fraction per trial (0.25 puts four trials on one GPU).
+        deadline: when the search's time budget ends (Unix seconds; None: unknown, or none): each
+            trial scores and checkpoints its last step before it.
     """
-    trainable = tune.with_parameters(GANTrainable, data=data)
+    trainable = tune.with_parameters(GANTrainable, data=data, deadline=deadline)
     return tune.with_resources(trainable, {"cpu": cpus, "gpu": gpus})
 

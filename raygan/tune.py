@@ -16,6 +16,7 @@ import dataclasses
 import math
 import os
 import sys
+import time
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -396,7 +397,11 @@ def fit(config: ExperimentConfig, path: str, dataset: Any, quality: Any = None, 
     source = data_source(config, path, dataset, in_memory)
     evaluators = start_evaluators(source, config.eval, name=evaluator_name(config.tune.name, config.tune.storage_path),
                                   classifier_cache=None if quality is None else str(resolve_cache_dir()), gpus=eval_gpus)
-    trainable = with_data({"train": dataset.train, "bounded": dataset.bounded, "train_labels": getattr(dataset, "train_labels", None)}, config.tune.cpus_per_trial, trial_gpus)
+    # Tune's time budget runs from fit()'s start; a resumed run's remainder lives in Tune's own
+    # stopper, so its trials go without a deadline (they score on eval.every as before).
+    deadline = None if config.tune.resume or config.tune.time_budget_s is None else time.time() + config.tune.time_budget_s
+    trainable = with_data({"train": dataset.train, "bounded": dataset.bounded, "train_labels": getattr(dataset, "train_labels", None)},
+                          config.tune.cpus_per_trial, trial_gpus, deadline)
     if config.tune.resume:
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:

@@ -124,7 +124,7 @@ def tiny_experiment():
 
 @pytest.fixture
 def make_trainable(tmp_path):
-    """``make_trainable(experiment=None, **hyperparameters)``: a GANTrainable of the tiny experiment
+    """``make_trainable(experiment=None, deadline=None, **hyperparameters)``: a GANTrainable of the tiny experiment
     (or of ``experiment``, stored alike) under the test's tmp_path, built directly (no Tuner) as a Tune actor would build it; stopped at the end
     of the test."""
     from raygan.config import to_dict
@@ -132,12 +132,12 @@ def make_trainable(tmp_path):
 
     made = []
 
-    def make(experiment=None, **hyper):
+    def make(experiment=None, deadline=None, **hyper):
         config = experiment or _tiny_experiment(tmp_path)
         trial_config = {"experiment": to_dict(config), "arch": "mlp", "optimizer": "sgd", "k": 1, "lr_d": 0.05,
                         "lr_g": 0.05, "momentum": 0.5, "prior": "uniform", "g_loss": "non-saturating", "seed": 0, **hyper}
         data = _tiny_dataset()
-        trainable = with_data({"train": data.train, "bounded": True}, cpus=1, gpus=0)(config=trial_config)
+        trainable = with_data({"train": data.train, "bounded": True}, cpus=1, gpus=0, deadline=deadline)(config=trial_config)
         made.append(trainable)
         return trainable
 

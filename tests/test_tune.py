@@ -298,6 +298,54 @@ def test_a_trial_scores_at_every_asha_rung(evaluator, tmp_path, make_trainable, 
     assert scored == [2, 4, 6, 8]
 
 
+@pytest.mark.parametrize(("deadline", "left", "step_s", "eval_s", "last"), [
+    (None, 0.0, 5.0, 1.0, False),  # no time budget: never
+    (True, 100.0, 5.0, 1.0, False),  # the next step, and its scoring, still end in time
+    (True, 5.5, 5.0, 1.0, True),  # the next step would not: score this one
+    (True, 6.0, 5.0, 1.0, False),  # the next step and its scoring end exactly in time
+    (True, 0.5, 5.0, 1.0, False),  # too late to score even this one
+])
+def test_the_last_step_before_the_deadline_is_the_last_that_can_be_scored_in_time(deadline, left, step_s, eval_s, last):
+    from raygan.trainable import DEADLINE_SLACK_S, last_step_before_deadline
+
+    now = 1000.0
+    deadline = None if deadline is None else now + DEADLINE_SLACK_S + left
+    assert last_step_before_deadline(now, deadline, step_s, eval_s) is last
+
+
+def test_a_trial_scores_and_checkpoints_its_last_step_before_the_time_budget_ends(evaluator, tmp_path, make_trainable,
+                                                                                 tiny_experiment, monkeypatch):
+    """Tune's time budget stops a trial wherever it is: the last step that ends before it is scored
+    between eval.every steps and checkpointed at once, so the answer is the generator at the end."""
+    from ray.tune.result import SHOULD_CHECKPOINT
+
+    from raygan import keys, trainable as trainable_module
+    from raygan.config import replace
+    from raygan.files import read_scores
+    from raygan.models import generator_state
+
+    config = tiny_experiment(tmp_path, scheduler="asha", max_iterations=20)
+    config = replace(config, eval=replace(config.eval, every=4),
+                     search=replace(config.search, grace_period=2, reduction_factor=3))  # rungs 2, 6, 18
+    asked = []
+
+    def third_step_is_last(now, deadline, step_s, eval_s):
+        asked.append(deadline)
+        return len(asked) == 3
+
+    monkeypatch.setattr(trainable_module, "last_step_before_deadline", third_step_is_last)
+    trial = make_trainable(experiment=config, deadline=1e12)
+    results = [trial.train() for _ in range(3)]
+    assert [r[keys.EVAL_SECONDS] > 0 for r in results] == [False, True, True]  # step 3: neither rung nor every 4th
+    assert [bool(r.get(SHOULD_CHECKPOINT)) for r in results] == [False, False, True]
+    assert asked == [1e12] * 3
+    scored = {k: v.clone() for k, v in generator_state(trial.trainer.sample_generator)["state_dict"].items()}
+    path = trial.save(str(tmp_path / "ckpt")).checkpoint.path
+    saved = torch.load(Path(path) / "generator.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], scored[k]) for k in scored)
+    assert read_scores(path)["training_iteration"] == 3
+
+
 class _Trial:
     def __init__(self, trial_id: str) -> None:
         self.trial_id = trial_id
