@@ -236,8 +236,9 @@ class TrainConfig:
     """non-saturating: G maximises log D(G(z)) (Section 3); minimax: G minimises log(1 - D(G(z))) (Eq. 1)."""
     g_average: float = 0.999
     """In (0, 1): G's samples come from a running average of its weights with this decay (raygan.averaging; 0.999
-    spans about the last 1,000 iterations; on the default run +8 to +20 nats of Parzen LL over the last iterate at
-    8,000-23,000 iterations, the same 3-NN TVD: experiments/README.md, "Averaging G's weights"); 0: the last iterate (the paper's)."""
+    spans about the last 1,000 iterations; on the default recipe 7-23 nats of Parzen LL above the last iterate at 31 of
+    32 reads from 8,000 to 23,000 iterations, the same 3-NN TVD: experiments/README.md, "Averaging G's weights"); 0:
+    the last iterate (the paper's)."""
     r1: float = 4.0
     """gamma of the R1 penalty on D (Mescheder et al., 2018): D's loss gains gamma/2 times the mean squared norm of
     grad_x logit D(x) at real data, which keeps D from sharpening round the training points; 0: none (the paper's)."""
