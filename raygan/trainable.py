@@ -196,8 +196,8 @@ class GANTrainable(tune.Trainable):
         else:
             # The last step before the time budget ends: scored and checkpointed (Tune's stop would
             # lose the steps since the last scoring), so the final ranking is of the final generators.
-            final = self._last_step() or last_step_before_deadline(time.time(), self.deadline, train_s, self.eval_s or train_s)
-            if (self.iteration + 1) % self.experiment.eval.every == 0 or self.iteration + 1 in self.rungs or final:
+            final = last_step_before_deadline(time.time(), self.deadline, train_s, self.eval_s or train_s)
+            if (self.iteration + 1) % self.experiment.eval.every == 0 or self.iteration + 1 in self.rungs or self._last_step() or final:
                 # Every eval.every steps (a result in between carries the last scores: -inf before
                 # the first), at each of ASHA's rungs, so that it decides on fresh scores, and the last.
                 eval_start = time.perf_counter()
@@ -206,7 +206,9 @@ class GANTrainable(tune.Trainable):
         self.step_s = train_s + eval_s
         result = self._result(metrics, self.iterations_per_step / train_s, self.iterations_per_step / max(train_cpu_s, 1e-9), eval_s)
         if final:
-            result[SHOULD_CHECKPOINT] = True  # Tune saves one after this step, whatever checkpoint_every says
+            # Tune saves one after this step, whatever checkpoint_every says (at max_iterations its
+            # checkpoint_at_end does; forcing one there too races the ResourceChangingScheduler's pause).
+            result[SHOULD_CHECKPOINT] = True
         return result
 
     def _last_step(self) -> bool:
