@@ -677,20 +677,16 @@ SETTINGS_SINCE = {
 }
 
 
-def saved_model_settings(values: Mapping[str, Any]) -> dict[str, Any]:
-    """A saved ``model`` section (experiment.yaml, a discriminator file) with the settings it
-    predates filled in as it was built, not at today's defaults, so its weights still fit."""
-    return {**SETTINGS_SINCE["model"], **values}
+def saved_section(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved section (``model`` of a discriminator file, any of experiment.yaml's) with the settings
+    it predates filled in as it was built and trained, not at today's defaults, so its weights still fit."""
+    return {**SETTINGS_SINCE.get(section, {}), **values}
 
 
 def saved_settings(values: Mapping[str, Any]) -> dict[str, Any]:
-    """A saved experiment (experiment.yaml) with the model and train settings it predates filled in
-    as it ran, not at today's defaults: a resume trains on as the run began."""
-    out = dict(values)
-    for section, since in SETTINGS_SINCE.items():
-        if isinstance(out.get(section), dict):
-            out[section] = {**since, **out[section]}
-    return out
+    """A saved experiment (experiment.yaml), each section filled in by :func:`saved_section`: a resume
+    trains on as the run began."""
+    return {k: saved_section(k, v) if isinstance(v, dict) else v for k, v in values.items()}
 
 
 def build(cls: type, values: Mapping[str, Any], where: str = "") -> Any:

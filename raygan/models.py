@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raygan.config import ConfigError, ModelConfig, build, is_factory, saved_model_settings, to_dict
+from raygan.config import ConfigError, ModelConfig, build, is_factory, saved_section, to_dict
 from raygan.errors import CheckpointError, UserError
 from raygan.files import atomic_torch_save
 from raygan.priors import sample_noise
@@ -519,7 +519,7 @@ def discriminator_from_state(state: Any, source: str, bounded: bool = True) -> D
     if not isinstance(state, dict) or state.get("format") != DISCRIMINATOR_FORMAT:
         raise CheckpointError(f"{source} is not a raygan discriminator (expected format {DISCRIMINATOR_FORMAT})")
     try:
-        model = build(ModelConfig, saved_model_settings(state["model"]), "model")
+        model = build(ModelConfig, saved_section("model", state["model"]), "model")
         discriminator = Discriminator(model, tuple(state["data_shape"]), state.get("num_classes"), bounded=bounded)
         discriminator.load_state_dict(state["state_dict"])
     except (KeyError, TypeError, RuntimeError, ConfigError) as e:

@@ -16,8 +16,8 @@ import dataclasses
 import math
 import os
 import sys
-import time
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
