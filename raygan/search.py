@@ -312,16 +312,21 @@ def _base_scheduler(config: ExperimentConfig) -> TrialScheduler:
     return FIFOScheduler()
 
 
-def asha_rungs(config: ExperimentConfig) -> frozenset[int]:
-    """The Tune steps at which ASHA decides (its rungs: grace_period x reduction_factor^i below
-    max_iterations, as Tune's ``_Bracket`` lays them out); empty for the other schedulers.
+def decision_steps(config: ExperimentConfig) -> frozenset[int]:
+    """The Tune steps at which the scheduler reads a trial's score: ASHA's rungs (grace_period x
+    reduction_factor^i below max_iterations, as Tune's ``_Bracket`` lays them out), PBT's
+    perturbations (every perturbation_interval steps); empty for the random search.
 
-    A trial scores at each of them whatever ``eval.every`` says: a rung read with a stale score
-    would stop or keep a trial on what it was, not what it is.
+    A trial scores at each of them whatever ``eval.every`` says: a rung or a perturbation read
+    with a stale score would stop, keep or replace a trial on what it was, not what it is.
     """
+    max_t = config.tune.max_iterations
+    if config.tune.scheduler == "pbt":
+        interval = config.search.perturbation_interval
+        return frozenset(range(interval, max_t + 1, interval))
     if config.tune.scheduler != "asha":
         return frozenset()
-    max_t, rf = config.tune.max_iterations, config.search.reduction_factor
+    rf = config.search.reduction_factor
     grace = min(config.search.grace_period, max_t)
     count = int(math.log(max_t / grace) / math.log(rf) + 1)  # Tune's MAX_RUNGS for its one bracket
     return frozenset(grace * rf**k for k in range(count))

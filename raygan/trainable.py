@@ -143,9 +143,9 @@ class GANTrainable(tune.Trainable):
             self.train_labels = None if labels is None else torch.from_numpy(np.asarray(labels)).to(self.device)
         self.bounded = bool(data["bounded"])
         self.trainer = self._new_trainer(self.experiment, train)
-        from raygan.search import asha_rungs  # raygan.search imports this module
+        from raygan.search import decision_steps  # raygan.search imports this module
 
-        self.rungs = asha_rungs(self.experiment)
+        self.decision_steps = decision_steps(self.experiment)
         self.iterations_per_step = self.experiment.tune.iterations_per_step or steps_per_epoch(
             len(train), self.experiment.train.batch_size
         )
@@ -197,9 +197,10 @@ class GANTrainable(tune.Trainable):
             # The last step before the time budget ends: scored and checkpointed (Tune's stop would
             # lose the steps since the last scoring), so the final ranking is of the final generators.
             final = last_step_before_deadline(time.time(), self.deadline, train_s, self.eval_s or train_s)
-            if (self.iteration + 1) % self.experiment.eval.every == 0 or self.iteration + 1 in self.rungs or self._last_step() or final:
-                # Every eval.every steps (a result in between carries the last scores: -inf before
-                # the first), at each of ASHA's rungs, so that it decides on fresh scores, and the last.
+            step = self.iteration + 1
+            if step % self.experiment.eval.every == 0 or step in self.decision_steps or self._last_step() or final:
+                # Every eval.every steps (a result in between carries the last scores: -inf before the
+                # first), where ASHA or PBT reads the score, so that it decides on fresh ones, and the last.
                 eval_start = time.perf_counter()
                 self._evaluate()
                 eval_s = self.eval_s = time.perf_counter() - eval_start

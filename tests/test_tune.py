@@ -266,36 +266,43 @@ def test_a_checkpoint_holds_the_generator_that_was_scored(evaluator, tmp_path, m
     assert read_scores(path)["training_iteration"] == 2
 
 
-def test_asha_rungs_are_tunes_own():
-    """The steps a trial scores at whatever eval.every says are the milestones of Tune's own bracket."""
+def test_decision_steps_are_tunes_own():
+    """The steps a trial scores at whatever eval.every says are the milestones of Tune's own ASHA
+    bracket, or PBT's perturbations."""
     from ray.tune.schedulers.async_hyperband import _Bracket
 
     from raygan.config import ExperimentConfig, replace
-    from raygan.search import asha_rungs
+    from raygan.search import decision_steps
 
     for grace, rf, max_t in [(2, 4, 200), (1, 2, 16), (3, 3, 100), (5, 4, 5), (8, 2, 4)]:
         config = ExperimentConfig()
         config = replace(config, search=replace(config.search, grace_period=grace, reduction_factor=rf),
                          tune=replace(config.tune, max_iterations=max_t))
         tunes = {milestone for milestone, _ in _Bracket(min(grace, max_t), max_t, rf, 0)._rungs}
-        assert asha_rungs(config) == tunes, (grace, rf, max_t)
-    assert asha_rungs(ExperimentConfig()) == {2, 4, 8, 16, 32, 64, 128}  # the default run's
+        assert decision_steps(config) == tunes, (grace, rf, max_t)
+    assert decision_steps(ExperimentConfig()) == {2, 8, 32, 128}  # the default run's
     pbt = ExperimentConfig()
-    assert asha_rungs(replace(pbt, tune=replace(pbt.tune, scheduler="pbt"))) == frozenset()
+    pbt = replace(pbt, tune=replace(pbt.tune, scheduler="pbt", max_iterations=13))
+    assert decision_steps(pbt) == {4, 8, 12}  # perturbation_interval 4
+    assert decision_steps(replace(pbt, tune=replace(pbt.tune, scheduler="random"))) == frozenset()
 
 
-def test_a_trial_scores_at_every_asha_rung(evaluator, tmp_path, make_trainable, tiny_experiment):
-    """ASHA decides at its rungs on the score a result carries: a trial scores there even between
-    its eval.every steps, and only there and at those steps."""
+@pytest.mark.parametrize("scheduler, search, expected", [
+    ("asha", dict(grace_period=2, reduction_factor=3), [2, 4, 6, 8]),  # rungs 2, 6, 18
+    ("pbt", dict(perturbation_interval=3), [3, 4, 6, 8]),  # perturbations 3, 6, 9, ...
+])
+def test_a_trial_scores_where_its_scheduler_decides(evaluator, tmp_path, make_trainable, tiny_experiment,
+                                                    scheduler, search, expected):
+    """ASHA (at its rungs) and PBT (at its perturbations) decide on the score a result carries: a
+    trial scores there even between its eval.every steps, and only there and at those steps."""
     from raygan import keys
     from raygan.config import replace
 
-    config = tiny_experiment(tmp_path, scheduler="asha", max_iterations=20)
-    config = replace(config, eval=replace(config.eval, every=4),
-                     search=replace(config.search, grace_period=2, reduction_factor=3))  # rungs 2, 6, 18
+    config = tiny_experiment(tmp_path, scheduler=scheduler, max_iterations=20)
+    config = replace(config, eval=replace(config.eval, every=4), search=replace(config.search, **search))
     trial = make_trainable(experiment=config)
     scored = [step for step in range(1, 9) if trial.train()[keys.EVAL_SECONDS] > 0]
-    assert scored == [2, 4, 6, 8]
+    assert scored == expected
 
 
 @pytest.mark.parametrize(("deadline", "left", "step_s", "eval_s", "last"), [
