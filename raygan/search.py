@@ -322,6 +322,8 @@ def decision_steps(config: ExperimentConfig) -> frozenset[int]:
     """
     max_t = config.tune.max_iterations
     if config.tune.scheduler == "pbt":
+        # Tune's PBT perturbs a trial interval steps after its last perturbation, and a clone takes
+        # its donor's (and the donor's checkpoint from then): with a result every step, multiples.
         interval = config.search.perturbation_interval
         return frozenset(range(interval, max_t + 1, interval))
     if config.tune.scheduler != "asha":
